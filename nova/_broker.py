@@ -1,0 +1,132 @@
+"""The broker contract: the small surface every backend implements.
+
+Everything above it (priority, delay, retries, batching, codecs, recording)
+lives once, in the engine. A backend only moves opaque messages:
+
+    broker.publish([Message(...), ...])        # returns once the broker holds them all
+    sub = await broker.subscribe(topics, group=..., window=...)
+    async for delivery in sub:                # one stream over all topics
+        ...; await delivery.ack()             # or await delivery.nack()
+    await sub.close()                         # unacked deliveries go back to the group
+    await broker.close()
+
+Topic names are made by the engine (``nova._naming``) and only use
+``[A-Za-z0-9_-]``, so they are valid on Kafka, RabbitMQ and RocketMQ alike.
+Backends create topics on demand (``ensure_topics``) or document how.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from nova._clock import Clock
+
+__all__ = ["Broker", "Delivery", "Message", "Subscription"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message to publish.
+
+    ``headers`` carry nova's metadata (``nova-*`` keys, str values) apart from
+    ``body``. ``key`` groups messages that must keep their order (nova uses the
+    task id). ``deliver_at`` (epoch seconds) is only set when the broker
+    declared ``native_delay_max`` and the delay fits in it: the broker must
+    then keep the message invisible until that time.
+    """
+
+    topic: str
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    key: str | None = None
+    deliver_at: float | None = None
+
+
+@runtime_checkable
+class Delivery(Protocol):
+    """A message handed to a subscription; it stays unacked until ack/nack."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def published_at(self) -> float:
+        """Epoch seconds at which the broker accepted the message."""
+        ...
+
+    async def ack(self) -> None:
+        """Done with it: the broker may forget it. Idempotent."""
+        ...
+
+    async def nack(self) -> None:
+        """Give it back now for redelivery to the group (no delay). Idempotent."""
+        ...
+
+
+class Subscription(Protocol):
+    """A consumer-group member reading some topics.
+
+    At most ``window`` deliveries *per topic* (Kafka: per partition) are
+    unacked at once; while a topic's window is full the backend keeps serving
+    the other topics (no head-of-line blocking across topics) and keeps the
+    group session alive however long a delivery stays unacked.
+    """
+
+    def __aiter__(self) -> AsyncIterator[Delivery]: ...
+
+    async def backlog(self, topic: str) -> int:
+        """Best-effort count of messages of ``topic`` ready in the broker and not
+        yet delivered to this subscription (0 when unknown). The engine uses it
+        to honour strict priority across topics."""
+        ...
+
+    async def close(self) -> None:
+        """Leave the group. Unacked deliveries are redelivered to other members."""
+        ...
+
+
+class Broker(Protocol):
+    """A message broker backend. See the module docstring."""
+
+    #: Clock the engine should use unless told otherwise (None: the system clock).
+    clock: Clock | None
+    #: Longest delay the broker keeps natively via ``Message.deliver_at`` (None: none).
+    native_delay_max: timedelta | None
+    #: Largest body the broker accepts, in bytes (None: no limit of its own).
+    max_message_bytes: int | None
+
+    async def connect(self) -> None:
+        """Open connections. Raises ConnectionError/AuthenticationError. Idempotent."""
+        ...
+
+    async def ensure_topics(self, topics: Sequence[str]) -> None:
+        """Make sure the topics exist (create them where the backend can)."""
+        ...
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Publish and wait until the broker confirmed every message.
+
+        Raises ``nova.EnqueueError`` (with the cause) if any was refused; then
+        none, some or all may have been stored, never silently dropped.
+        """
+        ...
+
+    async def subscribe(
+        self, topics: Sequence[str], *, group: str, window: int
+    ) -> Subscription:
+        """Join consumer group ``group`` on ``topics``. Returns once consuming."""
+        ...
+
+    async def close(self) -> None:
+        """Close producers and connections. Idempotent."""
+        ...
