@@ -1,0 +1,297 @@
+"""Task recording: the TaskRecorder protocol, TaskRecord, and the in-memory recorder.
+
+The engine calls ``recorder.record(event)`` at every lifecycle step through a
+:class:`RecordingSink` that never blocks or fails a task: events go into a
+bounded buffer written in the background; failures are logged and counted.
+
+    recorder = nova.MemoryTaskRecorder()
+    queue = nova.TaskQueue(broker, recorder=recorder)
+    ...
+    record = await recorder.get(result.id)
+    assert record.status is nova.TaskStatus.COMPLETED
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from nova._clock import Clock
+
+__all__ = [
+    "MemoryTaskRecorder",
+    "RecordingSink",
+    "TaskEvent",
+    "TaskRecord",
+    "TaskRecorder",
+    "TaskStatus",
+]
+
+log = logging.getLogger("nova.recording")
+
+
+class TaskStatus(enum.StrEnum):
+    """Lifecycle states (the seed's, plus RETRYING)."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """One lifecycle step of one task, as the engine reports it.
+
+    ``at`` is when it happened (aware UTC, from the engine's clock). ``version``
+    increases with every event of the same task from one engine (it is
+    ``at`` in microseconds, bumped if equal), so the latest row wins.
+    """
+
+    task_id: str
+    type: str
+    queue: str
+    priority: int
+    status: TaskStatus
+    at: datetime
+    version: int
+    attempt: int = 1
+    error: str | None = None
+    eta: datetime | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    payload: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """The latest known state of a task."""
+
+    task_id: str
+    type: str
+    queue: str
+    priority: int
+    status: TaskStatus
+    retry_count: int
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    eta: datetime | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    payload: bytes | None = None
+    version: int = 0
+
+
+@runtime_checkable
+class TaskRecorder(Protocol):
+    """Stores task lifecycle events and answers questions about them."""
+
+    async def record(self, events: Sequence[TaskEvent]) -> None:
+        """Store these events (a batch). May raise; the engine copes."""
+        ...
+
+    async def get(self, task_id: str) -> TaskRecord | None: ...
+
+    async def close(self) -> None: ...
+
+
+def apply_event(previous: TaskRecord | None, event: TaskEvent) -> TaskRecord:
+    """Fold one event into a record: the state machine every recorder shares."""
+    if previous is not None and event.version < previous.version:
+        return previous
+    started = previous.started_at if previous else None
+    completed = previous.completed_at if previous else None
+    if event.status is TaskStatus.PROCESSING and started is None:
+        started = event.at
+    if event.status in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED,
+                        TaskStatus.TIMEOUT, TaskStatus.SKIPPED):
+        completed = event.at
+    return TaskRecord(
+        task_id=event.task_id,
+        type=event.type,
+        queue=event.queue,
+        priority=event.priority,
+        status=event.status,
+        retry_count=max(event.attempt - 1, previous.retry_count if previous else 0),
+        error=event.error if event.error is not None else (previous.error if previous else None),
+        created_at=previous.created_at if previous else event.at,
+        updated_at=event.at,
+        started_at=started,
+        completed_at=completed,
+        eta=event.eta if event.eta is not None else (previous.eta if previous else None),
+        headers=dict(event.headers) or (dict(previous.headers) if previous else {}),
+        payload=event.payload if event.payload is not None else (
+            previous.payload if previous else None),
+        version=event.version,
+    )
+
+
+class MemoryTaskRecorder:
+    """A TaskRecorder in a dict: for tests, the demo, and single-process use.
+
+    >>> recorder = MemoryTaskRecorder()
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[str, TaskRecord] = {}
+        self._history: dict[str, list[TaskEvent]] = {}
+
+    async def record(self, events: Sequence[TaskEvent]) -> None:
+        for event in events:
+            self._records[event.task_id] = apply_event(self._records.get(event.task_id), event)
+            self._history.setdefault(event.task_id, []).append(event)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        return self._records.get(task_id)
+
+    async def history(self, task_id: str) -> list[TaskEvent]:
+        """Every event of one task, oldest first."""
+        return sorted(self._history.get(task_id, []), key=lambda e: e.version)
+
+    async def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        queue: str | None = None,
+        type: str | None = None,  # noqa: A002
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        """Records matching every given filter, newest (by update) first."""
+        rows = [
+            r for r in self._records.values()
+            if (status is None or r.status is status)
+            and (queue is None or r.queue == queue)
+            and (type is None or r.type == type)
+            and (since is None or r.updated_at >= since)
+            and (until is None or r.updated_at < until)
+        ]
+        rows.sort(key=lambda r: (r.updated_at, r.version, r.task_id), reverse=True)
+        return rows[offset: offset + limit]
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        """Number of tasks per current status."""
+        out: dict[TaskStatus, int] = {}
+        for r in self._records.values():
+            out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+    async def delete(self, task_id: str) -> bool:
+        self._history.pop(task_id, None)
+        return self._records.pop(task_id, None) is not None
+
+    async def close(self) -> None:
+        return None
+
+
+class RecordingSink:
+    """Feeds a TaskRecorder from the engine without ever blocking or failing it.
+
+    Events are buffered (at most ``max_buffer``; beyond that they are dropped
+    and counted) and written in batches by one background task on the
+    engine's clock. A failing write is retried with backoff; after
+    ``max_attempts`` the batch is dropped, counted and logged.
+    """
+
+    def __init__(
+        self,
+        recorder: TaskRecorder,
+        clock: Clock,
+        *,
+        max_buffer: int = 100_000,
+        batch_size: int = 1_000,
+        max_attempts: int = 5,
+    ) -> None:
+        self.recorder = recorder
+        self._clock = clock
+        self._buffer: list[TaskEvent] = []
+        self._max_buffer = max_buffer
+        self._batch_size = batch_size
+        self._max_attempts = max_attempts
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._last_version: dict[str, int] = {}
+        self.dropped = 0
+        self.written = 0
+        self.failures = 0
+
+    def emit(self, event: TaskEvent) -> None:
+        """Queue one event; never raises, never waits."""
+        last = self._last_version.get(event.task_id)
+        if last is not None and event.version <= last:
+            event = replace(event, version=last + 1)
+        self._last_version[event.task_id] = event.version
+        if event.status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
+            self._last_version.pop(event.task_id, None)
+        if len(self._buffer) >= self._max_buffer:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("task recorder is behind; %d events dropped so far", self.dropped)
+            return
+        self._buffer.append(event)
+        self._wakeup.set()
+        if self._task is None and not self._closing:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="nova-recorder")
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._buffer:
+                batch = self._buffer[: self._batch_size]
+                del self._buffer[: self._batch_size]
+                await self._write(batch)
+            if self._closing:
+                return
+
+    async def _write(self, batch: list[TaskEvent]) -> None:
+        delay = 0.05
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                await self.recorder.record(batch)
+            except Exception as exc:  # noqa: BLE001 - a recorder must never break tasks
+                self.failures += 1
+                if attempt == self._max_attempts:
+                    self.dropped += len(batch)
+                    log.error("task recorder failed %d times, dropped %d events: %r",
+                              attempt, len(batch), exc)
+                    return
+                log.warning("task recorder failed (attempt %d): %r", attempt, exc)
+                await self._clock.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                self.written += len(batch)
+                return
+
+    async def flush(self) -> None:
+        """Write everything buffered so far (used by stop())."""
+        while self._buffer:
+            batch = self._buffer[: self._batch_size]
+            del self._buffer[: self._batch_size]
+            await self._write(batch)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()

@@ -1,0 +1,102 @@
+"""Tasks, results and priorities.
+
+    task = nova.Task("email", b"send email", headers={"tenant": "a"})
+    result = await queue.enqueue(task, priority=nova.Priority.HIGH)
+    result.id == task.id          # the same id the handler and the recorder see
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from nova._errors import ValidationError
+
+__all__ = ["Priority", "Result", "Task"]
+
+RESERVED_HEADER_PREFIX = "nova-"
+
+
+class Priority(enum.IntEnum):
+    """Task priority; the seed's values."""
+
+    HIGH = 3
+    NORMAL = 2
+    LOW = 1
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    """A unit of work: a ``type`` naming what to do and opaque ``payload`` bytes.
+
+    You set ``type``, ``payload`` and ``headers`` (and ``id`` if you want your
+    own). nova fills the rest when it hands the task to a handler.
+    """
+
+    type: str
+    payload: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    id: str | None = None
+    # Filled in by nova for handlers:
+    queue: str = "default"
+    priority: Priority = Priority.NORMAL
+    attempt: int = 1
+    eta: datetime | None = None
+    enqueued_at: datetime | None = None
+    error: str | None = None  # set on dead-lettered tasks: the last error
+
+    def __repr__(self) -> str:
+        return (
+            f"Task(type={self.type!r}, id={self.id!r}, queue={self.queue!r}, "
+            f"priority={self.priority.name}, attempt={self.attempt}, payload=<{len(self.payload)} bytes>)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What ``enqueue`` returns: where the task went and when it is due."""
+
+    id: str
+    queue: str
+    priority: Priority
+    eta: datetime | None  # None: ready now
+
+
+def validate_task(task: object) -> Task:
+    """Check what a user may get wrong, with messages that say what to fix."""
+    if not isinstance(task, Task):
+        raise ValidationError(f"expected a nova.Task, got {type(task).__name__}")
+    if not isinstance(task.type, str) or not task.type:
+        raise ValidationError(f"Task.type must be a non-empty str, got {task.type!r}")
+    if len(task.type) > 255:
+        raise ValidationError("Task.type is longer than 255 characters")
+    if not isinstance(task.payload, bytes | bytearray | memoryview):
+        raise ValidationError(
+            f"Task.payload must be bytes, got {type(task.payload).__name__}; "
+            "encode it first (e.g. json.dumps(obj).encode())"
+        )
+    if not isinstance(task.headers, Mapping):
+        raise ValidationError(f"Task.headers must be a mapping of str to str, got {type(task.headers).__name__}")
+    for name, value in task.headers.items():
+        if not isinstance(name, str) or not name:
+            raise ValidationError(f"header name {name!r} must be a non-empty str")
+        if name.lower().startswith(RESERVED_HEADER_PREFIX):
+            raise ValidationError(f"header {name!r}: names starting with 'nova-' are reserved for nova")
+        if not isinstance(value, str):
+            raise ValidationError(f"header {name!r} must have a str value, got {type(value).__name__}")
+    if task.id is not None and (not isinstance(task.id, str) or not task.id or len(task.id) > 128):
+        raise ValidationError("Task.id must be a non-empty str of at most 128 characters, or None")
+    return task
+
+
+def coerce_priority(priority: object) -> Priority:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValidationError(f"priority must be nova.Priority (HIGH=3, NORMAL=2, LOW=1), got {priority!r}")
+    try:
+        return Priority(priority)
+    except ValueError as exc:
+        raise ValidationError(
+            f"priority must be 1 (LOW), 2 (NORMAL) or 3 (HIGH), got {priority!r}"
+        ) from exc
