@@ -104,6 +104,10 @@ class Broker(Protocol):
     native_delay_max: timedelta | None
     #: Largest body the broker accepts, in bytes (None: no limit of its own).
     max_message_bytes: int | None
+    #: Broker-level settings that override the TaskQueue's (None: use the TaskQueue's).
+    group_id: str | None
+    topic_prefix: str | None
+    delay_slots: tuple[int, timedelta] | None
 
     async def connect(self) -> None:
         """Open connections. Raises ConnectionError/AuthenticationError. Idempotent."""
