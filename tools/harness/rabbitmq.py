@@ -73,9 +73,7 @@ def _log(message: str) -> None:
 
 def _run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ERL_EPMD_ADDRESS": HOST, "RABBITMQ_NODENAME": NODENAME}
-    result = subprocess.run(
-        list(args), capture_output=True, text=True, timeout=timeout, env=env, check=False
-    )
+    result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=env, check=False)
     if check and result.returncode != 0:
         raise RuntimeError(
             f"{' '.join(args[:2])} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
@@ -186,9 +184,7 @@ def _wait_ready(deadline_s: float = 120) -> None:
         if _ping() and _amqp_answers(PORT, tls=False) and _amqp_answers(TLS_PORT, tls=True):
             return
         time.sleep(0.5)
-    raise RuntimeError(
-        f"RabbitMQ did not become ready within {deadline_s:.0f} s; see /var/log/rabbitmq/"
-    )
+    raise RuntimeError(f"RabbitMQ did not become ready within {deadline_s:.0f} s; see /var/log/rabbitmq/")
 
 
 def _start() -> None:
@@ -230,10 +226,14 @@ def up() -> None:
     started = time.monotonic()
     if not _installed():
         _install()
-    if _ping() and (ETC / "rabbitmq.conf").exists() and (ETC / "rabbitmq.conf").read_text() == CONF:
-        if _amqp_answers(PORT, tls=False) and _amqp_answers(TLS_PORT, tls=True) and _user_ok():
+    conf = ETC / "rabbitmq.conf"
+    configured = conf.exists() and conf.read_text() == CONF
+    if configured and _ping() and _amqp_answers(PORT, tls=False) and _amqp_answers(TLS_PORT, tls=True):
+        if _user_ok():
             _log("already running")
             return
+        _ensure_user()
+        return
     _stop()
     _configure()
     _start()
