@@ -1,0 +1,375 @@
+"""SimBroker: an in-memory broker with real queue semantics on a virtual clock.
+
+    clock = VirtualClock()
+    broker = SimBroker(clock=clock, seed=0)
+    queue = nova.TaskQueue(broker)
+
+Semantics (the same contract the real adapters implement):
+
+* one durable FIFO queue per topic; every subscriber of a topic competes for
+  its messages (like RabbitMQ; groups are recorded, not fanned out);
+* a delivery stays unacked until ``ack``; ``nack`` and ``Subscription.close``
+  put unacked messages back at the head of their topic at once;
+* a crashed subscriber (``crash``) gives its unacked messages back only after
+  ``session_timeout`` of virtual time, like a Kafka consumer that stopped
+  heartbeating;
+* at most ``window`` unacked deliveries per topic per subscriber;
+* with ``native_delay_max`` set, ``Message.deliver_at`` keeps a message
+  invisible until then (RocketMQ-like timers); by default it is None, so the
+  engine's delay-tier cascade is what runs.
+
+Fault injection for tests and fuzzing: ``fail_publishes(n)``,
+``duplicate_deliveries(n)``, ``crash(subscription)``, and the rates given to
+the constructor. Inspection: ``depth(topic)``, ``topics()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from nova._broker import Message
+from nova._errors import ClosedError, EnqueueError
+from nova.sim._clock import VirtualClock
+
+__all__ = ["SimBroker"]
+
+
+@dataclass(slots=True)
+class _Record:
+    seq: int
+    topic: str
+    body: bytes
+    headers: Mapping[str, str]
+    key: str | None
+    published_at: float
+
+
+@dataclass(slots=True)
+class _Topic:
+    ready: deque[_Record] = field(default_factory=deque)
+    delayed: list[tuple[float, int, _Record]] = field(default_factory=list)
+    subscribers: list[SimSubscription] = field(default_factory=list)
+    turn: int = 0
+
+
+class SimDelivery:
+    """One delivery of a record to one subscription."""
+
+    __slots__ = ("_done", "_record", "_sub")
+
+    def __init__(self, record: _Record, sub: SimSubscription) -> None:
+        self._record = record
+        self._sub = sub
+        self._done = False
+
+    @property
+    def topic(self) -> str:
+        return self._record.topic
+
+    @property
+    def body(self) -> bytes:
+        return self._record.body
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._record.headers
+
+    @property
+    def published_at(self) -> float:
+        return self._record.published_at
+
+    async def ack(self) -> None:
+        if not self._done:
+            self._done = True
+            self._sub._settle(self, requeue=False)
+
+    async def nack(self) -> None:
+        if not self._done:
+            self._done = True
+            self._sub._settle(self, requeue=True)
+
+
+class SimSubscription:
+    """A subscriber of SimBroker topics (see ``SimBroker.subscribe``)."""
+
+    def __init__(self, broker: SimBroker, topics: Sequence[str], group: str, window: int) -> None:
+        self.broker = broker
+        self.topics = list(dict.fromkeys(topics))
+        self.group = group
+        self.window = window
+        self.inflight: dict[str, int] = dict.fromkeys(self.topics, 0)
+        self.unacked: dict[int, SimDelivery] = {}
+        self._queue: asyncio.Queue[SimDelivery | None] = asyncio.Queue()
+        self.alive = True
+
+    def __aiter__(self) -> AsyncIterator[SimDelivery]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[SimDelivery]:
+        while True:
+            item = await self._queue.get()
+            if item is None or not self.alive:
+                return
+            if not item._done:
+                yield item
+
+    def _push(self, record: _Record) -> None:
+        delivery = SimDelivery(record, self)
+        self.inflight[record.topic] += 1
+        self.unacked[id(delivery)] = delivery
+        self._queue.put_nowait(delivery)
+
+    def _settle(self, delivery: SimDelivery, *, requeue: bool) -> None:
+        if self.unacked.pop(id(delivery), None) is None:
+            return
+        topic = delivery.topic
+        self.inflight[topic] -= 1
+        if requeue:
+            self.broker._requeue([delivery._record])
+        self.broker._pump(topic)
+
+    async def backlog(self, topic: str) -> int:
+        state = self.broker._topics.get(topic)
+        return len(state.ready) if state else 0
+
+    async def close(self) -> None:
+        """Leave: unacked deliveries go back to the head of their topics now."""
+        if not self.alive:
+            return
+        self._detach()
+        records = [d._record for d in self.unacked.values()]
+        for d in self.unacked.values():
+            d._done = True
+        self.unacked.clear()
+        self.broker._requeue(records)
+        for topic in self.topics:
+            self.broker._pump(topic)
+
+    def _detach(self) -> None:
+        self.alive = False
+        self._queue.put_nowait(None)
+        for topic in self.topics:
+            self.broker._topics[topic].subscribers.remove(self)
+
+
+class SimBroker:
+    """In-memory broker driven by a VirtualClock (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        clock: VirtualClock | None = None,
+        seed: int = 0,
+        native_delay_max: timedelta | None = None,
+        session_timeout: timedelta = timedelta(seconds=10),
+        max_message_bytes: int | None = 8 * 1024 * 1024,
+        publish_failure_rate: float = 0.0,
+        duplicate_rate: float = 0.0,
+        group_id: str | None = None,
+        topic_prefix: str | None = None,
+        delay_slots: tuple[int, timedelta] | None = None,
+    ) -> None:
+        self.clock = clock if clock is not None else VirtualClock()
+        self.native_delay_max = native_delay_max
+        self.max_message_bytes = max_message_bytes
+        self.group_id = group_id
+        self.topic_prefix = topic_prefix
+        self.delay_slots = delay_slots
+        self.session_timeout = session_timeout
+        self._rng = random.Random(seed)
+        self._publish_failure_rate = publish_failure_rate
+        self._duplicate_rate = duplicate_rate
+        self._fail_next = 0
+        self._duplicate_next = 0
+        self._topics: dict[str, _Topic] = {}
+        self._seq = itertools.count()
+        self._closed = False
+        self._timer: asyncio.Task[None] | None = None
+        self._timer_wakeup: asyncio.Event | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self.published = 0
+        self.delivered = 0
+
+    def __repr__(self) -> str:
+        return f"SimBroker(topics={len(self._topics)}, clock={self.clock!r})"
+
+    # -- contract -------------------------------------------------------------
+    async def connect(self) -> None:
+        if self._closed:
+            raise ClosedError("this SimBroker was closed")
+
+    async def ensure_topics(self, topics: Sequence[str]) -> None:
+        for name in topics:
+            self._topic(name)
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        if self._closed:
+            raise ClosedError("this SimBroker was closed")
+        if self._fail_next > 0 or (
+            self._publish_failure_rate and self._rng.random() < self._publish_failure_rate
+        ):
+            self._fail_next = max(self._fail_next - 1, 0)
+            raise EnqueueError("SimBroker refused the publish (injected fault)")
+        now = self.clock.time()
+        touched: set[str] = set()
+        for m in messages:
+            if self.max_message_bytes is not None and len(m.body) > self.max_message_bytes:
+                raise EnqueueError(f"message of {len(m.body)} bytes is over the broker limit")
+            record = _Record(next(self._seq), m.topic, bytes(m.body), dict(m.headers), m.key, now)
+            state = self._topic(m.topic)
+            if m.deliver_at is not None and m.deliver_at > now:
+                if self.native_delay_max is None:
+                    raise EnqueueError("this SimBroker has no native delay (native_delay_max is None)")
+                heapq.heappush(state.delayed, (m.deliver_at, record.seq, record))
+                self._wake_timer()
+            else:
+                state.ready.append(record)
+                touched.add(m.topic)
+        self.published += len(messages)
+        for topic in touched:
+            self._pump(topic)
+
+    async def subscribe(self, topics: Sequence[str], *, group: str, window: int) -> SimSubscription:
+        if self._closed:
+            raise ClosedError("this SimBroker was closed")
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        sub = SimSubscription(self, topics, group, window)
+        for name in sub.topics:
+            self._topic(name).subscribers.append(sub)
+        for name in sub.topics:
+            self._pump(name)
+        return sub
+
+    async def close(self) -> None:
+        self._closed = True
+        for state in self._topics.values():
+            for sub in list(state.subscribers):
+                await sub.close()
+        for task in [self._timer, *self._background]:
+            if task is not None:
+                task.cancel()
+
+    # -- fault injection ----------------------------------------------------------
+    def fail_publishes(self, n: int = 1) -> None:
+        """Make the next ``n`` publish calls raise EnqueueError (nothing stored)."""
+        self._fail_next += n
+
+    def duplicate_deliveries(self, n: int = 1) -> None:
+        """Deliver each of the next ``n`` records twice (at-least-once duplicates)."""
+        self._duplicate_next += n
+
+    def crash(self, subscription: SimSubscription) -> None:
+        """Kill a subscriber without a goodbye: its unacked messages come back after
+        ``session_timeout`` of virtual time; its pending acks are ignored."""
+        if not subscription.alive:
+            return
+        subscription._detach()
+        records = [d._record for d in subscription.unacked.values()]
+        for d in subscription.unacked.values():
+            d._done = True
+        subscription.unacked.clear()
+
+        async def give_back() -> None:
+            await self.clock.sleep(self.session_timeout.total_seconds())
+            self._requeue(records)
+            for topic in {r.topic for r in records}:
+                self._pump(topic)
+
+        task = asyncio.get_running_loop().create_task(give_back())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def subscriptions(self) -> list[SimSubscription]:
+        """Every live subscription (to pick one to crash)."""
+        out: dict[int, SimSubscription] = {}
+        for state in self._topics.values():
+            for sub in state.subscribers:
+                out[id(sub)] = sub
+        return list(out.values())
+
+    # -- inspection -----------------------------------------------------------------
+    def topics(self) -> list[str]:
+        return sorted(self._topics)
+
+    def depth(self, topic: str) -> int:
+        """Messages the topic holds: ready + delayed + delivered-but-unacked."""
+        state = self._topics.get(topic)
+        if state is None:
+            return 0
+        unacked = sum(
+            1 for sub in self.subscriptions() for d in sub.unacked.values() if d.topic == topic
+        )
+        return len(state.ready) + len(state.delayed) + unacked
+
+    # -- internals ------------------------------------------------------------------
+    def _topic(self, name: str) -> _Topic:
+        state = self._topics.get(name)
+        if state is None:
+            state = self._topics[name] = _Topic()
+        return state
+
+    def _requeue(self, records: list[_Record]) -> None:
+        for record in sorted(records, key=lambda r: r.seq, reverse=True):
+            self._topic(record.topic).ready.appendleft(record)
+
+    def _pump(self, topic: str) -> None:
+        state = self._topics.get(topic)
+        if state is None:
+            return
+        subs = state.subscribers
+        while state.ready and subs:
+            n = len(subs)
+            for i in range(n):
+                sub = subs[(state.turn + i) % n]
+                if sub.inflight[topic] < sub.window:
+                    state.turn = (state.turn + i + 1) % n
+                    break
+            else:
+                return
+            record = state.ready.popleft()
+            sub._push(record)
+            self.delivered += 1
+            if self._duplicate_next > 0 or (
+                self._duplicate_rate and self._rng.random() < self._duplicate_rate
+            ):
+                self._duplicate_next = max(self._duplicate_next - 1, 0)
+                copy = _Record(next(self._seq), record.topic, record.body, record.headers,
+                               record.key, record.published_at)
+                state.ready.append(copy)
+
+    def _wake_timer(self) -> None:
+        if self._timer is None:
+            self._timer_wakeup = asyncio.Event()
+            self._timer = asyncio.get_running_loop().create_task(self._run_timers())
+        elif self._timer_wakeup is not None:
+            self._timer_wakeup.set()
+
+    async def _run_timers(self) -> None:
+        assert self._timer_wakeup is not None
+        while True:
+            nxt = min((s.delayed[0][0] for s in self._topics.values() if s.delayed), default=None)
+            self._timer_wakeup.clear()
+            if nxt is None:
+                await self._timer_wakeup.wait()
+                continue
+            sleeper = asyncio.ensure_future(self.clock.sleep_until(nxt))
+            waker = asyncio.ensure_future(self._timer_wakeup.wait())
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            sleeper.cancel()
+            waker.cancel()
+            now = self.clock.time()
+            for name, state in self._topics.items():
+                moved = False
+                while state.delayed and state.delayed[0][0] <= now:
+                    state.ready.append(heapq.heappop(state.delayed)[2])
+                    moved = True
+                if moved:
+                    self._pump(name)
