@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MemoryTaskRecorder",
+    "QueryableTaskRecorder",
     "RecordingSink",
     "TaskEvent",
     "TaskRecord",
@@ -109,6 +110,45 @@ class TaskRecorder(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class QueryableTaskRecorder(TaskRecorder, Protocol):
+    """A TaskRecorder that also answers questions (``nova tasks``); both built-in ones are.
+
+    Every implementation agrees with :func:`fold_events` over the task's events,
+    whatever order they arrived in; a repeated version replaces the earlier event.
+    """
+
+    async def history(self, task_id: str) -> list[TaskEvent]:
+        """Every event of one task, oldest (lowest version) first."""
+        ...
+
+    async def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        queue: str | None = None,
+        type: str | None = None,  # noqa: A002
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        """Records matching every given filter, newest (by update) first."""
+        ...
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        """Number of tasks per current status."""
+        ...
+
+    async def counts_by_queue(self) -> dict[str, dict[TaskStatus, int]]:
+        """Number of tasks per current queue, then per current status."""
+        ...
+
+    async def delete(self, task_id: str) -> bool:
+        """Forget one task; True if it was recorded."""
+        ...
+
+
 def apply_event(previous: TaskRecord | None, event: TaskEvent) -> TaskRecord:
     """Fold one event into a record: the state machine every recorder shares."""
     if previous is not None and event.version < previous.version:
@@ -140,6 +180,14 @@ def apply_event(previous: TaskRecord | None, event: TaskEvent) -> TaskRecord:
     )
 
 
+def fold_events(events: Iterable[TaskEvent]) -> TaskRecord | None:
+    """Fold events through :func:`apply_event` in version order (None if there are none)."""
+    record: TaskRecord | None = None
+    for event in sorted(events, key=lambda e: e.version):
+        record = apply_event(record, event)
+    return record
+
+
 class MemoryTaskRecorder:
     """A TaskRecorder in a dict: for tests, the demo, and single-process use.
 
@@ -148,19 +196,28 @@ class MemoryTaskRecorder:
 
     def __init__(self) -> None:
         self._records: dict[str, TaskRecord] = {}
-        self._history: dict[str, list[TaskEvent]] = {}
+        # per task: version -> event; a repeated version replaces the earlier
+        # event, as in the ClickHouse table (ReplacingMergeTree on task, version)
+        self._history: dict[str, dict[int, TaskEvent]] = {}
 
     async def record(self, events: Sequence[TaskEvent]) -> None:
         for event in events:
-            self._records[event.task_id] = apply_event(self._records.get(event.task_id), event)
-            self._history.setdefault(event.task_id, []).append(event)
+            history = self._history.setdefault(event.task_id, {})
+            history[event.version] = event
+            current = self._records.get(event.task_id)
+            if current is None or event.version > current.version:
+                self._records[event.task_id] = apply_event(current, event)
+            else:  # a late or repeated event: refold, so arrival order does not matter
+                folded = fold_events(history.values())
+                assert folded is not None
+                self._records[event.task_id] = folded
 
     async def get(self, task_id: str) -> TaskRecord | None:
         return self._records.get(task_id)
 
     async def history(self, task_id: str) -> list[TaskEvent]:
         """Every event of one task, oldest first."""
-        return sorted(self._history.get(task_id, []), key=lambda e: e.version)
+        return sorted(self._history.get(task_id, {}).values(), key=lambda e: e.version)
 
     async def list(
         self,
@@ -190,6 +247,14 @@ class MemoryTaskRecorder:
         out: dict[TaskStatus, int] = {}
         for r in self._records.values():
             out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+    async def counts_by_queue(self) -> dict[str, dict[TaskStatus, int]]:
+        """Number of tasks per current queue and status."""
+        out: dict[str, dict[TaskStatus, int]] = {}
+        for r in self._records.values():
+            per_queue = out.setdefault(r.queue, {})
+            per_queue[r.status] = per_queue.get(r.status, 0) + 1
         return out
 
     async def delete(self, task_id: str) -> bool:
