@@ -36,6 +36,7 @@ from datetime import timedelta
 
 from nova._broker import Message
 from nova._errors import ClosedError, EnqueueError
+from nova._clock import Clock
 from nova.sim._clock import VirtualClock
 
 __all__ = ["SimBroker"]
@@ -165,7 +166,7 @@ class SimBroker:
     def __init__(
         self,
         *,
-        clock: VirtualClock | None = None,
+        clock: Clock | None = None,
         seed: int = 0,
         native_delay_max: timedelta | None = None,
         session_timeout: timedelta = timedelta(seconds=10),
@@ -176,7 +177,7 @@ class SimBroker:
         topic_prefix: str | None = None,
         delay_slots: tuple[int, timedelta] | None = None,
     ) -> None:
-        self.clock = clock if clock is not None else VirtualClock()
+        self.clock: Clock = clock if clock is not None else VirtualClock()
         self.native_delay_max = native_delay_max
         self.max_message_bytes = max_message_bytes
         self.group_id = group_id

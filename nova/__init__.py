@@ -1,0 +1,142 @@
+"""nova: one asyncio task-queue API over Kafka, RabbitMQ, RocketMQ and a simulated broker.
+
+    import nova
+    from nova.sim import SimBroker, VirtualClock
+
+    queue = nova.TaskQueue(SimBroker(clock=VirtualClock()))
+    result = await queue.enqueue(nova.Task("email", b"hi"), priority=nova.Priority.HIGH)
+
+Broker adapters are imported lazily, so ``import nova`` needs no broker client:
+``nova.KafkaBroker`` needs ``nova-taskqueue[kafka]``, ``nova.RabbitMQBroker``
+``[rabbitmq]``, ``nova.RocketMQBroker`` ``[rocketmq]``, ``nova.ClickHouseTaskRecorder``
+``[clickhouse]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from nova._aggregators import Aggregator, CountAggregator, TimeAggregator, TimeCountAggregator
+from nova._broker import Broker, Delivery, Message, Subscription
+from nova._clock import Clock, SystemClock
+from nova._codecs import (
+    BlobCodec,
+    JsonCodec,
+    MessageCodec,
+    MessageFormat,
+    ProtobufCodec,
+    SonicCodec,
+    TaskBody,
+)
+from nova._delay import DelayTiers
+from nova._errors import (
+    AuthenticationError,
+    BrokerError,
+    ClosedError,
+    ConfigurationError,
+    ConnectionError,
+    DecodeError,
+    EnqueueError,
+    NovaError,
+    PayloadTooLarge,
+    StateError,
+    ValidationError,
+)
+from nova._naming import dead_letter_queue
+from nova._policies import (
+    Backoff,
+    ConstantBackoff,
+    ExponentialBackoff,
+    PriorityPolicy,
+    RetryPolicy,
+    StrictPriority,
+    WeightedPriority,
+)
+from nova._queue import TaskQueue
+from nova._recording import MemoryTaskRecorder, TaskEvent, TaskRecord, TaskRecorder, TaskStatus
+from nova._task import Priority, Result, Task
+
+if TYPE_CHECKING:
+    from nova._clickhouse import ClickHouseTaskRecorder
+    from nova._kafka import KafkaAuth, KafkaBroker, KafkaSSL
+    from nova._rabbitmq import RabbitMQBroker
+    from nova._rocketmq import ConsumerModel, RocketMQBroker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Aggregator",
+    "AuthenticationError",
+    "Backoff",
+    "BlobCodec",
+    "Broker",
+    "BrokerError",
+    "ClickHouseTaskRecorder",
+    "Clock",
+    "ClosedError",
+    "ConfigurationError",
+    "ConnectionError",
+    "ConstantBackoff",
+    "ConsumerModel",
+    "CountAggregator",
+    "DecodeError",
+    "DelayTiers",
+    "Delivery",
+    "EnqueueError",
+    "ExponentialBackoff",
+    "JsonCodec",
+    "KafkaAuth",
+    "KafkaBroker",
+    "KafkaSSL",
+    "MemoryTaskRecorder",
+    "Message",
+    "MessageCodec",
+    "MessageFormat",
+    "NovaError",
+    "PayloadTooLarge",
+    "Priority",
+    "PriorityPolicy",
+    "ProtobufCodec",
+    "RabbitMQBroker",
+    "Result",
+    "RetryPolicy",
+    "RocketMQBroker",
+    "SonicCodec",
+    "StateError",
+    "StrictPriority",
+    "Subscription",
+    "SystemClock",
+    "Task",
+    "TaskBody",
+    "TaskEvent",
+    "TaskQueue",
+    "TaskRecord",
+    "TaskRecorder",
+    "TaskStatus",
+    "TimeAggregator",
+    "TimeCountAggregator",
+    "ValidationError",
+    "WeightedPriority",
+    "dead_letter_queue",
+]
+
+# Names whose modules need an optional client library, imported on first use.
+_LAZY = {
+    "KafkaBroker": "nova._kafka",
+    "KafkaAuth": "nova._kafka",
+    "KafkaSSL": "nova._kafka",
+    "RabbitMQBroker": "nova._rabbitmq",
+    "RocketMQBroker": "nova._rocketmq",
+    "ConsumerModel": "nova._rocketmq",
+    "ClickHouseTaskRecorder": "nova._clickhouse",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nova' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

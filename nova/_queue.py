@@ -1,0 +1,361 @@
+"""TaskQueue: the one API over every broker.
+
+    async with nova.TaskQueue(broker, group_id="my-group", topic_prefix="myapp") as queue:
+        result = await queue.enqueue(nova.Task("email", b"hi"), priority=nova.Priority.HIGH,
+                                     process_in=timedelta(minutes=5))
+        await queue.start(handle, queues=["default"], concurrency=8)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qs, urlsplit
+
+from nova._aggregators import Aggregator
+from nova._broker import Broker, Message
+from nova._clock import Clock, SystemClock
+from nova._codecs import CodecRegistry, MessageCodec, MessageFormat, TaskBody, codec_for
+from nova._delay import DelayForwarder, DelayTiers, Router
+from nova._envelope import encode_headers
+from nova._errors import (
+    ClosedError,
+    ConfigurationError,
+    EnqueueError,
+    NovaError,
+    PayloadTooLarge,
+    StateError,
+    ValidationError,
+)
+from nova._naming import ready_topic, validate_group, validate_prefix, validate_queue, worker_group
+from nova._policies import PriorityPolicy, RetryPolicy, StrictPriority
+from nova._recording import RecordingSink, TaskEvent, TaskRecorder, TaskStatus
+from nova._task import Priority, Result, Task, coerce_priority, validate_task
+from nova._worker import BatchHandler, BatchWorker, Handler, Worker
+
+__all__ = ["TaskQueue"]
+
+log = logging.getLogger("nova")
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+
+
+class TaskQueue:
+    """Enqueue tasks and consume them, on any broker.
+
+    Broker-level ``group_id``, ``topic_prefix`` and ``delay_slots`` (set on the
+    broker) override the ones given here. The clock comes from the broker
+    (SimBroker: its virtual clock; real brokers: the system clock) unless
+    ``clock=`` is given.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        group_id: str = "default",
+        topic_prefix: str = "nova",
+        delay_slots: tuple[int, timedelta] = (24, timedelta(hours=1)),
+        message_format: MessageFormat = MessageFormat.JSON,
+        codec: MessageCodec | None = None,
+        recorder: TaskRecorder | None = None,
+        retry: RetryPolicy | None = None,
+        priority_policy: PriorityPolicy | None = None,
+        clock: Clock | None = None,
+        max_payload_size: int = DEFAULT_MAX_PAYLOAD,
+        stop_timeout: timedelta = timedelta(seconds=30),
+        close_broker: bool = False,
+    ) -> None:
+        self.broker = broker
+        self.group_id = validate_group(broker.group_id or group_id)
+        self.prefix = validate_prefix(broker.topic_prefix or topic_prefix)
+        self.group = worker_group(self.prefix, self.group_id)
+        slots = broker.delay_slots or delay_slots
+        if not isinstance(slots, tuple) or len(slots) != 2:
+            raise ConfigurationError("delay_slots must be a (count, timedelta) pair, e.g. (24, timedelta(hours=1))")
+        self.tiers = DelayTiers(*slots)
+        if codec is None:
+            if not isinstance(message_format, MessageFormat):
+                raise ConfigurationError(f"message_format must be a nova.MessageFormat, got {message_format!r}")
+            codec = codec_for(message_format)
+        elif not isinstance(codec, MessageCodec):
+            raise ConfigurationError("codec must have content_type, carries_envelope, encode() and decode()")
+        self.codec = codec
+        self.codecs = CodecRegistry(codec)
+        self.clock: Clock = clock or broker.clock or SystemClock()
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.priority_policy: PriorityPolicy = priority_policy or StrictPriority()
+        if not isinstance(max_payload_size, int) or max_payload_size < 1:
+            raise ConfigurationError("max_payload_size must be a positive int (bytes)")
+        self.max_payload_size = max_payload_size
+        self.stop_timeout = stop_timeout
+        self.close_broker = close_broker
+        self.recorder = recorder
+        self._sink = RecordingSink(recorder, self.clock) if recorder is not None else None
+        self.router = Router(broker, self.clock, self.prefix, self.tiers)
+        self._forwarder: DelayForwarder | None = None
+        self._worker: Worker | BatchWorker | None = None
+        self._known_topics: set[str] = set()
+        self._connect_lock = asyncio.Lock()
+        self._connected = False
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        return (f"TaskQueue(broker={type(self.broker).__name__}, prefix={self.prefix!r}, "
+                f"group={self.group_id!r})")
+
+    # -- URLs ---------------------------------------------------------------------
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> TaskQueue:
+        """Build a TaskQueue and its broker from a URL (the queue owns and closes the broker).
+
+        ``sim://`` (real time; ``sim://?clock=virtual&seed=1`` for a VirtualClock),
+        ``kafka://host:9092?group_id=g&topic_prefix=p``, ``amqp://`` / ``amqps://``,
+        ``rocketmq://host:8081``.
+        """
+        scheme = urlsplit(url).scheme.lower()
+        broker: Any
+        if scheme == "sim":
+            from nova.sim import SimBroker, VirtualClock
+
+            query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+            sim_clock = VirtualClock() if query.get("clock") == "virtual" else SystemClock()
+            broker = SimBroker(clock=sim_clock, seed=int(query.get("seed", "0")))
+        elif scheme == "kafka":
+            from nova._kafka import KafkaBroker
+
+            broker = KafkaBroker.from_url(url)
+        elif scheme in ("amqp", "amqps"):
+            from nova._rabbitmq import RabbitMQBroker
+
+            broker = RabbitMQBroker.from_url(url)
+        elif scheme == "rocketmq":
+            from nova._rocketmq import RocketMQBroker
+
+            broker = RocketMQBroker.from_url(url)
+        else:
+            raise ConfigurationError(
+                f"unknown broker URL scheme {scheme!r}: use sim://, kafka://, amqp(s):// or rocketmq://"
+            )
+        options.setdefault("close_broker", True)
+        return cls(broker, **options)
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        await self._connect()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def _connect(self) -> None:
+        if self._stopped:
+            raise ClosedError("this TaskQueue was stopped; make a new one")
+        if self._connected:
+            return
+        async with self._connect_lock:
+            if not self._connected:
+                await self.broker.connect()
+                self._connected = True
+
+    async def _ensure(self, topics: Sequence[str]) -> None:
+        missing = [t for t in topics if t not in self._known_topics]
+        if missing:
+            await self.broker.ensure_topics(missing)
+            self._known_topics.update(missing)
+
+    # -- producing ------------------------------------------------------------------
+    async def enqueue(
+        self,
+        task: Task,
+        *,
+        priority: Priority = Priority.NORMAL,
+        process_in: timedelta | float | None = None,
+        process_at: datetime | None = None,
+        queue: str = "default",
+    ) -> Result:
+        """Publish one task; returns once the broker holds it (raises EnqueueError otherwise)."""
+        return (await self.enqueue_batch([task], priority=priority, process_in=process_in,
+                                         process_at=process_at, queue=queue))[0]
+
+    async def enqueue_batch(
+        self,
+        tasks: Sequence[Task],
+        *,
+        priority: Priority = Priority.NORMAL,
+        process_in: timedelta | float | None = None,
+        process_at: datetime | None = None,
+        queue: str = "default",
+    ) -> list[Result]:
+        """Publish several tasks in one confirmed batch; one Result per task, in order.
+
+        Every task is validated before anything is sent.
+        """
+        if isinstance(tasks, Task) or not isinstance(tasks, Sequence):
+            raise ValidationError("enqueue_batch takes a list of nova.Task")
+        level = coerce_priority(priority)
+        validate_queue(queue)
+        eta = self._eta(process_in, process_at)
+        prepared = [self._prepare(t, level, queue, eta) for t in tasks]
+        if not prepared:
+            return []
+        await self._connect()
+        topics = [ready_topic(self.prefix, queue, lvl) for lvl in Priority]
+        if eta is not None:
+            topics += self.router.tier_topics
+        await self._ensure(topics)
+        messages = [self.router.route(m.topic, m.body, m.headers, m.key, eta) for m, _, _ in prepared]
+        try:
+            await self.broker.publish(messages)
+        except NovaError as exc:
+            if isinstance(exc, EnqueueError | ClosedError):
+                raise
+            raise EnqueueError(f"the broker did not take {len(messages)} task(s): {exc}") from exc
+        except Exception as exc:
+            raise EnqueueError(f"the broker did not take {len(messages)} task(s): {exc!r}") from exc
+        status = TaskStatus.PENDING if eta is not None else TaskStatus.QUEUED
+        for _, result, task in prepared:
+            self._emit_raw(result.id, task, queue, level, status, attempt=1, eta=result.eta)
+        return [result for _, result, _ in prepared]
+
+    def _eta(self, process_in: timedelta | float | None, process_at: datetime | None) -> float | None:
+        if process_in is not None and process_at is not None:
+            raise ValidationError("give process_in or process_at, not both")
+        if process_at is not None:
+            if not isinstance(process_at, datetime):
+                raise ValidationError(f"process_at must be a datetime, got {type(process_at).__name__}")
+            if process_at.tzinfo is None or process_at.utcoffset() is None:
+                raise ValidationError(
+                    "process_at must be timezone-aware, e.g. datetime.now(timezone.utc) + timedelta(...)"
+                )
+            at = process_at.timestamp()
+            return at if at > self.clock.time() else None
+        if process_in is not None:
+            if isinstance(process_in, timedelta):
+                seconds = process_in.total_seconds()
+            elif isinstance(process_in, int | float) and not isinstance(process_in, bool):
+                seconds = float(process_in)
+            else:
+                raise ValidationError(f"process_in must be a timedelta (or seconds), got {process_in!r}")
+            return self.clock.time() + seconds if seconds > 0 else None
+        return None
+
+    def _prepare(self, task: Task, level: Priority, queue: str, eta: float | None) -> tuple[Message, Result, Task]:
+        validate_task(task)
+        task_id = task.id or uuid.uuid4().hex
+        body = TaskBody(task.type, bytes(task.payload), task.headers)
+        data = self.codec.encode(body)
+        if len(data) > self.max_payload_size:
+            raise PayloadTooLarge(len(data), self.max_payload_size)
+        limit = self.broker.max_message_bytes
+        if limit is not None and len(data) > limit:
+            raise PayloadTooLarge(len(data), limit)
+        headers = encode_headers(task_id=task_id, body=body, codec=self.codec, queue=queue,
+                                 priority=level, attempt=1, enqueued_at=self.clock.time(), eta=eta)
+        result = Result(task_id, queue, level, None if eta is None else _dt(eta))
+        return Message(ready_topic(self.prefix, queue, level), data, headers, task_id), result, task
+
+    # -- consuming ------------------------------------------------------------------
+    async def start(self, handler: Handler, *, queues: Sequence[str] = ("default",),
+                    concurrency: int = 8) -> None:
+        """Consume ``queues`` with ``handler`` (async, or sync run in a thread).
+
+        Returns once consuming. Raise in the handler to fail the task.
+        """
+        if not callable(handler):
+            raise ValidationError("handler must be callable: async def handle(task: nova.Task) -> None")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValidationError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        self._check_can_start(queues)
+        worker = Worker(self, handler, list(queues), concurrency)
+        await self._start_worker(worker)
+
+    async def start_batch(self, handler: BatchHandler, aggregator: Aggregator, *,
+                          queues: Sequence[str] = ("default",)) -> None:
+        """Consume ``queues`` in batches made by ``aggregator``; ``handler`` gets ``list[Task]``."""
+        if not callable(handler):
+            raise ValidationError("handler must be callable: async def handle(tasks: list[nova.Task]) -> None")
+        if not isinstance(aggregator, Aggregator):
+            raise ValidationError("aggregator must be a nova.CountAggregator, TimeAggregator or "
+                                  "TimeCountAggregator")
+        self._check_can_start(queues)
+        worker = BatchWorker(self, handler, aggregator, list(queues))
+        await self._start_worker(worker)
+
+    def _check_can_start(self, queues: Sequence[str]) -> None:
+        if self._stopped:
+            raise StateError("this TaskQueue was stopped; make a new one to consume again")
+        if self._worker is not None:
+            raise StateError("this TaskQueue is already consuming; use one TaskQueue per consumer")
+        if isinstance(queues, str) or not queues:
+            raise ValidationError("queues must be a non-empty list of queue names, e.g. ['default']")
+        for q in queues:
+            validate_queue(q)
+
+    async def _start_worker(self, worker: Worker | BatchWorker) -> None:
+        self._worker = worker
+        await self._connect()
+        if self._forwarder is None:
+            self._forwarder = DelayForwarder(self.router)
+            await self._forwarder.start()
+        await worker.start()
+
+    async def stop(self, *, graceful: bool = True, timeout: timedelta | None = None) -> None:
+        """Stop consuming. Graceful: wait for running handlers (up to ``timeout``,
+        default ``stop_timeout``, then cancel them unacked), hand a partial batch
+        to the batch handler, ack, close. ``graceful=False``: cancel at once, ack nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        limit = (timeout or self.stop_timeout).total_seconds()
+        try:
+            if self._worker is not None:
+                await self._worker.stop(graceful=graceful, timeout=limit)
+            if self._forwarder is not None:
+                await self._forwarder.stop()
+        finally:
+            if self._sink is not None:
+                await self._sink.close()
+            if self.close_broker:
+                await self.broker.close()
+
+    @property
+    def worker(self) -> Worker | BatchWorker | None:
+        return self._worker
+
+    # -- recording ------------------------------------------------------------------
+    def emit(self, task: Task, status: TaskStatus, *, error: str | None = None) -> None:
+        assert task.id is not None
+        self._emit_raw(task.id, task, task.queue, task.priority, status, attempt=task.attempt,
+                       eta=task.eta, error=error)
+
+    def _emit_raw(self, task_id: str, task: Task, queue: str, priority: Priority, status: TaskStatus,
+                  *, attempt: int, eta: datetime | None, error: str | None = None) -> None:
+        if self._sink is None:
+            return
+        now = self.clock.time()
+        self._sink.emit(TaskEvent(
+            task_id=task_id, type=task.type, queue=queue, priority=int(priority), status=status,
+            at=_dt(now), version=int(now * 1_000_000), attempt=attempt, error=error, eta=eta,
+            headers=dict(task.headers),
+            payload=bytes(task.payload) if status in (TaskStatus.QUEUED, TaskStatus.PENDING) else None,
+        ))
+
+    @property
+    def recording_stats(self) -> dict[str, int]:
+        """Events written, dropped and failed writes of the recorder (zeros without one)."""
+        if self._sink is None:
+            return {"written": 0, "dropped": 0, "failures": 0}
+        return {"written": self._sink.written, "dropped": self._sink.dropped, "failures": self._sink.failures}
+
+
+def _dt(ts: float) -> datetime:
+    from datetime import UTC
+
+    return datetime.fromtimestamp(ts, UTC)

@@ -1,0 +1,358 @@
+"""Consumers: the single-task worker and the batch worker.
+
+Both read the ready topics of their queues (one per priority level) through
+one subscription, ack only after the handler returned, and send failures
+through retry (the durable delay path) or to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nova._aggregators import Aggregator
+from nova._broker import Delivery, Message, Subscription
+from nova._clock import wait_with_timeout
+from nova._envelope import H, MAX_ERROR_CHARS, decode_task, ms_ceil
+from nova._errors import DecodeError
+from nova._naming import dead_letter_queue, ready_topic
+from nova._policies import StrictPriority
+from nova._recording import TaskStatus
+from nova._task import Priority, Task
+
+if TYPE_CHECKING:
+    from nova._queue import TaskQueue
+
+__all__ = ["BatchWorker", "Worker"]
+
+log = logging.getLogger("nova.worker")
+
+Handler = Callable[[Task], Awaitable[None] | None]
+BatchHandler = Callable[[list[Task]], Awaitable[None] | None]
+
+LEVELS = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+
+
+def is_async_callable(fn: object) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    queue: str
+    priority: Priority
+
+
+class _BaseWorker:
+    """What both workers share: subscription, topic map, failure handling."""
+
+    def __init__(self, tq: TaskQueue, queues: Sequence[str], window: int) -> None:
+        self.tq = tq
+        self.queues = list(dict.fromkeys(queues))
+        self.window = window
+        self.routes: dict[str, _Route] = {
+            ready_topic(tq.prefix, q, lvl): _Route(q, lvl) for q in self.queues for lvl in LEVELS
+        }
+        self.sub: Subscription | None = None
+        self._pull_task: asyncio.Task[None] | None = None
+        self.stopping = False
+        self.handled = 0
+
+    async def _subscribe(self) -> None:
+        dlq_topics = [ready_topic(self.tq.prefix, dead_letter_queue(q), lvl)
+                      for q in self.queues for lvl in LEVELS]
+        await self.tq.broker.ensure_topics([*self.routes, *dlq_topics])
+        self.sub = await self.tq.broker.subscribe(list(self.routes), group=self.tq.group, window=self.window)
+        self._pull_task = asyncio.get_running_loop().create_task(self._pull(self.sub), name="nova-pull")
+
+    async def _pull(self, sub: Subscription) -> None:
+        try:
+            async for delivery in sub:
+                route = self.routes.get(delivery.topic)
+                if route is None:
+                    await delivery.nack()
+                    continue
+                self.accept(delivery, route)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("consuming stopped: the subscription failed")
+
+    def accept(self, delivery: Delivery, route: _Route) -> None:
+        raise NotImplementedError
+
+    def decode(self, delivery: Delivery, route: _Route) -> Task | None:
+        try:
+            task = decode_task(self.tq.codecs, delivery.body, delivery.headers)
+        except DecodeError as exc:
+            asyncio.get_running_loop().create_task(self._poison(delivery, route, exc))
+            return None
+        task.queue = route.queue
+        return task
+
+    async def _poison(self, delivery: Delivery, route: _Route, exc: DecodeError) -> None:
+        """Undecodable bytes go to the dead-letter queue with the decode error."""
+        headers = dict(delivery.headers)
+        headers[H.ERROR] = f"DecodeError: {exc}"[:MAX_ERROR_CHARS]
+        headers[H.QUEUE] = dead_letter_queue(route.queue)
+        topic = ready_topic(self.tq.prefix, dead_letter_queue(route.queue), Priority.NORMAL)
+        log.error("poison message on %s sent to the dead-letter queue: %s", delivery.topic, exc)
+        await self._publish_then_ack(delivery, Message(topic, delivery.body, headers, headers.get(H.ID)))
+
+    async def _publish_then_ack(self, delivery: Delivery, message: Message) -> bool:
+        try:
+            await self.tq.broker.publish([message])
+        except Exception as exc:  # noqa: BLE001 - give it back; it will be redelivered
+            log.warning("could not publish to %s (%r); the task will be redelivered", message.topic, exc)
+            with contextlib.suppress(Exception):
+                await delivery.nack()
+            return False
+        await delivery.ack()
+        return True
+
+    async def fail(self, delivery: Delivery, task: Task, route: _Route, exc: BaseException) -> None:
+        """Retry with backoff through the delay path, or dead-letter after max_retries."""
+        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+        tq = self.tq
+        headers = {k: v for k, v in delivery.headers.items() if k not in (H.TARGET, H.HOLD_UNTIL, H.ETA)}
+        headers[H.ERROR] = error
+        if task.attempt <= tq.retry.max_retries:
+            eta = tq.clock.time() + tq.retry.backoff.delay(task.attempt).total_seconds()
+            headers[H.ATTEMPT] = str(task.attempt + 1)
+            headers[H.ETA] = ms_ceil(eta)
+            message = tq.router.route(delivery.topic, delivery.body, headers, task.id, eta)
+            if await self._publish_then_ack(delivery, message):
+                tq.emit(task, TaskStatus.RETRYING, error=error)
+            return
+        dlq = dead_letter_queue(route.queue)
+        headers[H.QUEUE] = dlq
+        message = Message(ready_topic(tq.prefix, dlq, Priority.NORMAL), delivery.body, headers, task.id)
+        if await self._publish_then_ack(delivery, message):
+            log.warning("task %s (%s) failed %d times and went to %s: %s",
+                        task.id, task.type, task.attempt, dlq, error)
+            tq.emit(task, TaskStatus.FAILED, error=error)
+
+    async def _close_subscription(self) -> None:
+        if self._pull_task is not None:
+            self._pull_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pull_task
+        if self.sub is not None:
+            await self.sub.close()
+
+
+class Worker(_BaseWorker):
+    """Runs one handler per task, up to ``concurrency`` at once, by priority."""
+
+    def __init__(self, tq: TaskQueue, handler: Handler, queues: Sequence[str], concurrency: int) -> None:
+        super().__init__(tq, queues, window=concurrency)
+        self.handler = handler
+        self.is_async = is_async_callable(handler)
+        self.concurrency = concurrency
+        self.buffers: dict[Priority, deque[tuple[Delivery, _Route]]] = {lvl: deque() for lvl in LEVELS}
+        self.running: set[asyncio.Task[None]] = set()
+        self._wakeup = asyncio.Event()
+        self._dispatch_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._subscribe()
+        self._dispatch_task = asyncio.get_running_loop().create_task(self._dispatch(), name="nova-dispatch")
+
+    def accept(self, delivery: Delivery, route: _Route) -> None:
+        self.buffers[route.priority].append((delivery, route))
+        self._wakeup.set()
+
+    async def _dispatch(self) -> None:
+        policy = self.tq.priority_policy
+        strict = isinstance(policy, StrictPriority)
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            if len(self.running) >= self.concurrency:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            ready = [lvl for lvl in LEVELS if self.buffers[lvl]]
+            if not ready:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            level = policy.choose(ready)
+            if strict and level is not Priority.HIGH and await self._higher_waiting(level):
+                continue
+            delivery, route = self.buffers[level].popleft()
+            task = loop.create_task(self._run(delivery, route))
+            self.running.add(task)
+            task.add_done_callback(self._done)
+
+    async def _higher_waiting(self, level: Priority) -> bool:
+        """Strict priority across topics: a higher level the broker holds but has
+        not delivered yet wins; wait briefly for it to arrive."""
+        assert self.sub is not None
+        for higher in LEVELS:
+            if higher <= level:
+                break
+            for q in self.queues:
+                if await self.sub.backlog(ready_topic(self.tq.prefix, q, higher)) > 0:
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await wait_with_timeout(self.tq.clock, self._wakeup.wait(), 0.05)
+                    return True
+        return False
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.running.discard(task)
+        self._wakeup.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("worker bookkeeping failed", exc_info=task.exception())
+
+    async def _run(self, delivery: Delivery, route: _Route) -> None:
+        task = self.decode(delivery, route)
+        if task is None:
+            return
+        tq = self.tq
+        tq.emit(task, TaskStatus.PROCESSING)
+        try:
+            if self.is_async:
+                await self.handler(task)  # type: ignore[misc]
+            else:
+                await tq.clock.run_sync(functools.partial(self.handler, task))
+        except asyncio.CancelledError:
+            raise  # stopped without grace: not acked, the broker redelivers
+        except Exception as exc:  # noqa: BLE001 - any handler error is a task failure
+            await self.fail(delivery, task, route, exc)
+            return
+        await delivery.ack()
+        self.handled += 1
+        tq.emit(task, TaskStatus.COMPLETED)
+
+    async def stop(self, *, graceful: bool, timeout: float) -> None:
+        self.stopping = True
+        self._wakeup.set()
+        if self._dispatch_task is not None:
+            self._dispatch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatch_task
+        if self._pull_task is not None:
+            self._pull_task.cancel()
+        running = list(self.running)
+        if running and graceful:
+            with contextlib.suppress(TimeoutError):
+                await wait_with_timeout(self.tq.clock, asyncio.gather(*running, return_exceptions=True),
+                                        timeout)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        await self._close_subscription()
+
+
+class BatchWorker(_BaseWorker):
+    """Buffers tasks and hands them to a batch handler as the aggregator says."""
+
+    def __init__(self, tq: TaskQueue, handler: BatchHandler, aggregator: Aggregator,
+                 queues: Sequence[str]) -> None:
+        # The in-flight window is never smaller than a batch, so a batch can always fill.
+        super().__init__(tq, queues, window=aggregator.max_size)
+        self.handler = handler
+        self.is_async = is_async_callable(handler)
+        self.aggregator = aggregator
+        self.buffer: list[tuple[Delivery, Task, _Route]] = []
+        self.first_at: float | None = None
+        self._wakeup = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def start(self) -> None:
+        await self._subscribe()
+        self._loop_task = asyncio.get_running_loop().create_task(self._flush_loop(), name="nova-batch")
+
+    def accept(self, delivery: Delivery, route: _Route) -> None:
+        task = self.decode(delivery, route)
+        if task is None:
+            return
+        if not self.buffer:
+            self.first_at = self.tq.clock.time()
+        self.buffer.append((delivery, task, route))
+        self._wakeup.set()
+
+    async def _flush_loop(self) -> None:
+        clock = self.tq.clock
+        window = self.aggregator.window
+        while True:
+            if self.stopping:
+                while self.buffer:  # stop() hands the partial batch over
+                    await self.flush()
+                return
+            if len(self.buffer) >= self.aggregator.max_size:
+                await self.flush()
+                continue
+            if self.buffer and window is not None and self.first_at is not None:
+                deadline = self.first_at + window.total_seconds()
+                if clock.time() >= deadline:
+                    await self.flush()
+                    continue
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await wait_with_timeout(clock, self._wakeup.wait(), deadline - clock.time())
+                continue
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def flush(self) -> None:
+        """Hand up to max_size buffered tasks (highest priority first) to the handler."""
+        if not self.buffer:
+            return
+        self.buffer.sort(key=lambda item: -item[1].priority)  # stable: FIFO within a level
+        batch = self.buffer[: self.aggregator.max_size]
+        del self.buffer[: self.aggregator.max_size]
+        self.first_at = self.tq.clock.time() if self.buffer else None
+        tasks = [task for _, task, _ in batch]
+        tq = self.tq
+        for task in tasks:
+            tq.emit(task, TaskStatus.PROCESSING)
+        try:
+            if self.is_async:
+                await self.handler(tasks)  # type: ignore[misc]
+            else:
+                await tq.clock.run_sync(functools.partial(self.handler, tasks))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the whole batch failed: retry each task
+            for delivery, task, route in batch:
+                await self.fail(delivery, task, route, exc)
+            return
+        for delivery, task, _ in batch:
+            await delivery.ack()
+            tq.emit(task, TaskStatus.COMPLETED)
+        self.batches += 1
+        self.handled += len(batch)
+
+    async def stop(self, *, graceful: bool, timeout: float) -> None:
+        self.stopping = True
+        if self._pull_task is not None:
+            self._pull_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pull_task
+        loop_task = self._loop_task
+        if loop_task is not None:
+            self._wakeup.set()
+            if graceful:
+                with contextlib.suppress(TimeoutError):
+                    await wait_with_timeout(self.tq.clock, asyncio.shield(loop_task), timeout)
+            loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop_task
+        await self._close_subscription()
+
+
+def describe(handler: Any) -> str:
+    return getattr(handler, "__qualname__", repr(handler))
