@@ -1,0 +1,555 @@
+"""Task recording in ClickHouse: :class:`ClickHouseTaskRecorder`, on clickhouse-connect.
+
+One code path for the embedded engine (chDB, in-process, the default for local
+use) and for a ClickHouse server:
+
+    recorder = ClickHouseTaskRecorder.from_url("chdb:///var/lib/nova/tasks")
+    recorder = ClickHouseTaskRecorder.from_url("https://nova:secret@ch.example:8443/ops")
+    queue = nova.TaskQueue(broker, recorder=recorder)
+    ...
+    record = await recorder.get(task_id)      # latest state, never a stale row
+    failed = await recorder.list(status=nova.TaskStatus.FAILED, limit=20)
+
+The table holds one row per lifecycle event (``ReplacingMergeTree(version)``,
+sorted by ``(task_id, version)``, so a re-sent batch replaces itself instead of
+doubling). A task's state is the fold of its events in version order, computed
+in SQL with ``argMax``-style aggregates over ``FINAL`` rows; it equals what
+:func:`nova._recording.fold_events` gives, except that timestamps are stored
+to the millisecond. Payloads are stored only with ``store_payload=True``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from nova._errors import (
+    AuthenticationError,
+    BrokerError,
+    ClosedError,
+    ConfigurationError,
+    NovaError,
+    ValidationError,
+)
+from nova._errors import ConnectionError as NovaConnectionError
+from nova._recording import TaskEvent, TaskRecord, TaskStatus
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+__all__ = ["ClickHouseTaskRecorder"]
+
+T = TypeVar("T")
+_Rows = list[Sequence[Any]]  # spelled once here: the class's list() method shadows the builtin
+
+EXTRA_HINT = "pip install 'nova-taskqueue[clickhouse]'"
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TERMINAL = [s.value for s in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED,
+                               TaskStatus.TIMEOUT, TaskStatus.SKIPPED)]
+_AUTH_CODES = {192, 193, 194, 195, 516}  # unknown user, wrong password, required password, ...
+
+# (name, type) of what record() inserts; retry_count and recorded_at fill themselves.
+_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("task_id", "String"),
+    ("version", "Int64"),
+    ("at", "DateTime64(3, 'UTC')"),
+    ("status", "LowCardinality(String)"),
+    ("queue", "LowCardinality(String)"),
+    ("type", "LowCardinality(String)"),
+    ("priority", "Int32"),
+    ("attempt", "Int32"),
+    ("error", "Nullable(String)"),
+    ("eta", "Nullable(DateTime64(3, 'UTC'))"),
+    ("headers", "Map(String, String)"),
+    ("payload", "Nullable(String)"),
+)
+_COLUMN_NAMES = [name for name, _ in _COLUMNS]
+_COLUMN_TYPES = [kind for _, kind in _COLUMNS]
+
+_CREATE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    task_id String,
+    version Int64,
+    at DateTime64(3, 'UTC'),
+    status LowCardinality(String),
+    queue LowCardinality(String),
+    type LowCardinality(String),
+    priority Int32,
+    attempt Int32,
+    retry_count UInt32 MATERIALIZED toUInt32(greatest(attempt - 1, 0)),
+    error Nullable(String),
+    eta Nullable(DateTime64(3, 'UTC')),
+    headers Map(String, String),
+    payload Nullable(String),
+    recorded_at DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (task_id, version)
+"""
+
+# The fold of apply_event, in SQL: one row per task. Aliases are r_* so they
+# never shadow the columns the aggregates read. {where} is one of the fixed
+# clauses below, never user text; every value is a bound parameter.
+_LATEST = """
+SELECT
+    task_id,
+    argMax(type, version) AS r_type,
+    argMax(queue, version) AS r_queue,
+    argMax(priority, version) AS r_priority,
+    argMax(status, version) AS r_status,
+    toUInt32(greatest(max(attempt) - 1, 0)) AS r_retry_count,
+    argMaxIf(error, version, isNotNull(error)) AS r_error,
+    toUnixTimestamp64Milli(argMin(at, version)) AS r_created_ms,
+    toUnixTimestamp64Milli(argMax(at, version)) AS r_updated_ms,
+    toUnixTimestamp64Milli(argMinIf(toNullable(at), version, status = 'processing')) AS r_started_ms,
+    toUnixTimestamp64Milli(argMaxIf(toNullable(at), version, has({{terminal:Array(String)}}, status)))
+        AS r_completed_ms,
+    toUnixTimestamp64Milli(argMaxIf(eta, version, isNotNull(eta))) AS r_eta_ms,
+    argMaxIf(headers, version, notEmpty(headers)) AS r_headers,
+    argMaxIf(payload, version, isNotNull(payload)) AS r_payload,
+    max(version) AS r_version
+FROM {table} FINAL
+{where}
+GROUP BY task_id
+"""
+
+_HISTORY = """
+SELECT task_id, type, queue, priority, status, toUnixTimestamp64Milli(at), version, attempt,
+       error, toUnixTimestamp64Milli(eta), headers, payload
+FROM {table} FINAL
+WHERE task_id = {{task_id:String}}
+ORDER BY version
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where to connect: a chDB location or a server. ``password`` never leaves this object."""
+
+    kind: str  # "chdb" | "http" | "https"
+    path: str | None = None  # chdb directory; None = in memory
+    host: str = ""
+    port: int = 0
+    username: str | None = None
+    password: str = ""
+    database: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "chdb":
+            return f"chdb://{self.path or 'memory'}"
+        user = f"{self.username}:***@" if self.username else ""
+        db = f"/{self.database}" if self.database else ""
+        return f"{self.kind}://{user}{self.host}:{self.port}{db}"
+
+
+def _parse_url(url: str) -> _Target:
+    if not isinstance(url, str):
+        raise ConfigurationError(f"recorder URL must be a str, got {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        # the URL may hold a password: name the problem, not the URL
+        raise ConfigurationError(f"invalid ClickHouse recorder URL: {exc}") from None
+    if parts.scheme == "chdb":
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ConfigurationError(f"chdb URL takes no user, query or fragment: {url!r}")
+        if parts.netloc in ("memory", ":memory:") and parts.path in ("", "/"):
+            return _Target("chdb")
+        if parts.netloc == "" and parts.path.startswith("/") and parts.path != "/":
+            return _Target("chdb", path=unquote(parts.path))
+        raise ConfigurationError(
+            f"chdb URL must be chdb:///absolute/path or chdb://memory, got {url!r}")
+    if parts.scheme in ("http", "https"):
+        safe = _Target(parts.scheme, host=parts.hostname or "").describe()
+        if not parts.hostname:
+            raise ConfigurationError(f"ClickHouse URL needs a host: {safe}")
+        if parts.query or parts.fragment:
+            raise ConfigurationError(f"ClickHouse URL takes no query or fragment: {safe}")
+        database = unquote(parts.path.strip("/")) or None
+        if database is not None and not _IDENTIFIER.fullmatch(database):
+            raise ConfigurationError(f"ClickHouse database name must match {_IDENTIFIER.pattern}")
+        return _Target(
+            parts.scheme,
+            host=parts.hostname,
+            port=port or (8443 if parts.scheme == "https" else 8123),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else "",
+            database=database,
+        )
+    raise ConfigurationError(
+        "ClickHouse recorder URL must start with chdb://, http:// or https://"
+        + ("" if "@" in url else f", got {url!r}"))
+
+
+def _quote_table(table: str) -> tuple[str, str, str | None]:
+    """Validate ``table`` or ``database.table``; return (quoted, table, database)."""
+    if not isinstance(table, str):
+        raise ConfigurationError(f"table name must be a str, got {type(table).__name__}")
+    names = table.split(".")
+    if len(names) > 2 or not all(_IDENTIFIER.fullmatch(n) for n in names):
+        raise ConfigurationError(
+            f"invalid ClickHouse table name {table!r}: use letters, digits and _ "
+            "(optionally database.table), starting with a letter or _")
+    quoted = ".".join(f"`{n}`" for n in names)
+    if len(names) == 2:
+        return quoted, names[1], names[0]
+    return quoted, names[0], None
+
+
+def _import_clickhouse_connect() -> Any:
+    try:
+        import clickhouse_connect
+    except ImportError as exc:
+        raise ImportError(f"ClickHouseTaskRecorder needs clickhouse-connect: {EXTRA_HINT}") from exc
+    return clickhouse_connect
+
+
+def _ms_to_datetime(ms: int | None) -> datetime | None:
+    return None if ms is None else _EPOCH + timedelta(milliseconds=ms)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _status(value: str) -> TaskStatus:
+    try:
+        return TaskStatus(value)
+    except ValueError:
+        return TaskStatus.UNKNOWN
+
+
+def _as_bytes(value: bytes | str | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+class ClickHouseTaskRecorder:
+    """A QueryableTaskRecorder on ClickHouse (a server, or chDB in-process).
+
+    ``client`` is a clickhouse-connect ``Client``; it stays yours (``close()``
+    does not close it). :meth:`from_url` builds and owns one. Calls run in a
+    worker thread, one at a time, so the event loop never waits on ClickHouse.
+
+    >>> client = clickhouse_connect.get_client(dsn="chdb://memory")  # doctest: +SKIP
+    >>> recorder = ClickHouseTaskRecorder(client, store_payload=False)   # doctest: +SKIP
+    >>> await recorder.record([event])                                  # doctest: +SKIP
+    >>> (await recorder.get(event.task_id)).status                      # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        table: str = "nova_task_records",
+        *,
+        store_payload: bool = False,
+    ) -> None:
+        self._setup(client, None, table, store_payload)
+
+    def _setup(self, client: Client | None, target: _Target | None, table: str, store_payload: bool) -> None:
+        self._quoted, self._table, self._database = _quote_table(table)
+        self._table_name = table
+        self._client: Client | None = client
+        self._target = target
+        self._owns_client = client is None  # from_url: we connect, so we close
+        self._store_payload = bool(store_payload)
+        # one call at a time: an HTTP session and a chDB handle both refuse concurrent queries
+        self._lock = threading.Lock()
+        self._schema_ready = False
+        self._closed = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        table: str = "nova_task_records",
+        *,
+        store_payload: bool = False,
+    ) -> ClickHouseTaskRecorder:
+        """A recorder for ``chdb:///abs/path``, ``chdb://memory`` or ``http(s)://user:pass@host:port/db``.
+
+        Nothing connects until the first call; the URL and table are checked now.
+
+        >>> recorder = ClickHouseTaskRecorder.from_url("chdb:///tmp/nova-tasks")
+        """
+        target = _parse_url(url)
+        _import_clickhouse_connect()
+        if target.kind == "chdb":
+            try:
+                import chdb  # noqa: F401
+            except ImportError as exc:
+                raise ImportError(f"chdb:// recording needs chdb: {EXTRA_HINT}") from exc
+        recorder = cls.__new__(cls)
+        recorder._setup(None, target, table, store_payload)
+        return recorder
+
+    def __repr__(self) -> str:
+        where = self._target.describe() if self._target is not None else "client"
+        return (f"ClickHouseTaskRecorder({where}, table={self._table_name!r}, "
+                f"store_payload={self._store_payload})")
+
+    # -- plumbing ------------------------------------------------------------
+    def _connect(self) -> Client:
+        target = self._target
+        assert target is not None
+        clickhouse_connect = _import_clickhouse_connect()
+        client: Client
+        if target.kind == "chdb":
+            try:
+                client = clickhouse_connect.get_client(dsn=f"chdb://{target.path or 'memory'}")
+            except ImportError as exc:
+                raise ImportError(f"chdb:// recording needs chdb: {EXTRA_HINT}") from exc
+        else:
+            client = clickhouse_connect.get_client(
+                host=target.host,
+                port=target.port,
+                username=target.username,
+                password=target.password,
+                database=target.database,
+                interface=target.kind,
+            )
+        return client
+
+    def _translate(self, exc: Exception, action: str) -> NovaError:
+        message = str(exc)
+        secret = self._target.password if self._target is not None else ""
+        if secret:
+            message = message.replace(secret, "***")
+        where = self._target.describe() if self._target is not None else "ClickHouse"
+        text = f"task recorder {action} failed on {where}: {message}"
+        code = getattr(exc, "code", None)
+        from clickhouse_connect.driver import exceptions as ch
+
+        if code in _AUTH_CODES:
+            return AuthenticationError(text)
+        if (isinstance(exc, ch.ProgrammingError) and self._client is None
+                and self._target is not None and self._target.kind == "chdb"):
+            return ConfigurationError(
+                f"{text} (chDB hosts one database directory per process; close the other one first)")
+        if isinstance(exc, ch.OperationalError) and not isinstance(exc, ch.StreamFailureError):
+            return NovaConnectionError(text)
+        return BrokerError(text)
+
+    def _blocking(self, action: str, fn: Callable[[Client], T]) -> T:
+        from clickhouse_connect.driver.exceptions import ClickHouseError
+
+        with self._lock:
+            if self._closed:
+                raise ClosedError("this ClickHouseTaskRecorder was closed")
+            try:
+                if self._client is None:
+                    self._client = self._connect()
+                client = self._client
+                if not self._schema_ready:
+                    client.command(_CREATE.format(table=self._quoted))
+                    self._schema_ready = True
+                return fn(client)
+            except ClickHouseError as exc:
+                raise self._translate(exc, action) from exc
+
+    async def _run(self, action: str, fn: Callable[[Client], T]) -> T:
+        return await asyncio.to_thread(self._blocking, action, fn)
+
+    def _row(self, event: TaskEvent) -> list[Any]:
+        return [
+            event.task_id,
+            event.version,
+            _utc(event.at),
+            event.status.value,
+            event.queue,
+            event.type,
+            event.priority,
+            event.attempt,
+            event.error,
+            _utc(event.eta) if event.eta is not None else None,
+            dict(event.headers),
+            event.payload if self._store_payload else None,
+        ]
+
+    # -- TaskRecorder ----------------------------------------------------------
+    async def record(self, events: Sequence[TaskEvent]) -> None:
+        """Insert a batch of events in one INSERT (RecordingSink does the batching)."""
+        if not events:
+            return
+        try:
+            rows = [self._row(e) for e in events]
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ValidationError(f"not a valid TaskEvent batch: {exc!r}") from exc
+
+        def insert(client: Client) -> None:
+            client.insert(self._table, rows, column_names=_COLUMN_NAMES, database=self._database,
+                          column_type_names=_COLUMN_TYPES)
+
+        await self._run("insert", insert)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The latest state of one task, or None."""
+        sql = _LATEST.format(table=self._quoted, where="WHERE task_id = {task_id:String}")
+        rows = await self._query("get", sql, {"task_id": task_id})
+        return self._to_record(rows[0]) if rows else None
+
+    async def close(self) -> None:
+        """Stop; close the client if :meth:`from_url` made it. Idempotent."""
+
+        def close() -> None:
+            with self._lock:
+                if self._closed:
+                    return
+                self._closed = True
+                if self._owns_client and self._client is not None:
+                    self._client.close()
+                self._client = None
+
+        await asyncio.to_thread(close)
+
+    # -- queries ---------------------------------------------------------------
+    async def history(self, task_id: str) -> list[TaskEvent]:
+        """Every event of one task, oldest (lowest version) first."""
+        rows = await self._query("history", _HISTORY.format(table=self._quoted), {"task_id": task_id},
+                                 formats={"payload": "bytes"})
+        return [
+            TaskEvent(
+                task_id=r[0], type=r[1], queue=r[2], priority=r[3], status=_status(r[4]),
+                at=_ms_to_datetime(r[5]) or _EPOCH, version=r[6], attempt=r[7], error=r[8],
+                eta=_ms_to_datetime(r[9]), headers=dict(r[10]), payload=_as_bytes(r[11]),
+            )
+            for r in rows
+        ]
+
+    async def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        queue: str | None = None,
+        type: str | None = None,  # noqa: A002
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        """Records matching every given filter, newest (by update) first.
+
+        >>> failed = await recorder.list(status=TaskStatus.FAILED, queue="email", limit=20)  # doctest: +SKIP
+        """
+        if limit < 0 or offset < 0:
+            raise ValidationError("limit and offset must be >= 0")
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        # A task's latest status/queue/type/update is one of its events, so a
+        # task matching the filters has an event matching them: prefilter on
+        # that (cheap, uses the sort key), then filter the folded state.
+        inner: list[str] = []
+        outer: list[str] = []
+        if status is not None:
+            params["status"] = TaskStatus(status).value
+            inner.append("status = {status:String}")
+            outer.append("r_status = {status:String}")
+        if queue is not None:
+            params["queue"] = queue
+            inner.append("queue = {queue:String}")
+            outer.append("r_queue = {queue:String}")
+        if type is not None:
+            params["type"] = type
+            inner.append("type = {type:String}")
+            outer.append("r_type = {type:String}")
+        if since is not None:
+            params["since_ms"] = _datetime_ms(since)
+            inner.append("toUnixTimestamp64Milli(at) >= {since_ms:Int64}")
+            outer.append("r_updated_ms >= {since_ms:Int64}")
+        if until is not None:
+            params["until_ms"] = -_datetime_ms(until, negate=True)  # ceil: keep sub-ms updates before it
+            outer.append("r_updated_ms < {until_ms:Int64}")
+        where = ""
+        if inner:
+            where = f"WHERE task_id IN (SELECT task_id FROM {self._quoted} WHERE {' AND '.join(inner)})"
+        sql = (
+            f"SELECT * FROM ({_LATEST.format(table=self._quoted, where=where)})"
+            + (f" WHERE {' AND '.join(outer)}" if outer else "")
+            + " ORDER BY r_updated_ms DESC, r_version DESC, task_id DESC"
+            + " LIMIT {limit:UInt64} OFFSET {offset:UInt64}"
+        )
+        rows = await self._query("list", sql, params)
+        return [self._to_record(r) for r in rows]
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        """Number of tasks per current status."""
+        sql = (f"SELECT r_status, count() FROM (SELECT task_id, argMax(status, version) AS r_status "
+               f"FROM {self._quoted} FINAL GROUP BY task_id) GROUP BY r_status")
+        rows = await self._query("counts", sql, {})
+        out: dict[TaskStatus, int] = {}
+        for status, n in rows:
+            key = _status(status)
+            out[key] = out.get(key, 0) + n
+        return out
+
+    async def counts_by_queue(self) -> dict[str, dict[TaskStatus, int]]:
+        """Number of tasks per current queue, then per current status."""
+        sql = (f"SELECT r_queue, r_status, count() FROM (SELECT task_id, argMax(queue, version) AS r_queue,"
+               f" argMax(status, version) AS r_status FROM {self._quoted} FINAL GROUP BY task_id)"
+               f" GROUP BY r_queue, r_status")
+        rows = await self._query("counts", sql, {})
+        out: dict[str, dict[TaskStatus, int]] = {}
+        for queue, status, n in rows:
+            per_queue = out.setdefault(queue, {})
+            key = _status(status)
+            per_queue[key] = per_queue.get(key, 0) + n
+        return out
+
+    async def delete(self, task_id: str) -> bool:
+        """Forget one task (a lightweight DELETE, visible at once); True if it was recorded."""
+        params = {"task_id": task_id}
+
+        def delete(client: Client) -> bool:
+            found = client.query(f"SELECT count() FROM {self._quoted} WHERE task_id = {{task_id:String}}",
+                                 parameters=params).result_rows[0][0]
+            if found:
+                client.command(f"DELETE FROM {self._quoted} WHERE task_id = {{task_id:String}}",
+                               parameters=params)
+            return bool(found)
+
+        return await self._run("delete", delete)
+
+    # -- helpers ---------------------------------------------------------------
+    async def _query(self, action: str, sql: str, params: Mapping[str, Any],
+                     formats: Mapping[str, str] | None = None) -> _Rows:
+        params = {"terminal": _TERMINAL, **params}
+        column_formats: dict[str, str | dict[str, str]] = dict(formats or {"r_payload": "bytes"})
+
+        def query(client: Client) -> _Rows:
+            used = {k: v for k, v in params.items() if "{" + k + ":" in sql}
+            return list(client.query(sql, parameters=used, column_formats=column_formats).result_rows)
+
+        return await self._run(action, query)
+
+    def _to_record(self, r: Sequence[Any]) -> TaskRecord:
+        return TaskRecord(
+            task_id=r[0],
+            type=r[1],
+            queue=r[2],
+            priority=r[3],
+            status=_status(r[4]),
+            retry_count=r[5],
+            error=r[6],
+            created_at=_ms_to_datetime(r[7]) or _EPOCH,
+            updated_at=_ms_to_datetime(r[8]) or _EPOCH,
+            started_at=_ms_to_datetime(r[9]),
+            completed_at=_ms_to_datetime(r[10]),
+            eta=_ms_to_datetime(r[11]),
+            headers=dict(r[12]),
+            payload=_as_bytes(r[13]),
+            version=r[14],
+        )
+
+
+def _datetime_ms(value: datetime, *, negate: bool = False) -> int:
+    """Epoch milliseconds (floor) of a datetime, naive meaning UTC; of its negation with ``negate``."""
+    delta = _utc(value) - _EPOCH
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (-micros if negate else micros) // 1000
