@@ -1,0 +1,650 @@
+"""RabbitMQ backend on aio-pika (``pip install 'nova-taskqueue[rabbitmq]'``).
+
+    broker = RabbitMQBroker("amqp://nova:secret@127.0.0.1:5672/", exchange="myapp")
+    tq = TaskQueue(broker)
+
+    broker = RabbitMQBroker.from_url(
+        "amqps://nova:secret@127.0.0.1:5671/?exchange=myapp&topic_prefix=myapp",
+        tls=ssl.create_default_context(cafile="ca.pem"),
+    )
+
+How the contract maps onto AMQP:
+
+- every topic is a durable classic queue of the same name, bound to the
+  durable direct exchange ``exchange`` (default ``"nova"``, a real named
+  exchange) with routing key = topic. Producers and consumers both declare
+  what they use, so a task published before any worker existed is kept;
+- publishing uses its own channel with publisher confirms, ``mandatory`` and
+  persistent messages: ``publish`` returns once every message is confirmed,
+  and an unroutable or nacked message raises ``EnqueueError``. While the
+  connection is being re-established, a publish waits for it (up to
+  ``publish_timeout``) and resends what was not confirmed (at least once);
+- consumer groups: one queue per topic is shared by every group; a group's
+  members are the queue's competing consumers. (nova never points two groups
+  at one topic: workers and the delay forwarder read different topics.)
+- a subscription opens one channel per topic with a per-consumer prefetch of
+  ``window``, so a full topic never blocks the others; acks are manual and a
+  delivery may stay unacked for as long as needed (RabbitMQ's
+  ``consumer_timeout`` applies only if the server sets one);
+- the connection is robust: after a broker restart it reconnects, re-declares
+  the topology and resumes the consumers. Deliveries received before the loss
+  are redelivered by the broker; acking such a stale delivery raises
+  ``nova.ConnectionError`` (the message is not lost);
+- delay tiers (``{prefix}__delayNN``) are ordinary durable queues held by the
+  engine's forwarder; ``declare_delay_tiers`` can instead make each tier a TTL
+  queue that dead-letters into the queue the forwarder reads, so messages wait
+  inside RabbitMQ and the forwarder's hold is ~0.
+
+``prefetch=(count, size)``: RabbitMQ ignores a prefetch size, so it must be 0.
+``count`` is exposed as ``prefetch_count`` (a default window for engines that
+want one); the per-topic limit of a subscription is always its ``window``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+from nova._broker import Message
+from nova._errors import (
+    AuthenticationError,
+    BrokerError,
+    ClosedError,
+    ConfigurationError,
+    ConnectionError,  # noqa: A004
+    EnqueueError,
+)
+
+if TYPE_CHECKING:
+    import aio_pika
+    import aio_pika.abc
+
+    from nova._clock import Clock
+
+__all__ = ["RabbitMQBroker"]
+
+log = logging.getLogger("nova.rabbitmq")
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+#: RabbitMQ 3.x default ``max_message_size``.
+MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+DELAY_TOPIC_RE = re.compile(r".+__delay\d{2,}")
+#: Header with the publish time at sub-second precision (AMQP timestamps are whole seconds).
+PUBLISHED_AT_HEADER = "x-nova-published-at"
+#: Options ``from_url`` reads from the query string (the rest goes to aio-pika).
+_URL_OPTIONS = ("exchange", "topic_prefix", "group_id")
+
+
+def _aio_pika() -> Any:
+    try:
+        import aio_pika
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("RabbitMQBroker needs aio-pika: pip install 'nova-taskqueue[rabbitmq]'") from exc
+    return aio_pika
+
+
+class _Secret:
+    """Keeps the password out of every string nova builds."""
+
+    def __init__(self, password: str) -> None:
+        self.password = password
+
+    def scrub(self, text: str) -> str:
+        if not self.password:
+            return text
+        for form in {self.password, quote(self.password, safe=""), quote(self.password)}:
+            text = text.replace(form, "***")
+        return text
+
+
+class RabbitMQBroker:
+    """RabbitMQ behind nova's broker contract.
+
+    >>> broker = RabbitMQBroker("amqp://127.0.0.1:5672/", auth=("nova", "s3cret/p@ss"))
+    >>> broker
+    RabbitMQBroker('amqp://nova:***@127.0.0.1:5672/', exchange='nova')
+    """
+
+    clock: Clock | None = None
+    native_delay_max: timedelta | None = None
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        exchange: str = "nova",
+        topic_prefix: str | None = None,
+        group_id: str | None = None,
+        prefetch: tuple[int, int] = (10, 0),
+        auth: tuple[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
+        delay_slots: tuple[int, timedelta] | None = None,
+        connect_timeout: float = 10.0,
+        publish_timeout: float = 30.0,
+        reconnect_interval: float = 1.0,
+    ) -> None:
+        _aio_pika()
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps"):
+            raise ConfigurationError(
+                f"RabbitMQ URL must start with amqp:// or amqps://, got {parts.scheme or 'no'} scheme"
+            )
+        if not parts.hostname:
+            raise ConfigurationError("RabbitMQ URL has no host, e.g. amqp://user:pass@127.0.0.1:5672/")
+        user = unquote(parts.username) if parts.username is not None else "guest"
+        password = unquote(parts.password) if parts.password is not None else "guest"
+        if auth is not None:
+            if not (isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(a, str) for a in auth)):
+                raise ConfigurationError("auth must be a (user, password) tuple of str")
+            user, password = auth
+        if (
+            not isinstance(prefetch, tuple)
+            or len(prefetch) != 2
+            or not all(isinstance(p, int) and not isinstance(p, bool) for p in prefetch)
+        ):
+            raise ConfigurationError("prefetch must be a (count, size) tuple of ints, e.g. (10, 0)")
+        if prefetch[1] != 0:
+            raise ConfigurationError(
+                f"prefetch size {prefetch[1]} is not supported: RabbitMQ does not implement "
+                "basic.qos prefetch-size; use prefetch=(count, 0)"
+            )
+        if prefetch[0] < 1:
+            raise ConfigurationError(f"prefetch count must be at least 1, got {prefetch[0]}")
+        if not isinstance(exchange, str) or not exchange or exchange.startswith("amq."):
+            raise ConfigurationError(
+                f"exchange {exchange!r} is invalid: use a non-empty name not starting with 'amq.' "
+                "(the default exchange '' cannot be bound)"
+            )
+        if tls is not None and not isinstance(tls, ssl.SSLContext):
+            raise ConfigurationError(
+                "tls must be an ssl.SSLContext, e.g. ssl.create_default_context(cafile=...)"
+            )
+        self._secret = _Secret(password)
+        scheme = "amqps" if tls is not None else parts.scheme
+        host = parts.hostname
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        port = parts.port or (5671 if scheme == "amqps" else 5672)
+        netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}"
+        path = parts.path or "/"
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _URL_OPTIONS]
+        self._url = urlunsplit((scheme, netloc, path, urlencode(query), ""))
+        self._display_url = urlunsplit((scheme, f"{quote(user, safe='')}:***@{host}:{port}", path, "", ""))
+        self._user = user
+        self._tls = tls if tls is not None else (ssl.create_default_context() if scheme == "amqps" else None)
+        self.exchange = exchange
+        self.topic_prefix = topic_prefix
+        self.group_id = group_id
+        self.delay_slots = delay_slots
+        self.prefetch_count = prefetch[0]
+        self.max_message_bytes: int | None = MAX_MESSAGE_BYTES
+        self.connect_timeout = connect_timeout
+        self.publish_timeout = publish_timeout
+        self.reconnect_interval = reconnect_interval
+
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._connect_lock = asyncio.Lock()
+        self._publish_channel: aio_pika.abc.AbstractRobustChannel | None = None
+        self._publish_exchange: aio_pika.abc.AbstractExchange | None = None
+        self._topology_channel: aio_pika.abc.AbstractRobustChannel | None = None
+        self._topology_lock = asyncio.Lock()
+        self._declared: set[str] = set()
+        self._delay_ttls: dict[str, float] = {}
+        self._subscriptions: set[_RabbitSubscription] = set()
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RabbitMQBroker:
+        """Build a broker from one URL; ``exchange``, ``topic_prefix`` and
+        ``group_id`` may be given as query parameters.
+
+        >>> RabbitMQBroker.from_url("amqp://u:p@127.0.0.1/?exchange=myapp&topic_prefix=app").exchange
+        'myapp'
+        """
+        query = dict(parse_qsl(urlsplit(url).query))
+        for name in _URL_OPTIONS:
+            if name in query and name not in options:
+                options[name] = query[name]
+        return cls(url, **options)
+
+    def __repr__(self) -> str:
+        return f"RabbitMQBroker({self._display_url!r}, exchange={self.exchange!r})"
+
+    # -- connection -----------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the (robust) connection and the publishing channel. Idempotent."""
+        if self._closed:
+            raise ClosedError("this RabbitMQBroker was closed; create a new one")
+        async with self._connect_lock:
+            if self._connection is not None:
+                return
+            aio_pika = _aio_pika()
+            try:
+                connection = await asyncio.wait_for(
+                    aio_pika.connect_robust(
+                        self._url,
+                        ssl_context=self._tls,
+                        timeout=self.connect_timeout,
+                        reconnect_interval=self.reconnect_interval,
+                        client_properties={"connection_name": "nova"},
+                    ),
+                    self.connect_timeout + 1,
+                )
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise self._connect_error(exc) from exc
+            try:
+                publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                self._publish_exchange = await self._declare_exchange(publish_channel)
+                topology_channel = await connection.channel(publisher_confirms=False)
+            except Exception as exc:
+                await connection.close()
+                raise self._broker_error("opening channels", exc) from exc
+            self._connection = connection
+            self._publish_channel = publish_channel
+            self._topology_channel = topology_channel
+
+    async def _declare_exchange(self, channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractExchange:
+        aio_pika = _aio_pika()
+        return await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+
+    def _connect_error(self, exc: BaseException) -> BrokerError:
+        import aiormq.exceptions
+
+        where = self._display_url
+        text = self._secret.scrub(str(exc))
+        chain = _exception_chain(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text or any(
+            isinstance(e, ssl.SSLCertVerificationError) for e in chain
+        ):
+            return AuthenticationError(
+                f"TLS certificate of {where} is not trusted ({text}); pass "
+                "tls=ssl.create_default_context(cafile=<the broker's CA file>)"
+            )
+        if "[SSL" in text or any(isinstance(e, ssl.SSLError) for e in chain):
+            return AuthenticationError(f"TLS handshake with {where} failed: {text}")
+        if isinstance(
+            exc, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError
+        ):
+            return AuthenticationError(
+                f"RabbitMQ at {where} refused the credentials of user {self._user!r} "
+                "(wrong user or password, or no access to the vhost)"
+            )
+        if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+            return ConnectionError(
+                f"cannot connect to RabbitMQ at {where}: timed out after {self.connect_timeout} s"
+            )
+        detail = self._secret.scrub(f"{type(exc).__name__}: {exc}")
+        return ConnectionError(f"cannot connect to RabbitMQ at {where}: {detail}")
+
+    def _broker_error(self, doing: str, exc: BaseException) -> BrokerError:
+        detail = self._secret.scrub(f"{type(exc).__name__}: {exc}")
+        if _is_connection_problem(exc):
+            return ConnectionError(f"RabbitMQ connection lost while {doing}: {detail}")
+        return BrokerError(f"RabbitMQ failed while {doing}: {detail}")
+
+    def _require_open(self) -> aio_pika.abc.AbstractRobustConnection:
+        if self._closed:
+            raise ClosedError("this RabbitMQBroker was closed; create a new one")
+        if self._connection is None:
+            raise ConnectionError("RabbitMQBroker is not connected; await broker.connect() first")
+        return self._connection
+
+    async def close(self) -> None:
+        """Close subscriptions and the connection (unacked messages go back). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for sub in list(self._subscriptions):
+            await sub.close()
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+        self._connection = None
+
+    # -- topology -------------------------------------------------------------
+
+    def declare_delay_tiers(self, tiers: Mapping[str, float | timedelta]) -> None:
+        """Make the given delay-tier topics TTL queues (call before ``ensure_topics``).
+
+        A message published to ``topic`` then waits ``seconds`` inside RabbitMQ
+        (``x-message-ttl``), and is dead-lettered into ``topic + "_due"`` which is
+        what a subscription to ``topic`` really reads. Every message of a tier
+        has the same TTL, so they expire in publish order; the forwarder finds
+        them due (or nearly) and re-publishes at once.
+
+        >>> broker = RabbitMQBroker()
+        >>> broker.declare_delay_tiers({"app__delay00": 3600.0, "app__delay01": 1800.0})
+        """
+        for topic, duration in tiers.items():
+            seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+            if seconds <= 0:
+                raise ConfigurationError(f"delay tier {topic!r} needs a positive duration, got {seconds}")
+            if topic in self._declared and self._delay_ttls.get(topic) != seconds:
+                raise ConfigurationError(f"delay tier {topic!r} was already declared")
+            self._delay_ttls[topic] = seconds
+
+    def _consumed_queue(self, topic: str) -> str:
+        return f"{topic}_due" if topic in self._delay_ttls else topic
+
+    async def ensure_topics(self, topics: Sequence[str]) -> None:
+        """Declare a durable queue per topic, bound to the exchange (routing key = topic)."""
+        missing = [t for t in dict.fromkeys(topics) if t not in self._declared]
+        if not missing:
+            return
+        self._require_open()
+        async with self._topology_lock:
+            channel = self._topology_channel
+            assert channel is not None
+            try:
+                exchange = await self._declare_exchange(channel)
+                for topic in missing:
+                    if topic in self._declared:
+                        continue
+                    ttl = self._delay_ttls.get(topic)
+                    if ttl is None:
+                        queue = await channel.declare_queue(topic, durable=True)
+                    else:
+                        due = self._consumed_queue(topic)
+                        await channel.declare_queue(due, durable=True)
+                        queue = await channel.declare_queue(
+                            topic,
+                            durable=True,
+                            arguments={
+                                "x-message-ttl": max(1, round(ttl * 1000)),
+                                "x-dead-letter-exchange": "",
+                                "x-dead-letter-routing-key": due,
+                            },
+                        )
+                    await queue.bind(exchange, routing_key=topic)
+                    self._declared.add(topic)
+            except Exception as exc:
+                raise self._broker_error(f"declaring queues {missing}", exc) from exc
+
+    # -- publishing -----------------------------------------------------------
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Publish all and return once RabbitMQ confirmed each one.
+
+        Raises ``EnqueueError`` if a message is unroutable or nacked, or if the
+        broker is unreachable for ``publish_timeout`` seconds.
+        """
+        if not messages:
+            return
+        self._require_open()
+        try:
+            await self.ensure_topics([m.topic for m in messages])
+        except BrokerError as exc:
+            raise EnqueueError(f"cannot publish: {exc}") from exc
+        aio_pika = _aio_pika()
+        import aiormq.exceptions
+
+        now = time.time()
+        stamp = datetime.fromtimestamp(now, UTC)
+        outgoing = []
+        for m in messages:
+            headers: dict[str, Any] = dict(m.headers)
+            headers[PUBLISHED_AT_HEADER] = repr(now)
+            outgoing.append(
+                (
+                    m.topic,
+                    aio_pika.Message(
+                        m.body,
+                        headers=headers,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        timestamp=stamp,
+                        message_id=m.key,
+                    ),
+                )
+            )
+        deadline = time.monotonic() + self.publish_timeout
+        pending = outgoing
+        while True:
+            exchange = self._publish_exchange
+            channel = self._publish_channel
+            assert exchange is not None
+            assert channel is not None
+            results = await asyncio.gather(
+                *(self._publish_one(exchange, topic, msg, deadline) for topic, msg in pending),
+                return_exceptions=True,
+            )
+            retry = []
+            for (topic, msg), result in zip(pending, results, strict=True):
+                if result is None:
+                    continue
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if isinstance(result, aiormq.exceptions.PublishError):
+                    raise EnqueueError(
+                        f"RabbitMQ returned a message for topic {topic!r} as unroutable "
+                        f"(exchange {self.exchange!r} has no queue bound with that routing key)"
+                    ) from result
+                if isinstance(result, aiormq.exceptions.DeliveryError):
+                    raise EnqueueError(f"RabbitMQ refused (nacked) a message for topic {topic!r}") from result
+                if isinstance(result, BaseException) and _is_connection_problem(result):
+                    retry.append(((topic, msg), result))
+                    continue
+                if isinstance(result, BaseException):
+                    raise EnqueueError(
+                        self._secret.scrub(
+                            f"publishing to {topic!r} failed: {type(result).__name__}: {result}"
+                        )
+                    ) from result
+            if not retry:
+                return
+            if self._closed:
+                raise ClosedError("this RabbitMQBroker was closed while publishing")
+            last = retry[-1][1]
+            if time.monotonic() >= deadline:
+                raise EnqueueError(
+                    f"RabbitMQ did not confirm {len(retry)} message(s) within {self.publish_timeout} s "
+                    "(connection lost); some may have been stored"
+                ) from last
+            log.info(
+                "RabbitMQ connection lost while publishing; resending %d unconfirmed message(s)", len(retry)
+            )
+            pending = [item for item, _ in retry]
+            await self._wait_channel(channel, deadline)
+
+    async def _publish_one(
+        self,
+        exchange: aio_pika.abc.AbstractExchange,
+        topic: str,
+        message: aio_pika.abc.AbstractMessage,
+        deadline: float,
+    ) -> None:
+        remaining = max(deadline - time.monotonic(), 0.1)
+        await asyncio.wait_for(exchange.publish(message, routing_key=topic, mandatory=True), remaining)
+
+    async def _wait_channel(self, channel: aio_pika.abc.AbstractRobustChannel, deadline: float) -> None:
+        """Wait until the robust channel is usable again (or the deadline passes)."""
+        # A short pause lets the robust connection notice the loss before we ask.
+        await asyncio.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(channel.ready(), max(deadline - time.monotonic(), 0.01))
+
+    # -- consuming ------------------------------------------------------------
+
+    async def subscribe(self, topics: Sequence[str], *, group: str, window: int) -> _RabbitSubscription:
+        """Consume ``topics`` as a member of ``group`` with at most ``window`` unacked per topic."""
+        connection = self._require_open()
+        if window < 1:
+            raise ConfigurationError(f"window must be at least 1, got {window}")
+        topics = list(dict.fromkeys(topics))
+        await self.ensure_topics(topics)
+        sub = _RabbitSubscription(self, group)
+        self._subscriptions.add(sub)
+        try:
+            for topic in topics:
+                await sub._consume(connection, topic, self._consumed_queue(topic), window)
+        except BaseException as exc:
+            await sub.close()
+            if isinstance(exc, Exception):
+                raise self._broker_error(f"subscribing to {topics}", exc) from exc
+            raise
+        return sub
+
+    async def _queue_depth(self, topic: str) -> int:
+        channel = self._topology_channel
+        if channel is None or self._closed or topic not in self._declared:
+            return 0
+        try:
+            underlay = await asyncio.wait_for(channel.get_underlay_channel(), 5)
+            result = await underlay.queue_declare(self._consumed_queue(topic), passive=True, timeout=5)
+        except Exception:
+            log.debug("backlog(%r) unavailable", topic, exc_info=True)
+            return 0
+        return int(result.message_count or 0)
+
+
+class _RabbitDelivery:
+    __slots__ = ("_done", "_message", "body", "headers", "published_at", "topic")
+
+    def __init__(self, topic: str, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self.topic = topic
+        self.body = message.body
+        raw = dict(message.headers or {})
+        stamp = raw.pop(PUBLISHED_AT_HEADER, None)
+        self.headers: Mapping[str, str] = {
+            k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in raw.items()
+        }
+        published: float | None = None
+        if stamp is not None:
+            with contextlib.suppress(ValueError):
+                published = float(stamp.decode() if isinstance(stamp, bytes) else str(stamp))
+        if published is None and message.timestamp is not None:
+            published = message.timestamp.timestamp()
+        self.published_at = published if published is not None else time.time()
+        self._message = message
+        self._done = False
+
+    def stale(self) -> bool:
+        """True if the channel it came on is gone (the broker redelivers it)."""
+        import aiormq.exceptions
+
+        try:
+            return self._message.channel.is_closed
+        except aiormq.exceptions.ChannelInvalidStateError:
+            return True
+
+    async def ack(self) -> None:
+        await self._settle(requeue=None)
+
+    async def nack(self) -> None:
+        await self._settle(requeue=True)
+
+    async def _settle(self, requeue: bool | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            if requeue is None:
+                await self._message.ack()
+            else:
+                await self._message.nack(requeue=True)
+        except Exception as exc:
+            verb = "ack" if requeue is None else "nack"
+            raise ConnectionError(
+                f"cannot {verb} a delivery from {self.topic!r}: its channel was closed "
+                f"({type(exc).__name__}); RabbitMQ will redeliver it"
+            ) from exc
+
+    def __repr__(self) -> str:
+        return f"<RabbitMQ delivery topic={self.topic!r} {len(self.body)} bytes>"
+
+
+_STOP = object()
+
+
+class _RabbitSubscription:
+    """Deliveries of several topics merged into one stream."""
+
+    def __init__(self, broker: RabbitMQBroker, group: str) -> None:
+        self._broker = broker
+        self._group = group
+        self._queue: asyncio.Queue[_RabbitDelivery | object] = asyncio.Queue()
+        self._channels: list[aio_pika.abc.AbstractChannel] = []
+        self._topics: list[str] = []
+        self._closed = False
+
+    async def _consume(
+        self,
+        connection: aio_pika.abc.AbstractRobustConnection,
+        topic: str,
+        queue_name: str,
+        window: int,
+    ) -> None:
+        channel = await connection.channel(publisher_confirms=False)
+        self._channels.append(channel)
+        # global=False: the limit applies per consumer, i.e. per topic.
+        await channel.set_qos(prefetch_count=window)
+        queue = await channel.declare_queue(queue_name, durable=True)
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            self._queue.put_nowait(_RabbitDelivery(topic, message))
+
+        await queue.consume(on_message, no_ack=False, consumer_tag=f"{self._group}.{uuid.uuid4().hex[:12]}")
+        self._topics.append(topic)
+
+    async def __aiter__(self) -> AsyncIterator[_RabbitDelivery]:
+        while True:
+            item = await self._queue.get()
+            if item is _STOP:
+                self._queue.put_nowait(_STOP)
+                return
+            assert isinstance(item, _RabbitDelivery)
+            if item.stale():
+                continue  # its channel died: RabbitMQ redelivers it on the new one
+            yield item
+
+    async def backlog(self, topic: str) -> int:
+        """Ready messages of ``topic`` in RabbitMQ (passive declare; 0 if unknown)."""
+        if self._closed:
+            return 0
+        return await self._broker._queue_depth(topic)
+
+    async def close(self) -> None:
+        """Stop consuming; unacked deliveries go back to their queues. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._broker._subscriptions.discard(self)
+        for channel in self._channels:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        self._channels.clear()
+        self._queue.put_nowait(_STOP)
+
+
+def _is_connection_problem(exc: BaseException) -> bool:
+    import aiormq.exceptions
+
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncio.TimeoutError
+        | aiormq.exceptions.AMQPConnectionError
+        | aiormq.exceptions.ChannelInvalidStateError
+        | aiormq.exceptions.ChannelClosed,
+    ) and not isinstance(exc, aiormq.exceptions.DeliveryError)
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
