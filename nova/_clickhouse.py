@@ -43,6 +43,8 @@ from nova._recording import TaskEvent, TaskRecord, TaskStatus
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
+    from nova._clock import Clock
+
 __all__ = ["ClickHouseTaskRecorder"]
 
 T = TypeVar("T")
@@ -237,7 +239,8 @@ class ClickHouseTaskRecorder:
 
     ``client`` is a clickhouse-connect ``Client``; it stays yours (``close()``
     does not close it). :meth:`from_url` builds and owns one. Calls run in a
-    worker thread, one at a time, so the event loop never waits on ClickHouse.
+    worker thread, one at a time, so the event loop never waits on ClickHouse
+    (through ``clock.run_sync`` when a clock is given, e.g. the engine's).
 
     >>> client = clickhouse_connect.get_client(dsn="chdb://memory")  # doctest: +SKIP
     >>> recorder = ClickHouseTaskRecorder(client, store_payload=False)   # doctest: +SKIP
@@ -251,10 +254,12 @@ class ClickHouseTaskRecorder:
         table: str = "nova_task_records",
         *,
         store_payload: bool = False,
+        clock: Clock | None = None,
     ) -> None:
-        self._setup(client, None, table, store_payload)
+        self._setup(client, None, table, store_payload, clock)
 
-    def _setup(self, client: Client | None, target: _Target | None, table: str, store_payload: bool) -> None:
+    def _setup(self, client: Client | None, target: _Target | None, table: str, store_payload: bool,
+               clock: Clock | None) -> None:
         self._quoted, self._table, self._database = _quote_table(table)
         self._table_name = table
         self._client: Client | None = client
@@ -265,6 +270,7 @@ class ClickHouseTaskRecorder:
         self._lock = threading.Lock()
         self._schema_ready = False
         self._closed = False
+        self._clock = clock
 
     @classmethod
     def from_url(
@@ -273,6 +279,7 @@ class ClickHouseTaskRecorder:
         table: str = "nova_task_records",
         *,
         store_payload: bool = False,
+        clock: Clock | None = None,
     ) -> ClickHouseTaskRecorder:
         """A recorder for ``chdb:///abs/path``, ``chdb://memory`` or ``http(s)://user:pass@host:port/db``.
 
@@ -288,7 +295,7 @@ class ClickHouseTaskRecorder:
             except ImportError as exc:
                 raise ImportError(f"chdb:// recording needs chdb: {EXTRA_HINT}") from exc
         recorder = cls.__new__(cls)
-        recorder._setup(None, target, table, store_payload)
+        recorder._setup(None, target, table, store_payload, clock)
         return recorder
 
     def __repr__(self) -> str:
@@ -356,7 +363,13 @@ class ClickHouseTaskRecorder:
                 raise self._translate(exc, action) from exc
 
     async def _run(self, action: str, fn: Callable[[Client], T]) -> T:
-        return await asyncio.to_thread(self._blocking, action, fn)
+        return await self._in_thread(lambda: self._blocking(action, fn))
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        # through the engine's clock when given, so a VirtualClock knows a call is in flight
+        if self._clock is not None:
+            return await self._clock.run_sync(fn)
+        return await asyncio.to_thread(fn)
 
     def _row(self, event: TaskEvent) -> list[Any]:
         return [
@@ -408,7 +421,7 @@ class ClickHouseTaskRecorder:
                     self._client.close()
                 self._client = None
 
-        await asyncio.to_thread(close)
+        await self._in_thread(close)
 
     # -- queries ---------------------------------------------------------------
     async def history(self, task_id: str) -> list[TaskEvent]:
