@@ -167,7 +167,8 @@ def _make_certs() -> None:
     c = CERTS
     _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
           "-subj", "/CN=nova test CA", "-keyout", str(c / "ca.key"), "-out", str(c / "ca.pem"),
-          "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])  # fmt: skip
+          "-addext", "basicConstraints=critical,CA:TRUE",
+          "-addext", "keyUsage=critical,keyCertSign,cRLSign"])  # fmt: skip
     for name, ext in (
         ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
         ("client", "extendedKeyUsage=clientAuth\n"),
@@ -187,7 +188,8 @@ def _make_certs() -> None:
     )
     # A second, unrelated CA for "untrusted certificate" tests.
     _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
-          "-subj", "/CN=some other CA", "-keyout", str(c / "other-ca.key"), "-out", str(c / "other-ca.pem")])  # fmt: skip
+          "-subj", "/CN=some other CA", "-keyout", str(c / "other-ca.key"),
+          "-out", str(c / "other-ca.pem")])  # fmt: skip
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -371,9 +373,7 @@ def _wait_ready(deadline: float, process: subprocess.Popen[bytes] | None = None)
         ) from None
 
     async def list_topics() -> None:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=f"{HOST}:{PORTS['PLAINTEXT']}", request_timeout_ms=5000
-        )
+        admin = AIOKafkaAdminClient(bootstrap_servers=f"{HOST}:{PORTS['PLAINTEXT']}", request_timeout_ms=5000)
         try:
             await admin.start()
             await admin.list_topics()

@@ -1,0 +1,938 @@
+"""Kafka backend on aiokafka.
+
+    broker = KafkaBroker("127.0.0.1:9092", group_id="billing", topic_prefix="shop")
+    broker = KafkaBroker.from_url("kafka://127.0.0.1:9092?group_id=billing&topic_prefix=shop")
+    broker = KafkaBroker(
+        "kafka1:9096",
+        auth=KafkaAuth("SASL_SSL", "SCRAM-SHA-256", "alice", "s3cret"),
+        ssl=KafkaSSL(ca_file="/etc/kafka/ca.pem"),
+    )
+
+How the broker contract maps onto Kafka:
+
+- **publish**: an idempotent producer with ``acks=all``; ``publish`` returns once
+  every record is acknowledged, else raises ``EnqueueError`` from the cause.
+  Headers travel as Kafka headers (utf-8), ``key`` as the record key.
+- **topics**: created with the admin client (``ensure_topics``; ``publish`` and
+  ``subscribe`` also ensure the topics they touch, once per process), with
+  ``partitions`` partitions and a replication factor of ``min(3, brokers)``
+  unless ``replication_factor`` is given. Existing topics are left as they are.
+- **consume**: manual commits only. Each partition tracks its delivered offsets;
+  the committed offset is the lowest one not yet acked, so out-of-order acks
+  from concurrent handlers never commit past unfinished work. Commits are
+  batched (every ``commit_interval_ms``, on partition revoke and on close).
+- **window**: at most ``window`` unacked deliveries per partition. A full
+  partition is ``pause()``d while the poll loop keeps calling ``getmany`` for
+  the others, so a delivery may stay unacked for as long as it likes without
+  exceeding ``max_poll_interval_ms``. Pauses are re-applied after a rebalance.
+- **nack**: the record goes back to the front of its partition's local queue
+  and is delivered again by this member (its offset stays uncommitted, so if
+  the partition moves to another member first, that member gets it instead).
+- **rebalance**: on revoke the records fetched but not yet delivered are
+  dropped and the acked prefix is committed; a partition that comes back keeps
+  its bookkeeping, so in-flight deliveries are not handed out twice.
+- ``auto_commit=True`` is an explicit **at-most-once** mode: an offset counts as
+  done as soon as it is delivered, whatever the handler does; ``nack`` then
+  does not redeliver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl as _ssl
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from nova._broker import Delivery, Message
+from nova._errors import (
+    AuthenticationError,
+    BrokerError,
+    ClosedError,
+    ConfigurationError,
+    ConnectionError,  # noqa: A004 - nova's, a subclass of the builtin
+    EnqueueError,
+    ValidationError,
+)
+from nova._naming import validate_group, validate_prefix
+
+try:
+    import aiokafka  # type: ignore[import-untyped]
+    import aiokafka.errors as kafka_errors  # type: ignore[import-untyped]
+    from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+    from aiokafka.conn import create_conn  # type: ignore[import-untyped]
+    from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("nova.KafkaBroker needs aiokafka: pip install 'nova-taskqueue[kafka]'") from exc
+
+if TYPE_CHECKING:
+    from nova._clock import Clock
+
+__all__ = ["KafkaAuth", "KafkaBroker", "KafkaSSL"]
+
+log = logging.getLogger("nova.kafka")
+
+SecurityProtocol = Literal["SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaAuth:
+    """SASL credentials. The password never appears in ``repr`` or error messages.
+
+    >>> KafkaAuth("SASL_SSL", "SCRAM-SHA-256", "alice", "s3cret")
+    KafkaAuth(security_protocol='SASL_SSL', mechanism='SCRAM-SHA-256', username='alice')
+    """
+
+    security_protocol: SecurityProtocol
+    mechanism: SaslMechanism
+    username: str
+    password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.security_protocol not in _PROTOCOLS:
+            raise ConfigurationError(
+                f"KafkaAuth security_protocol {self.security_protocol!r} is invalid: "
+                f"use one of {', '.join(_PROTOCOLS)}"
+            )
+        if self.mechanism not in _MECHANISMS:
+            raise ConfigurationError(
+                f"KafkaAuth mechanism {self.mechanism!r} is invalid: use one of {', '.join(_MECHANISMS)}"
+            )
+        if not self.username:
+            raise ConfigurationError("KafkaAuth username is empty")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSSL:
+    """TLS settings: the CA that signs the brokers' certificates, and optionally a
+    client certificate for mutual TLS (``password`` unlocks an encrypted key).
+
+    >>> KafkaSSL(ca_file="/etc/kafka/ca.pem")
+    KafkaSSL(ca_file='/etc/kafka/ca.pem', cert_file=None, key_file=None, check_hostname=True)
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    password: str | None = field(default=None, repr=False)
+    check_hostname: bool = True
+
+    def context(self) -> _ssl.SSLContext:
+        """An ``ssl.SSLContext`` for these settings (system CAs when ``ca_file`` is None)."""
+        if self.key_file is not None and self.cert_file is None:
+            raise ConfigurationError("KafkaSSL key_file needs cert_file")
+        try:
+            ctx: _ssl.SSLContext = create_ssl_context(
+                cafile=self.ca_file,
+                certfile=self.cert_file,
+                keyfile=self.key_file,
+                password=self.password,
+            )
+        except (OSError, _ssl.SSLError) as exc:
+            # Name the files, never the password.
+            raise ConfigurationError(
+                f"cannot load TLS files (ca_file={self.ca_file!r}, cert_file={self.cert_file!r}, "
+                f"key_file={self.key_file!r}): {exc}"
+            ) from exc
+        ctx.check_hostname = self.check_hostname
+        return ctx
+
+
+class KafkaBroker:
+    """Kafka backend (see the module docstring for the semantics).
+
+    >>> broker = KafkaBroker("127.0.0.1:9092", group_id="billing", partitions=3)
+    >>> broker.group_id, broker.native_delay_max
+    ('billing', None)
+
+    ``group_id``, ``topic_prefix`` and ``delay_slots`` set here override the
+    TaskQueue's. ``delay_slots=(count, duration)`` is passed to the engine's delay
+    tiers; precision never depends on it.
+    """
+
+    clock: Clock | None = None
+    #: Kafka has no per-message delay; the engine's delay tiers do the work.
+    native_delay_max: timedelta | None = None
+
+    def __init__(
+        self,
+        bootstrap_servers: str | Sequence[str],
+        *,
+        group_id: str | None = None,
+        topic_prefix: str | None = None,
+        auto_commit: bool = False,
+        session_timeout_ms: int = 30000,
+        heartbeat_interval_ms: int = 1000,
+        max_poll_interval_ms: int = 300000,
+        delay_slots: tuple[int, timedelta | float] | None = None,
+        auth: KafkaAuth | None = None,
+        ssl: KafkaSSL | None = None,
+        partitions: int = 1,
+        replication_factor: int | None = None,
+        max_message_bytes: int = 1_000_000,
+        commit_interval_ms: int = 200,
+        request_timeout_ms: int = 40000,
+        connect_timeout_s: float = 10.0,
+        client_id: str = "nova",
+    ) -> None:
+        servers = [bootstrap_servers] if isinstance(bootstrap_servers, str) else list(bootstrap_servers)
+        self.bootstrap_servers = [s.strip() for part in servers for s in part.split(",") if s.strip()]
+        if not self.bootstrap_servers:
+            raise ConfigurationError("KafkaBroker needs at least one bootstrap server (host:port)")
+        for server in self.bootstrap_servers:
+            _split_host_port(server)
+        self.group_id = None if group_id is None else validate_group(group_id)
+        self.topic_prefix = None if topic_prefix is None else validate_prefix(topic_prefix)
+        self.delay_slots = _delay_slots(delay_slots)
+        if auth is not None and not isinstance(auth, KafkaAuth):
+            raise ConfigurationError(f"auth must be a KafkaAuth, not {type(auth).__name__}")
+        if ssl is not None and not isinstance(ssl, KafkaSSL):
+            raise ConfigurationError(f"ssl must be a KafkaSSL, not {type(ssl).__name__}")
+        if auth is not None and auth.security_protocol == "SASL_PLAINTEXT" and ssl is not None:
+            raise ConfigurationError(
+                "KafkaAuth('SASL_PLAINTEXT', ...) does not use TLS: drop ssl= or use SASL_SSL"
+            )
+        for name, value in (
+            ("partitions", partitions),
+            ("session_timeout_ms", session_timeout_ms),
+            ("heartbeat_interval_ms", heartbeat_interval_ms),
+            ("max_poll_interval_ms", max_poll_interval_ms),
+            ("max_message_bytes", max_message_bytes),
+            ("commit_interval_ms", commit_interval_ms),
+            ("request_timeout_ms", request_timeout_ms),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigurationError(f"{name} must be a positive int, not {value!r}")
+        if replication_factor is not None and replication_factor < 1:
+            raise ConfigurationError(f"replication_factor must be >= 1, not {replication_factor!r}")
+        if heartbeat_interval_ms >= session_timeout_ms:
+            raise ConfigurationError("heartbeat_interval_ms must be below session_timeout_ms")
+        self.auth = auth
+        self.ssl = ssl
+        self.auto_commit = auto_commit
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.max_poll_interval_ms = max_poll_interval_ms
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+        self.max_message_bytes: int | None = max_message_bytes
+        self.commit_interval_ms = commit_interval_ms
+        self.request_timeout_ms = request_timeout_ms
+        self.connect_timeout_s = connect_timeout_s
+        self.client_id = client_id
+        self._security_protocol = (
+            auth.security_protocol if auth is not None else ("SSL" if ssl is not None else "PLAINTEXT")
+        )
+        self._ssl_context: _ssl.SSLContext | None = None
+        self._producer: Any = None
+        self._admin: Any = None
+        self._connect_lock = asyncio.Lock()
+        self._topics_lock = asyncio.Lock()
+        self._known_topics: set[str] = set()
+        self._subscriptions: set[KafkaSubscription] = set()
+        self._closed = False
+
+    # --- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> KafkaBroker:
+        """Build from ``kafka://[user:password@]host:port[,host:port]?option=value&...``.
+
+        Options: ``group_id``, ``topic_prefix``, ``partitions``, ``replication_factor``,
+        ``auto_commit``, ``session_timeout_ms``, ``max_poll_interval_ms``,
+        ``security_protocol`` (SSL, SASL_PLAINTEXT, SASL_SSL), ``sasl_mechanism``
+        (default PLAIN), ``ca_file``, ``cert_file``, ``key_file``. Credentials in the URL
+        imply SASL. Keyword arguments override the URL.
+
+        >>> KafkaBroker.from_url("kafka://127.0.0.1:9092?group_id=g&topic_prefix=p").topic_prefix
+        'p'
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "kafka":
+            raise ConfigurationError(f"not a kafka:// URL: {_redact_url(url)!r}")
+        netloc = parts.netloc
+        username = password = None
+        if "@" in netloc:
+            userinfo, netloc = netloc.rsplit("@", 1)
+            username, _, password = userinfo.partition(":")
+            username, password = unquote(username), unquote(password)
+        if not netloc:
+            raise ConfigurationError(f"kafka URL has no host: {_redact_url(url)!r}")
+        query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
+        kwargs: dict[str, Any] = {}
+        ints = ("partitions", "replication_factor", "session_timeout_ms", "max_poll_interval_ms")
+        for key in ints:
+            if key in query:
+                try:
+                    kwargs[key] = int(query.pop(key))
+                except ValueError:
+                    raise ConfigurationError(f"kafka URL option {key} must be an integer") from None
+        for key in ("group_id", "topic_prefix"):
+            if key in query:
+                kwargs[key] = query.pop(key)
+        if "auto_commit" in query:
+            kwargs["auto_commit"] = _parse_bool("auto_commit", query.pop("auto_commit"))
+        protocol = query.pop("security_protocol", None)
+        mechanism = query.pop("sasl_mechanism", "PLAIN")
+        files = {k: query.pop(k) for k in ("ca_file", "cert_file", "key_file") if k in query}
+        if query:
+            raise ConfigurationError(f"unknown kafka URL option(s): {', '.join(sorted(query))}")
+        if protocol is None:
+            protocol = "SASL_PLAINTEXT" if username else ("SSL" if files else "PLAINTEXT")
+        protocol = protocol.upper()
+        if protocol in ("SSL", "SASL_SSL"):
+            kwargs["ssl"] = KafkaSSL(files.get("ca_file"), files.get("cert_file"), files.get("key_file"))
+        elif files:
+            raise ConfigurationError("ca_file/cert_file/key_file need security_protocol SSL or SASL_SSL")
+        if protocol.startswith("SASL_"):
+            if not username:
+                raise ConfigurationError(f"security_protocol {protocol} needs user:password@ in the URL")
+            kwargs["auth"] = KafkaAuth(protocol, mechanism.upper(), username, password or "")  # type: ignore[arg-type]
+        elif protocol not in ("PLAINTEXT", "SSL"):
+            raise ConfigurationError(
+                f"security_protocol {protocol!r} is invalid: use PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+            )
+        elif username:
+            raise ConfigurationError(
+                "credentials in the URL need security_protocol SASL_PLAINTEXT or SASL_SSL"
+            )
+        kwargs.update(overrides)
+        return cls(netloc.split(","), **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"KafkaBroker({','.join(self.bootstrap_servers)!r}, group_id={self.group_id!r}, "
+            f"topic_prefix={self.topic_prefix!r}, security_protocol={self._security_protocol!r}, "
+            f"auth={self.auth!r}, ssl={self.ssl!r})"
+        )
+
+    # --- connection -----------------------------------------------------------------------------
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": self.client_id,
+            "request_timeout_ms": self.request_timeout_ms,
+            "security_protocol": self._security_protocol,
+        }
+        if self._ssl_context is not None:
+            kwargs["ssl_context"] = self._ssl_context
+        if self.auth is not None:
+            kwargs["sasl_mechanism"] = self.auth.mechanism
+            kwargs["sasl_plain_username"] = self.auth.username
+            kwargs["sasl_plain_password"] = self.auth.password
+        return kwargs
+
+    async def connect(self) -> None:
+        """Check the brokers answer (and accept the credentials), then start a producer.
+
+        Raises ``AuthenticationError`` for refused credentials or an untrusted
+        certificate and ``ConnectionError`` for an unreachable broker, within
+        ``connect_timeout_s``.
+        """
+        if self._closed:
+            raise ClosedError("KafkaBroker is closed; create a new one")
+        async with self._connect_lock:
+            if self._producer is not None:
+                return
+            if self._ssl_context is None and (self.ssl is not None or self._security_protocol == "SASL_SSL"):
+                self._ssl_context = (self.ssl or KafkaSSL()).context()
+            await self._probe()
+            producer = aiokafka.AIOKafkaProducer(
+                **self._client_kwargs(),
+                acks="all",
+                enable_idempotence=True,
+                max_request_size=max(1_048_576, (self.max_message_bytes or 0) + 65_536),
+                max_batch_size=65_536,
+            )
+            admin = AIOKafkaAdminClient(**self._client_kwargs())
+            try:
+                await producer.start()
+                await admin.start()
+            except BaseException as exc:
+                await _quietly(producer.stop())
+                await _quietly(admin.close())
+                if isinstance(exc, kafka_errors.KafkaError | OSError):
+                    raise self._translate(exc, "cannot start the Kafka producer") from exc
+                raise
+            self._producer, self._admin = producer, admin
+
+    async def _probe(self) -> None:
+        """Open one connection to a bootstrap server so its real error surfaces
+        (aiokafka's own bootstrap only logs it and says "Unable to bootstrap")."""
+        errors: list[tuple[str, BaseException]] = []
+        for server in self.bootstrap_servers:
+            host, port = _split_host_port(server)
+            kw = self._client_kwargs()
+            del kw["bootstrap_servers"]
+            kw["request_timeout_ms"] = int(self.connect_timeout_s * 1000)
+            try:
+                conn = await asyncio.wait_for(create_conn(host, port, **kw), self.connect_timeout_s)
+            except (OSError, kafka_errors.KafkaError, TimeoutError) as exc:
+                errors.append((server, exc))
+                if _is_auth_failure(exc):
+                    break  # the same credentials will be refused everywhere
+                continue
+            conn.close()
+            return
+        server, error = errors[-1]
+        raise self._translate(error, f"cannot connect to Kafka at {server}") from error
+
+    def _translate(self, exc: BaseException, what: str) -> BrokerError:
+        """A nova error naming what went wrong (never the password)."""
+        if isinstance(exc, _ssl.SSLCertVerificationError):
+            return AuthenticationError(
+                f"{what}: the broker's TLS certificate is not trusted ({exc.verify_message}); "
+                f"check KafkaSSL(ca_file=...) (now {self.ssl.ca_file if self.ssl else None!r})"
+            )
+        if isinstance(exc, _ssl.SSLError):
+            return AuthenticationError(f"{what}: TLS handshake failed ({exc}); check KafkaSSL settings")
+        if isinstance(
+            exc, kafka_errors.SaslAuthenticationFailed | kafka_errors.UnsupportedSaslMechanismError
+        ):
+            assert self.auth is not None
+            return AuthenticationError(
+                f"{what}: the broker refused user {self.auth.username!r} with SASL "
+                f"{self.auth.mechanism} over {self.auth.security_protocol} ({exc}); check the username "
+                "and password"
+            )
+        if isinstance(
+            exc, kafka_errors.TopicAuthorizationFailedError | kafka_errors.GroupAuthorizationFailedError
+        ):
+            return AuthenticationError(f"{what}: not authorized ({exc})")
+        if isinstance(exc, TimeoutError | kafka_errors.KafkaTimeoutError):
+            return ConnectionError(
+                f"{what}: no answer within {self.connect_timeout_s:g} s; is it running, and is it a "
+                f"{self._security_protocol} listener?"
+            )
+        if isinstance(exc, OSError | kafka_errors.KafkaConnectionError):
+            return ConnectionError(f"{what}: {exc}")
+        return BrokerError(f"{what}: {exc}")
+
+    # --- topics ---------------------------------------------------------------------------------
+
+    async def ensure_topics(self, topics: Sequence[str]) -> None:
+        """Create the topics that do not exist yet (existing ones are left alone)."""
+        missing = [t for t in dict.fromkeys(topics) if t not in self._known_topics]
+        if not missing:
+            return
+        await self.connect()
+        async with self._topics_lock:
+            missing = [t for t in missing if t not in self._known_topics]
+            if not missing:
+                return
+            try:
+                replication = self.replication_factor
+                if replication is None:
+                    cluster = await self._admin.describe_cluster()
+                    replication = max(1, min(3, len(cluster.get("brokers", ()))))
+                response = await self._admin.create_topics(
+                    [NewTopic(t, self.partitions, replication) for t in missing]
+                )
+            except (kafka_errors.KafkaError, OSError) as exc:
+                raise self._translate(exc, f"cannot create topics {missing}") from exc
+            for entry in response.topic_errors:
+                topic, code = entry[0], entry[1]
+                if code not in (0, _TOPIC_ALREADY_EXISTS):
+                    error = kafka_errors.for_code(code)
+                    raise BrokerError(f"cannot create topic {topic!r}: {error.__name__} ({entry[2:]})")
+            self._known_topics.update(missing)
+
+    # --- publish --------------------------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Send every message and wait until Kafka acknowledged all of them (acks=all).
+
+        >>> await broker.publish([Message("shop_default_normal", b"...", {"nova-id": "1"})])  # doctest: +SKIP
+        """
+        if self._closed:
+            raise ClosedError("KafkaBroker is closed; create a new one")
+        for message in messages:
+            if message.deliver_at is not None:
+                raise ValidationError("KafkaBroker has no native delay (native_delay_max is None)")
+        try:
+            await self.ensure_topics([m.topic for m in messages])
+        except BrokerError as exc:
+            raise EnqueueError(f"cannot publish: {exc}") from exc
+        producer = self._producer
+        futures: list[asyncio.Future[Any]] = []
+        first_error: BaseException | None = None
+        try:
+            for message in messages:
+                futures.append(
+                    await producer.send(
+                        message.topic,
+                        value=message.body,
+                        key=None if message.key is None else message.key.encode(),
+                        headers=[(k, v.encode()) for k, v in message.headers.items()],
+                    )
+                )
+        except (kafka_errors.KafkaError, OSError) as exc:
+            first_error = exc
+        # Wait for every future even after a failure, so none is left unobserved.
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and first_error is None:
+                first_error = result
+        if first_error is not None:
+            if isinstance(first_error, kafka_errors.ProducerClosed) and self._closed:
+                raise ClosedError("KafkaBroker was closed while publishing") from first_error
+            raise EnqueueError(
+                f"Kafka did not acknowledge {sum(isinstance(r, BaseException) for r in results) or 'all'} "
+                f"of {len(messages)} message(s): {first_error!r}"
+            ) from first_error
+
+    # --- subscribe ------------------------------------------------------------------------------
+
+    async def subscribe(self, topics: Sequence[str], *, group: str, window: int) -> KafkaSubscription:
+        """Join consumer group ``group`` on ``topics``; returns once partitions are assigned.
+
+        >>> sub = await broker.subscribe(["shop_default_normal"], group="g", window=16)  # doctest: +SKIP
+        """
+        if self._closed:
+            raise ClosedError("KafkaBroker is closed; create a new one")
+        if window < 1:
+            raise ConfigurationError(f"window must be >= 1, not {window!r}")
+        await self.ensure_topics(topics)
+        sub = KafkaSubscription(self, list(topics), group, window)
+        await sub._start()
+        self._subscriptions.add(sub)
+        return sub
+
+    async def close(self) -> None:
+        """Close subscriptions, the producer and the admin client. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for sub in list(self._subscriptions):
+            await sub.close()
+        if self._producer is not None:
+            await _quietly(self._producer.stop())
+        if self._admin is not None:
+            await _quietly(self._admin.close())
+        self._producer = self._admin = None
+
+
+class KafkaDelivery:
+    """One consumed record. ``partition`` and ``offset`` say where it came from."""
+
+    __slots__ = ("_record", "_settled", "_state", "_sub", "headers", "key", "offset", "partition",
+                 "published_at", "topic")  # fmt: skip
+
+    def __init__(self, sub: KafkaSubscription, state: _PartitionState, record: Any) -> None:
+        self._sub = sub
+        self._state = state
+        self._record = record
+        self._settled = False
+        self.topic: str = record.topic
+        self.partition: int = record.partition
+        self.offset: int = record.offset
+        self.key: str | None = None if record.key is None else record.key.decode("utf-8", "replace")
+        self.headers: Mapping[str, str] = {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
+        self.published_at: float = record.timestamp / 1000
+
+    @property
+    def body(self) -> bytes:
+        value: bytes | None = self._record.value
+        return b"" if value is None else value
+
+    async def ack(self) -> None:
+        """Done: the offset may be committed once everything below it is done too."""
+        if not self._settled:
+            self._settled = True
+            self._sub._settle(self, done=True)
+
+    async def nack(self) -> None:
+        """Give it back: this member delivers it again (the offset stays uncommitted)."""
+        if not self._settled:
+            self._settled = True
+            self._sub._settle(self, done=False)
+
+    def __repr__(self) -> str:
+        return f"KafkaDelivery(topic={self.topic!r}, partition={self.partition}, offset={self.offset})"
+
+
+class _Entry:
+    """A delivered offset: ``held`` while a handler has it, ``done`` once acked."""
+
+    __slots__ = ("done", "held")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.held = True
+
+
+class _PartitionState:
+    def __init__(self, tp: Any) -> None:
+        self.tp = tp
+        self.assigned = True
+        self.paused = False
+        self.buffer: deque[Any] = deque()  # fetched, never delivered, in offset order
+        self.retry: dict[int, Any] = {}  # nacked records to deliver again, by offset
+        self.entries: dict[int, _Entry] = {}  # delivered offsets not yet below the commit point
+        self.held = 0  # deliveries a handler holds (the window counts these)
+        self.commit_to: int | None = None  # everything below is done
+        self.committed: int | None = None
+
+    def advance(self) -> None:
+        # dicts keep insertion order and first deliveries are in offset order.
+        while self.entries:
+            offset, entry = next(iter(self.entries.items()))
+            if not entry.done:
+                return
+            del self.entries[offset]
+            self.commit_to = offset + 1
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, sub: KafkaSubscription) -> None:
+        self._sub = sub
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._sub._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self._sub._on_assigned(assigned)
+
+
+class KafkaSubscription:
+    """A consumer-group member; iterate it for deliveries. See the module docstring.
+
+    >>> async for delivery in sub:  # doctest: +SKIP
+    ...     await delivery.ack()
+    """
+
+    def __init__(self, broker: KafkaBroker, topics: list[str], group: str, window: int) -> None:
+        self._broker = broker
+        self.topics = topics
+        self.group = group
+        self.window = window
+        self._parts: dict[Any, _PartitionState] = {}
+        self._rotation = 0
+        self._wake = asyncio.Event()
+        self._assigned = asyncio.Event()
+        self._closing = False
+        self._error: BrokerError | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._commit_task: asyncio.Task[None] | None = None
+        self._commit_lock = asyncio.Lock()
+        self._end_offsets: dict[Any, int] = {}
+        self._end_offsets_at = 0.0
+        b = broker
+        self._consumer = aiokafka.AIOKafkaConsumer(
+            **b._client_kwargs(),
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # a new group reads what was sent before it joined
+            session_timeout_ms=b.session_timeout_ms,
+            heartbeat_interval_ms=b.heartbeat_interval_ms,
+            max_poll_interval_ms=b.max_poll_interval_ms,
+            # Short long-polls: a resumed partition is fetched again within 100 ms.
+            fetch_max_wait_ms=100,
+        )
+
+    async def _start(self) -> None:
+        self._consumer.subscribe(self.topics, listener=_Listener(self))
+        try:
+            await self._consumer.start()
+        except (kafka_errors.KafkaError, OSError) as exc:
+            await _quietly(self._consumer.stop())
+            raise self._broker._translate(exc, "cannot start the Kafka consumer") from exc
+        self._poll_task = asyncio.create_task(self._poll(), name=f"nova-kafka-poll-{self.group}")
+        self._commit_task = asyncio.create_task(self._commit_loop(), name=f"nova-kafka-commit-{self.group}")
+        join_timeout = max(30.0, 2 * self._broker.session_timeout_ms / 1000)
+        assigned = asyncio.ensure_future(self._assigned.wait())
+        try:
+            await asyncio.wait(
+                {assigned, self._poll_task}, timeout=join_timeout, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            assigned.cancel()
+        if not self._assigned.is_set():
+            error = self._error
+            await self.close()
+            if error is not None:
+                raise error
+            raise ConnectionError(
+                f"consumer group {self.group!r} gave no assignment within {join_timeout:g} s"
+            )
+
+    # --- iteration ------------------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        while True:
+            if self._closing:
+                raise StopAsyncIteration
+            delivery = self._take()
+            if delivery is not None:
+                return delivery
+            if self._error is not None:
+                raise self._error
+            self._wake.clear()
+            await self._wake.wait()
+
+    def _take(self) -> KafkaDelivery | None:
+        states = list(self._parts.values())
+        for i in range(len(states)):
+            state = states[(self._rotation + i) % len(states)]
+            if not state.assigned or state.held >= self.window:
+                continue
+            record, entry = self._next_record(state)
+            if record is None or entry is None:
+                continue
+            self._rotation = (self._rotation + i + 1) % max(len(states), 1)
+            entry.held = True
+            state.held += 1
+            if self._broker.auto_commit:  # at-most-once: done as soon as it is handed out
+                entry.done = True
+                state.advance()
+            self._update_pause(state)
+            return KafkaDelivery(self, state, record)
+        return None
+
+    @staticmethod
+    def _next_record(state: _PartitionState) -> tuple[Any, _Entry | None]:
+        while state.retry:  # nacked records first, lowest offset first
+            record = state.retry.pop(min(state.retry))
+            entry = state.entries.get(record.offset)
+            if entry is not None and not entry.done and not entry.held:
+                return record, entry
+        if state.buffer:
+            record = state.buffer.popleft()
+            entry = state.entries[record.offset] = _Entry()
+            return record, entry
+        return None, None
+
+    def _settle(self, delivery: KafkaDelivery, *, done: bool) -> None:
+        state = delivery._state
+        entry = state.entries.get(delivery.offset)
+        if self._parts.get(state.tp) is not state or entry is None or not entry.held:
+            return  # the partition moved to another member, which delivers it again
+        entry.held = False
+        state.held -= 1
+        if done:
+            entry.done = True
+            state.advance()
+        elif not entry.done:
+            state.retry[delivery.offset] = delivery._record
+        self._update_pause(state)
+        self._wake.set()
+
+    def _update_pause(self, state: _PartitionState) -> None:
+        """Fetch a partition only while it has room: bounded prefetch, no head-of-line blocking."""
+        if not state.assigned:
+            return
+        full = state.held >= self.window or len(state.buffer) + len(state.retry) >= self.window
+        if full and not state.paused:
+            self._consumer.pause(state.tp)
+            state.paused = True
+        elif not full and state.paused:
+            self._consumer.resume(state.tp)
+            state.paused = False
+
+    # --- background -----------------------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        # Never blocks on handlers: it only fills buffers, so getmany runs every ~100 ms
+        # and max_poll_interval_ms is never exceeded however long deliveries stay unacked.
+        while not self._closing:
+            try:
+                batch = await self._consumer.getmany(timeout_ms=100)
+            except kafka_errors.KafkaError as exc:
+                if getattr(exc, "retriable", False):
+                    log.warning("kafka poll failed, retrying: %r", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                self._error = self._broker._translate(exc, f"consumer group {self.group!r} failed")
+                self._error.__cause__ = exc
+                log.error("kafka consumer stopped: %r", exc)
+                self._wake.set()
+                return
+            woke = False
+            for tp, records in batch.items():
+                state = self._parts.get(tp)
+                if state is None or not state.assigned:
+                    continue
+                for record in records:
+                    if state.commit_to is not None and record.offset < state.commit_to:
+                        continue
+                    entry = state.entries.get(record.offset)
+                    if entry is None:
+                        state.buffer.append(record)
+                    elif not entry.done and not entry.held:
+                        state.retry[record.offset] = record  # re-fetched after a rebalance
+                    woke = True
+                self._update_pause(state)
+            if woke:
+                self._wake.set()
+
+    async def _commit_loop(self) -> None:
+        interval = self._broker.commit_interval_ms / 1000
+        while not self._closing:
+            await asyncio.sleep(interval)
+            await self._commit(limit_s=interval * 10 + 5)
+
+    async def _commit(self, *, limit_s: float, only: Any = None) -> None:
+        async with self._commit_lock:
+            offsets = {
+                tp: state.commit_to
+                for tp, state in self._parts.items()
+                if state.commit_to is not None
+                and state.commit_to != state.committed
+                and (only is None or tp in only)
+            }
+            if not offsets:
+                return
+            try:
+                await asyncio.wait_for(self._consumer.commit(offsets), limit_s)
+            except (kafka_errors.KafkaError, TimeoutError) as exc:
+                # Nothing is lost: the offsets stay pending and are committed next time.
+                log.warning("kafka commit of %s failed, will retry: %r", self.group, exc)
+                return
+            for tp, offset in offsets.items():
+                state = self._parts.get(tp)
+                if state is not None:
+                    state.committed = offset
+
+    async def _on_revoked(self, revoked: Any) -> None:
+        await self._commit(limit_s=10.0, only=set(revoked))
+        for tp in revoked:
+            state = self._parts.get(tp)
+            if state is not None:
+                # Undelivered records are dropped; the next owner reads from the commit point.
+                state.assigned = False
+                state.paused = False
+                state.buffer.clear()
+                state.retry.clear()
+
+    async def _on_assigned(self, assigned: Any) -> None:
+        assigned = set(assigned)
+        for tp in list(self._parts):
+            if tp not in assigned:
+                del self._parts[tp]
+        for tp in assigned:
+            state = self._parts.get(tp)
+            if state is None:
+                self._parts[tp] = _PartitionState(tp)
+            else:
+                # Kept across the rebalance: in-flight deliveries stay tracked; the pause is
+                # gone (aiokafka resets it), so re-apply it.
+                state.assigned = True
+                state.committed = None
+                self._update_pause(state)
+        self._assigned.set()
+        self._wake.set()
+
+    # --- public ---------------------------------------------------------------------------------
+
+    async def backlog(self, topic: str) -> int:
+        """Records of ``topic`` in Kafka not yet delivered to this member (best effort)."""
+        states = [s for tp, s in self._parts.items() if tp.topic == topic and s.assigned]
+        if not states or self._closing:
+            return 0
+        total = 0
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._end_offsets_at > 0.25:
+            # Highwater marks from fetches go stale while a partition is paused.
+            with contextlib.suppress(kafka_errors.KafkaError, TimeoutError, AssertionError):
+                tps = [s.tp for s in self._parts.values() if s.assigned]
+                self._end_offsets = await asyncio.wait_for(self._consumer.end_offsets(tps), 5)
+                self._end_offsets_at = loop.time()
+        for state in states:
+            total += len(state.buffer) + len(state.retry)
+            try:
+                high = max(self._consumer.highwater(state.tp) or 0, self._end_offsets.get(state.tp, 0))
+                position = await asyncio.wait_for(self._consumer.position(state.tp), 1)
+            except (kafka_errors.KafkaError, TimeoutError, AssertionError):
+                continue
+            total += max(0, high - position)
+        return total
+
+    async def close(self) -> None:
+        """Commit what is done and leave the group; unacked deliveries go to other members."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wake.set()
+        for task in (self._poll_task, self._commit_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._commit(limit_s=10.0)
+        for state in self._parts.values():
+            state.assigned = False
+        try:
+            await asyncio.wait_for(self._consumer.stop(), 15)
+        except (kafka_errors.KafkaError, TimeoutError) as exc:
+            log.warning("kafka consumer %s did not stop cleanly: %r", self.group, exc)
+        self._parts.clear()
+        self._broker._subscriptions.discard(self)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _split_host_port(server: str) -> tuple[str, int]:
+    host, sep, port = server.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigurationError(f"bootstrap server {server!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def _delay_slots(value: tuple[int, timedelta | float] | None) -> tuple[int, timedelta] | None:
+    if value is None:
+        return None
+    try:
+        count, duration = value
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"delay_slots must be (count, duration), not {value!r}") from None
+    if not isinstance(duration, timedelta):
+        duration = timedelta(seconds=duration)
+    if not isinstance(count, int) or count < 1 or duration <= timedelta(0):
+        raise ConfigurationError(f"delay_slots must be (count >= 1, duration > 0), not {value!r}")
+    return count, duration
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"kafka URL option {name} must be true or false, not {value!r}")
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    return parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}").geturl()
+
+
+def _is_auth_failure(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        _ssl.SSLError | kafka_errors.SaslAuthenticationFailed | kafka_errors.UnsupportedSaslMechanismError,
+    )
+
+
+async def _quietly(awaitable: Any) -> None:
+    """Best-effort cleanup: a failure to stop must not hide the error being raised."""
+    try:
+        await asyncio.wait_for(awaitable, 15)
+    except Exception as exc:  # noqa: BLE001
+        log.debug("kafka cleanup failed: %r", exc)
