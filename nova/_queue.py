@@ -263,17 +263,21 @@ class TaskQueue:
 
     # -- consuming ------------------------------------------------------------------
     async def start(self, handler: Handler, *, queues: Sequence[str] = ("default",),
-                    concurrency: int = 8) -> None:
+                    concurrency: int = 8, prefetch: int = 32) -> None:
         """Consume ``queues`` with ``handler`` (async, or sync run in a thread).
 
-        Returns once consuming. Raise in the handler to fail the task.
+        Returns once consuming. Raise in the handler to fail the task. At most
+        ``concurrency`` handlers run at once; up to ``prefetch`` tasks per
+        queue and priority level are fetched ahead (never fewer than ``concurrency``).
         """
         if not callable(handler):
             raise ValidationError("handler must be callable: async def handle(task: nova.Task) -> None")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValidationError(f"concurrency must be an int >= 1, got {concurrency!r}")
         self._check_can_start(queues)
-        worker = Worker(self, handler, list(queues), concurrency)
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
+            raise ValidationError(f"prefetch must be an int >= 1, got {prefetch!r}")
+        worker = Worker(self, handler, list(queues), concurrency, prefetch)
         await self._start_worker(worker)
 
     async def start_batch(self, handler: BatchHandler, aggregator: Aggregator, *,

@@ -23,7 +23,6 @@ from nova._clock import wait_with_timeout
 from nova._envelope import H, MAX_ERROR_CHARS, decode_task, ms_ceil
 from nova._errors import DecodeError
 from nova._naming import dead_letter_queue, ready_topic
-from nova._policies import StrictPriority
 from nova._recording import TaskStatus
 from nova._task import Priority, Task
 
@@ -153,8 +152,9 @@ class _BaseWorker:
 class Worker(_BaseWorker):
     """Runs one handler per task, up to ``concurrency`` at once, by priority."""
 
-    def __init__(self, tq: TaskQueue, handler: Handler, queues: Sequence[str], concurrency: int) -> None:
-        super().__init__(tq, queues, window=concurrency)
+    def __init__(self, tq: TaskQueue, handler: Handler, queues: Sequence[str], concurrency: int,
+                 prefetch: int) -> None:
+        super().__init__(tq, queues, window=max(prefetch, concurrency))
         self.handler = handler
         self.is_async = is_async_callable(handler)
         self.concurrency = concurrency
@@ -173,39 +173,41 @@ class Worker(_BaseWorker):
 
     async def _dispatch(self) -> None:
         policy = self.tq.priority_policy
-        strict = isinstance(policy, StrictPriority)
         loop = asyncio.get_running_loop()
+        patience = 0  # consecutive waits for work the broker reported but has not delivered
         while not self.stopping:
             if len(self.running) >= self.concurrency:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            ready = [lvl for lvl in LEVELS if self.buffers[lvl]]
-            if not ready:
+            local = [lvl for lvl in LEVELS if self.buffers[lvl]]
+            if not local:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            level = policy.choose(ready)
-            if strict and level is not Priority.HIGH and await self._higher_waiting(level):
+            candidates = local
+            if len(local) < len(LEVELS) and patience < 20:
+                # A level we hold nothing of may still have work waiting in the broker
+                # (not yet fetched): it counts as ready, so priority holds across topics.
+                candidates = [lvl for lvl in LEVELS if self.buffers[lvl] or await self._backlog(lvl)]
+            level = policy.choose(candidates)
+            if not self.buffers[level]:
+                patience += 1
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await wait_with_timeout(self.tq.clock, self._wakeup.wait(), 0.05)
                 continue
+            patience = 0
             delivery, route = self.buffers[level].popleft()
             task = loop.create_task(self._run(delivery, route))
             self.running.add(task)
             task.add_done_callback(self._done)
 
-    async def _higher_waiting(self, level: Priority) -> bool:
-        """Strict priority across topics: a higher level the broker holds but has
-        not delivered yet wins; wait briefly for it to arrive."""
+    async def _backlog(self, level: Priority) -> bool:
         assert self.sub is not None
-        for higher in LEVELS:
-            if higher <= level:
-                break
-            for q in self.queues:
-                if await self.sub.backlog(ready_topic(self.tq.prefix, q, higher)) > 0:
-                    self._wakeup.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await wait_with_timeout(self.tq.clock, self._wakeup.wait(), 0.05)
-                    return True
+        for q in self.queues:
+            if await self.sub.backlog(ready_topic(self.tq.prefix, q, level)) > 0:
+                return True
         return False
 
     def _done(self, task: asyncio.Task[None]) -> None:
