@@ -482,8 +482,13 @@ class KafkaBroker:
         # Wait for every future even after a failure, so none is left unobserved.
         results = await asyncio.gather(*futures, return_exceptions=True)
         for result in results:
-            if isinstance(result, BaseException) and first_error is None:
-                first_error = result
+            if isinstance(result, BaseException):
+                first_error = first_error or result
+            elif self._subscriptions:
+                # Our own subscriptions learn the new end offsets for free, so backlog()
+                # sees a task this process just published (strict priority relies on it).
+                for sub in self._subscriptions:
+                    sub._note_end_offset(result.topic, result.partition, result.offset + 1)
         if first_error is not None:
             if isinstance(first_error, kafka_errors.ProducerClosed) and self._closed:
                 raise ClosedError("KafkaBroker was closed while publishing") from first_error
@@ -836,6 +841,11 @@ class KafkaSubscription:
         self._assigned.set()
         self._wake.set()
 
+    def _note_end_offset(self, topic: str, partition: int, end: int) -> None:
+        for tp, state in self._parts.items():
+            if tp.partition == partition and tp.topic == topic and state.assigned:
+                self._end_offsets[tp] = max(end, self._end_offsets.get(tp, 0))
+
     # --- public ---------------------------------------------------------------------------------
 
     async def backlog(self, topic: str) -> int:
@@ -849,7 +859,9 @@ class KafkaSubscription:
             # Highwater marks from fetches go stale while a partition is paused.
             with contextlib.suppress(kafka_errors.KafkaError, TimeoutError, AssertionError):
                 tps = [s.tp for s in self._parts.values() if s.assigned]
-                self._end_offsets = await asyncio.wait_for(self._consumer.end_offsets(tps), 5)
+                fresh = await asyncio.wait_for(self._consumer.end_offsets(tps), 5)
+                for tp, end in fresh.items():
+                    self._end_offsets[tp] = max(end, self._end_offsets.get(tp, 0))
                 self._end_offsets_at = loop.time()
         for state in states:
             total += len(state.buffer) + len(state.retry)

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from nova._aggregators import Aggregator
 from nova._broker import Delivery, Message, Subscription
+from nova._codecs import BlobCodec
 from nova._clock import wait_with_timeout
 from nova._envelope import H, MAX_ERROR_CHARS, decode_task, ms_ceil
 from nova._errors import DecodeError
@@ -99,13 +101,28 @@ class _BaseWorker:
         return task
 
     async def _poison(self, delivery: Delivery, route: _Route, exc: DecodeError) -> None:
-        """Undecodable bytes go to the dead-letter queue with the decode error."""
-        headers = dict(delivery.headers)
-        headers[H.ERROR] = f"DecodeError: {exc}"[:MAX_ERROR_CHARS]
-        headers[H.QUEUE] = dead_letter_queue(route.queue)
-        topic = ready_topic(self.tq.prefix, dead_letter_queue(route.queue), Priority.NORMAL)
-        log.error("poison message on %s sent to the dead-letter queue: %s", delivery.topic, exc)
-        await self._publish_then_ack(delivery, Message(topic, delivery.body, headers, headers.get(H.ID)))
+        """Undecodable bytes go to the dead-letter queue with the decode error.
+
+        They travel on as a Blob task (type ``nova.undecodable`` unless the
+        headers named one) so a dead-letter consumer sees the raw bytes and the
+        error instead of failing on them again.
+        """
+        original = delivery.headers
+        dlq = dead_letter_queue(route.queue)
+        headers = {
+            H.ID: original.get(H.ID) or uuid.uuid4().hex,
+            H.TYPE: original.get(H.TYPE) or "nova.undecodable",
+            H.QUEUE: dlq,
+            H.PRIORITY: str(int(Priority.NORMAL)),
+            H.ATTEMPT: "1",
+            H.CONTENT_TYPE: BlobCodec.content_type,
+            H.ERROR: f"DecodeError: {exc}"[:MAX_ERROR_CHARS],
+        }
+        if H.CONTENT_TYPE in original:
+            headers["nova-original-content-type"] = original[H.CONTENT_TYPE][:200]
+        topic = ready_topic(self.tq.prefix, dlq, Priority.NORMAL)
+        log.error("undecodable message on %s sent to %s: %s", delivery.topic, dlq, exc)
+        await self._publish_then_ack(delivery, Message(topic, delivery.body, headers, headers[H.ID]))
 
     async def _publish_then_ack(self, delivery: Delivery, message: Message) -> bool:
         try:
