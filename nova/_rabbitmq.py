@@ -28,8 +28,8 @@ How the contract maps onto AMQP:
   ``consumer_timeout`` applies only if the server sets one);
 - the connection is robust: after a broker restart it reconnects, re-declares
   the topology and resumes the consumers. Deliveries received before the loss
-  are redelivered by the broker; acking such a stale delivery raises
-  ``nova.ConnectionError`` (the message is not lost);
+  are redelivered by the broker; acking such a stale delivery only logs a
+  warning (the message is not lost, and its task may run again);
 - delay tiers (``{prefix}__delayNN``) are ordinary durable queues held by the
   engine's forwarder; ``declare_delay_tiers`` can instead make each tier a TTL
   queue that dead-letters into the queue the forwarder reads, so messages wait
@@ -370,6 +370,13 @@ class RabbitMQBroker:
                     await queue.bind(exchange, routing_key=topic)
                     self._declared.add(topic)
             except Exception as exc:
+                import aiormq.exceptions
+
+                if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+                    raise ConfigurationError(
+                        f"a queue among {missing} already exists in RabbitMQ with other arguments "
+                        f"({exc}); delete it, or keep the delay tiers it was declared with"
+                    ) from exc
                 raise self._broker_error(f"declaring queues {missing}", exc) from exc
 
     # -- publishing -----------------------------------------------------------
@@ -545,20 +552,32 @@ class _RabbitDelivery:
         await self._settle(requeue=True)
 
     async def _settle(self, requeue: bool | None) -> None:
+        """Ack or requeue. On a delivery whose channel is gone (connection lost,
+        subscription closed) there is nothing to settle: RabbitMQ already put the
+        message back and redelivers it, so this logs a warning instead of raising
+        (at least once: the task may run again)."""
         if self._done:
             return
         self._done = True
+        verb = "ack" if requeue is None else "nack"
         try:
-            if requeue is None:
-                await self._message.ack()
-            else:
-                await self._message.nack(requeue=True)
+            if not self.stale():
+                if requeue is None:
+                    await self._message.ack()
+                else:
+                    await self._message.nack(requeue=True)
+                return
         except Exception as exc:
-            verb = "ack" if requeue is None else "nack"
-            raise ConnectionError(
-                f"cannot {verb} a delivery from {self.topic!r}: its channel was closed "
-                f"({type(exc).__name__}); RabbitMQ will redeliver it"
-            ) from exc
+            if not self.stale():
+                raise ConnectionError(
+                    f"cannot {verb} a delivery from {self.topic!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+        log.warning(
+            "cannot %s a delivery from %r: its channel closed (connection lost or subscription "
+            "closed); RabbitMQ redelivers it",
+            verb,
+            self.topic,
+        )
 
     def __repr__(self) -> str:
         return f"<RabbitMQ delivery topic={self.topic!r} {len(self.body)} bytes>"
