@@ -56,7 +56,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TERMINAL = [s.value for s in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED,
                                TaskStatus.TIMEOUT, TaskStatus.SKIPPED)]
-_AUTH_CODES = {192, 193, 194, 195, 516}  # unknown user, wrong password, required password, ...
+_AUTH_CODES = {192, 193, 194, 195, 516}  # unknown user, wrong password, ..., authentication failed
 
 # (name, type) of what record() inserts; retry_count and recorded_at fill themselves.
 _COLUMNS: tuple[tuple[str, str], ...] = (
@@ -372,6 +372,10 @@ class ClickHouseTaskRecorder:
         return await asyncio.to_thread(fn)
 
     def _row(self, event: TaskEvent) -> list[Any]:
+        for name, value, bits in (("version", event.version, 64), ("priority", event.priority, 32),
+                                  ("attempt", event.attempt, 32)):
+            if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+                raise ValueError(f"{name}={value} does not fit Int{bits}")
         return [
             event.task_id,
             event.version,

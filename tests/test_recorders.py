@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -20,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nova._errors import ClosedError, ConfigurationError
+from nova._errors import ClosedError, ConfigurationError, ValidationError
 from nova._errors import ConnectionError as NovaConnectionError
 from nova._recording import (
     MemoryTaskRecorder,
@@ -35,7 +36,7 @@ from nova.sim import VirtualClock
 
 try:
     import chdb  # noqa: F401
-    import clickhouse_connect  # noqa: F401
+    import clickhouse_connect
 
     HAVE_CHDB = True
 except ImportError:  # pragma: no cover - the clickhouse extra is missing
@@ -488,6 +489,24 @@ async def test_a_password_never_shows_in_repr_errors_or_logs(caplog: pytest.LogC
     assert seen
     assert not [s for s in seen if SECRET in s]
     await recorder.close()
+
+
+async def test_events_that_do_not_fit_the_schema_are_refused_before_any_sql() -> None:
+    recorder = ClickHouseTaskRecorder(_NoSQLClient())  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="version"):
+        await recorder.record([event("big", TaskStatus.QUEUED, 2**63, at=T0)])
+    with pytest.raises(ValidationError, match="attempt"):
+        await recorder.record([event("big", TaskStatus.QUEUED, 1, attempt=2**31)])
+
+
+def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "clickhouse_connect", None)
+    with pytest.raises(ImportError, match=r"pip install 'nova-taskqueue\[clickhouse\]'"):
+        ClickHouseTaskRecorder.from_url("http://localhost:8123/")
+    monkeypatch.setitem(sys.modules, "clickhouse_connect", clickhouse_connect)
+    monkeypatch.setitem(sys.modules, "chdb", None)
+    with pytest.raises(ImportError, match=r"pip install 'nova-taskqueue\[clickhouse\]'"):
+        ClickHouseTaskRecorder.from_url("chdb://memory")
 
 
 async def test_closed_recorder_refuses_calls(tmp_path: Any) -> None:
