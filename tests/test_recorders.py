@@ -57,8 +57,9 @@ def at(ms: int) -> datetime:
 
 def event(task_id: str, status: TaskStatus, version: int, **kw: Any) -> TaskEvent:
     """An event at T0 + ``version`` ms, unless ``at`` is given."""
-    fields: dict[str, Any] = {"type": "email", "queue": "default", "priority": 2, "at": at(version)}
+    fields: dict[str, Any] = {"type": "email", "queue": "default", "priority": 2}
     fields.update(kw)
+    fields.setdefault("at", at(version))
     return TaskEvent(task_id=task_id, status=status, version=version, **fields)
 
 
