@@ -523,8 +523,11 @@ class _RabbitDelivery:
         self.body = message.body
         raw = dict(message.headers or {})
         stamp = raw.pop(PUBLISHED_AT_HEADER, None)
+        # "x-*" headers are RabbitMQ's own (x-death and friends after dead-lettering).
         self.headers: Mapping[str, str] = {
-            k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in raw.items()
+            k: (v.decode() if isinstance(v, bytes) else str(v))
+            for k, v in raw.items()
+            if not k.startswith("x-")
         }
         published: float | None = None
         if stamp is not None:

@@ -163,6 +163,16 @@ def test_prefetch_size_is_rejected() -> None:
     assert RabbitMQBroker(prefetch=(32, 0)).prefetch_count == 32
 
 
+def test_missing_aio_pika_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['aio_pika'] = None\n"
+        "from nova._rabbitmq import RabbitMQBroker\n"
+        "try:\n    RabbitMQBroker()\nexcept ImportError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert "pip install 'nova-taskqueue[rabbitmq]'" in out.stdout
+
+
 def test_bad_url_and_exchange_are_rejected() -> None:
     with pytest.raises(errors.ConfigurationError, match="amqp://"):
         RabbitMQBroker("http://127.0.0.1/")
@@ -379,11 +389,12 @@ async def test_delay_tier_as_ttl_queue_holds_messages_inside_rabbitmq(
     broker.declare_delay_tiers({tier: 2.0})
     await broker.connect()
     got = Collector(await broker.subscribe([tier], group="fwd", window=10), ack=True)
-    await broker.publish([Message(tier, b"later")])
+    await broker.publish([Message(tier, b"later", {"nova-hold-until": "1"})])
     await got.wait(lambda: len(got.deliveries) == 1)
     held = time.time() - got.deliveries[0].published_at
     assert held >= 1.95, f"delivered after {held:.3f} s, before the tier's 2 s TTL"
     assert got.deliveries[0].topic == tier
+    assert dict(got.deliveries[0].headers) == {"nova-hold-until": "1"}  # no x-death noise
     await got.stop()
 
 
