@@ -59,7 +59,8 @@ def event(task_id: str, status: TaskStatus, version: int, **kw: Any) -> TaskEven
     """An event at T0 + ``version`` ms, unless ``at`` is given."""
     fields: dict[str, Any] = {"type": "email", "queue": "default", "priority": 2}
     fields.update(kw)
-    fields.setdefault("at", at(version))
+    if "at" not in fields:
+        fields["at"] = at(version)
     return TaskEvent(task_id=task_id, status=status, version=version, **fields)
 
 
