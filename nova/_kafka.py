@@ -553,6 +553,7 @@ class KafkaDelivery:
 
     async def ack(self) -> None:
         """Done: the offset may be committed once everything below it is done too."""
+        print("ACK", self.topic[-12:], self.offset)
         if not self._settled:
             self._settled = True
             self._sub._settle(self, done=True)
@@ -705,6 +706,7 @@ class KafkaSubscription:
                 entry.done = True
                 state.advance()
             self._update_pause(state)
+            print("TAKE", id(self), record.topic[-12:], record.offset, dict(record.headers or ()))
             return KafkaDelivery(self, state, record)
         return None
 
@@ -767,6 +769,8 @@ class KafkaSubscription:
                 self._wake.set()
                 return
             woke = False
+            if batch:
+                log.debug("fetched %s", {tp: len(r) for tp, r in batch.items()})
             for tp, records in batch.items():
                 state = self._parts.get(tp)
                 if state is None or not state.assigned:
@@ -825,6 +829,7 @@ class KafkaSubscription:
 
     async def _on_assigned(self, assigned: Any) -> None:
         assigned = set(assigned)
+        log.debug("group %s assigned %s", self.group, sorted(assigned))
         for tp in list(self._parts):
             if tp not in assigned:
                 del self._parts[tp]

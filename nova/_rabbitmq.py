@@ -515,6 +515,33 @@ class RabbitMQBroker:
         return int(result.message_count or 0)
 
 
+class _StaleLog:
+    """One warning per burst of stale acks (a lost connection strands a whole window)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.last = float("-inf")
+        self.quiet = 0
+
+    def report(self, verb: str, topic: str) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            self.quiet += 1
+            return
+        more = f" (and {self.quiet} more since the last warning)" if self.quiet else ""
+        self.last, self.quiet = now, 0
+        log.warning(
+            "cannot %s a delivery from %r: its channel closed (connection lost or subscription "
+            "closed); RabbitMQ redelivers it%s",
+            verb,
+            topic,
+            more,
+        )
+
+
+_STALE_LOG = _StaleLog()
+
+
 class _RabbitDelivery:
     __slots__ = ("_done", "_message", "body", "headers", "published_at", "topic")
 
@@ -575,12 +602,7 @@ class _RabbitDelivery:
                 raise ConnectionError(
                     f"cannot {verb} a delivery from {self.topic!r}: {type(exc).__name__}: {exc}"
                 ) from exc
-        log.warning(
-            "cannot %s a delivery from %r: its channel closed (connection lost or subscription "
-            "closed); RabbitMQ redelivers it",
-            verb,
-            self.topic,
-        )
+        _STALE_LOG.report(verb, self.topic)
 
     def __repr__(self) -> str:
         return f"<RabbitMQ delivery topic={self.topic!r} {len(self.body)} bytes>"

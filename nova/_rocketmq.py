@@ -1,17 +1,882 @@
+"""RocketMQ 5 backend on Apache's ``rocketmq-python-client`` (gRPC, through the proxy).
+
+    broker = RocketMQBroker(
+        "127.0.0.1:8081",                  # proxy gRPC endpoint(s)
+        namesrv="127.0.0.1:9876",          # lets nova create topics and groups itself
+        auth=("nova-app", "secret"),       # ACL 2.0 user, if the cluster has ACL on
+    )
+    queue = TaskQueue(broker)
+
+Topics and consumer groups. gRPC clients cannot create either, and the proxy
+refuses unknown ones. Given ``namesrv=`` (or ``rocketmq://...?namesrv=...``),
+``ensure_topics`` and ``subscribe`` create them through RocketMQ's remoting admin
+protocol (the same requests as ``mqadmin updateTopic`` / ``updateSubGroup``,
+signed with ``admin_auth`` or else ``auth``), which takes milliseconds. Without
+it they only check that the topics exist and raise ``ConfigurationError`` naming
+the ``mqadmin`` commands to run. :class:`RocketMQAdmin` does the same by hand::
+
+    await RocketMQAdmin("127.0.0.1:9876").create_topics(["myapp_default_normal"])
+    await RocketMQAdmin("127.0.0.1:9876").create_groups(["myapp_workers"])
+
+Topics carry normal and timer messages alike, so nova creates them with
+``message.type=MIXED`` (the broker needs ``enableMixedMessageType=true``), or use
+``topic_message_type=`` with a proxy running ``enableTopicMessageTypeCheck=false``.
+
+Delays: ``Message.deliver_at`` becomes the message's delivery timestamp (a timer
+message, whole seconds, rounded up so never early) when it fits ``max_delay``
+(the proxy's ``maxDelayTimeMills``, 1 day by default); the engine cascades
+longer delays. ``consume_timeout`` is the invisible duration of a received
+message; nova extends it while a handler still holds the message.
+``max_reconsume_times`` is the consumer group's ``retryMaxTimes`` (deliveries
+the broker itself retries before moving a message to ``%DLQ%<group>``).
+``ConsumerModel.BROADCASTING`` gives each subscription its own group
+(``<group>-b<random>``), so every worker sees every task published while it runs.
+"""
+
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import enum
+import hashlib
+import hmac
 import importlib
+import itertools
+import json
 import logging
+import math
+import re
+import struct
 import sys
+import time
 import types
-from typing import Any
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from nova._broker import Delivery, Message
+from nova._errors import (
+    AuthenticationError,
+    BrokerError,
+    ClosedError,
+    ConfigurationError,
+    ConnectionError,
+    EnqueueError,
+    NovaError,
+)
+
+if TYPE_CHECKING:
+    from nova._clock import Clock
+
+__all__ = ["ConsumerModel", "RocketMQAdmin", "RocketMQBroker"]
+
+log = logging.getLogger("nova.rocketmq")
+T = TypeVar("T")
+
+_EXTRA_HINT = "RocketMQBroker needs the rocketmq extra: pip install 'nova-taskqueue[rocketmq]'"
+_CLIENT_LOGGER = "rocketmq-python-client"
 
 
 def _client() -> Any:
-    if "rocketmq" not in sys.modules:
+    """Import ``rocketmq`` without its logging side effects.
+
+    On import the client calls ``logging.config.dictConfig`` (which closes every
+    handler the application installed) and creates ``~/logs/rocketmq_python``.
+    nova stands in for its log-config module, so the client logs to the
+    ``rocketmq-python-client`` logger (WARNING and up, propagating as usual).
+    """
+    module = sys.modules.get("rocketmq")
+    if module is not None:
+        return module
+    if "rocketmq.v5.log.log_config" not in sys.modules:
         stub = types.ModuleType("rocketmq.v5.log.log_config")
-        log = logging.getLogger("rocketmq-python-client")
-        log.setLevel(logging.WARNING)
-        stub.logger = log  # type: ignore[attr-defined]
-        sys.modules.setdefault("rocketmq.v5.log.log_config", stub)
-    return importlib.import_module("rocketmq")
+        client_log = logging.getLogger(_CLIENT_LOGGER)
+        if client_log.level == logging.NOTSET:
+            client_log.setLevel(logging.WARNING)
+        stub.logger = client_log  # type: ignore[attr-defined]
+        sys.modules["rocketmq.v5.log.log_config"] = stub
+    try:
+        return importlib.import_module("rocketmq")
+    except ImportError as exc:
+        raise ImportError(_EXTRA_HINT) from exc
+
+
+class ConsumerModel(enum.Enum):
+    """How the workers of one group share tasks."""
+
+    #: Each task goes to one worker of the group (the default).
+    CLUSTERING = "clustering"
+    #: Every worker gets every task (each subscription has its own group).
+    BROADCASTING = "broadcasting"
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _is_auth_failure(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    if name in ("UnauthorizedException", "ForbiddenException"):
+        return True
+    code = str(getattr(exc, "code", "") or "")
+    return code.startswith(("401", "403")) or "UNAUTHENTICATED" in str(exc) or "PERMISSION_DENIED" in str(exc)
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError)):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "failed to connect", "Connection refused"))
+
+
+def _translate(exc: BaseException, what: str, secrets: Sequence[str]) -> NovaError:
+    """Turn a client exception into nova's error tree (the caller raises it ``from exc``)."""
+    if isinstance(exc, NovaError):
+        return exc
+    detail = _scrub(f"{type(exc).__name__}: {exc}", secrets)
+    if _is_auth_failure(exc):
+        return AuthenticationError(f"RocketMQ refused the credentials or permission for {what}: {detail}")
+    if _is_connection_failure(exc):
+        return ConnectionError(f"cannot reach RocketMQ for {what}: {detail}")
+    return BrokerError(f"RocketMQ failed during {what}: {detail}")
+
+
+# ---------------------------------------------------------------- remoting admin
+
+_GET_ROUTEINFO_BY_TOPIC = 105
+_GET_BROKER_CLUSTER_INFO = 106
+_UPDATE_AND_CREATE_TOPIC = 17
+_UPDATE_AND_CREATE_SUBSCRIPTIONGROUP = 200
+_TOPIC_NOT_EXIST = 17
+_FASTJSON_INT_KEY = re.compile(r"([{,])(-?\d+):")
+
+
+class RocketMQAdmin:
+    """Create topics and consumer groups over RocketMQ's remoting protocol.
+
+    Talks to the name server to find the master brokers, then to each broker,
+    like ``mqadmin updateTopic`` / ``updateSubGroup`` (no JVM needed).
+
+        admin = RocketMQAdmin("127.0.0.1:9876", auth=("admin", "secret"))
+        await admin.create_topics(["app_default_normal"], message_type="MIXED")
+        await admin.create_groups(["app_workers"], retry_max_times=3)
+    """
+
+    def __init__(
+        self,
+        namesrv: str | Sequence[str],
+        *,
+        auth: tuple[str, str] | None = None,
+        timeout: float = 10.0,
+        cluster: str | None = None,
+    ) -> None:
+        addrs = namesrv.replace(";", ",").split(",") if isinstance(namesrv, str) else list(namesrv)
+        self.namesrv = [a.strip() for a in addrs if a.strip()]
+        if not self.namesrv:
+            raise ConfigurationError("RocketMQAdmin needs at least one name server address host:port")
+        self._auth = auth
+        self.timeout = timeout
+        self.cluster = cluster
+        self._opaque = itertools.count(1)
+
+    def __repr__(self) -> str:
+        user = f", auth=({self._auth[0]!r}, '***')" if self._auth else ""
+        return f"RocketMQAdmin({self.namesrv!r}{user})"
+
+    def _sign(self, ext: dict[str, str], body: bytes) -> dict[str, str]:
+        if not self._auth:
+            return ext
+        ext = {**ext, "AccessKey": self._auth[0]}
+        content = "".join(ext[k] for k in sorted(ext)).encode() + body
+        digest = hmac.new(self._auth[1].encode(), content, hashlib.sha1).digest()
+        ext["Signature"] = base64.b64encode(digest).decode()
+        return ext
+
+    async def _call(
+        self, addr: str, code: int, ext: Mapping[str, str] | None = None, body: bytes = b""
+    ) -> tuple[int, str, bytes]:
+        header = {
+            "code": code,
+            "language": "PYTHON",
+            "version": 480,
+            "opaque": next(self._opaque),
+            "flag": 0,
+            "extFields": self._sign(dict(ext or {}), body),
+            "serializeTypeCurrentRPC": "JSON",
+        }
+        raw = json.dumps(header).encode()
+        frame = struct.pack(">ii", 4 + len(raw) + len(body), len(raw)) + raw + body
+        host, _, port = addr.rpartition(":")
+        try:
+            async with asyncio.timeout(self.timeout):
+                reader, writer = await asyncio.open_connection(host, int(port))
+                try:
+                    writer.write(frame)
+                    await writer.drain()
+                    (length,) = struct.unpack(">i", await reader.readexactly(4))
+                    data = await reader.readexactly(length)
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            raise ConnectionError(f"cannot reach RocketMQ at {addr}: {exc!r}") from exc
+        header_len = struct.unpack(">i", data[:4])[0] & 0xFFFFFF
+        reply = json.loads(data[4 : 4 + header_len])
+        return int(reply.get("code", -1)), str(reply.get("remark") or ""), data[4 + header_len :]
+
+    async def _namesrv_call(self, code: int, ext: Mapping[str, str] | None = None) -> tuple[int, str, bytes]:
+        last: Exception | None = None
+        for addr in self.namesrv:
+            try:
+                return await self._call(addr, code, ext)
+            except ConnectionError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def master_brokers(self) -> list[str]:
+        """Addresses of the master brokers (of ``cluster``, or of every cluster)."""
+        code, remark, body = await self._namesrv_call(_GET_BROKER_CLUSTER_INFO)
+        if code != 0:
+            raise self._refused("read the cluster", code, remark)
+        info = json.loads(_FASTJSON_INT_KEY.sub(r'\1"\2":', body.decode()))
+        names: set[str] | None = None
+        if self.cluster is not None:
+            names = set(info.get("clusterAddrTable", {}).get(self.cluster, []))
+        addrs = []
+        for name, data in info.get("brokerAddrTable", {}).items():
+            if names is None or name in names:
+                master = data.get("brokerAddrs", {}).get("0")
+                if master:
+                    addrs.append(master)
+        if not addrs:
+            raise BrokerError(f"RocketMQ name server {self.namesrv} knows no master broker")
+        return sorted(addrs)
+
+    def _refused(self, what: str, code: int, remark: str) -> NovaError:
+        secrets = [self._auth[1]] if self._auth else []
+        detail = _scrub(f"code {code}: {remark}", secrets)
+        if code in (16, 17) and ("auth" in remark.lower() or "permission" in remark.lower()):
+            return AuthenticationError(f"RocketMQ refused to {what}: {detail}")
+        if "signature" in remark.lower() or "authentic" in remark.lower() or "accessKey" in remark:
+            return AuthenticationError(f"RocketMQ refused to {what}: {detail}")
+        return BrokerError(f"RocketMQ refused to {what}: {detail}")
+
+    async def topic_exists(self, topic: str) -> bool:
+        code, remark, _ = await self._namesrv_call(_GET_ROUTEINFO_BY_TOPIC, {"topic": topic})
+        if code == 0:
+            return True
+        if code == _TOPIC_NOT_EXIST:
+            return False
+        raise self._refused(f"look up topic {topic}", code, remark)
+
+    async def create_topics(
+        self, topics: Sequence[str], *, message_type: str = "MIXED", queues: int = 1
+    ) -> None:
+        """Create (or update) topics with ``message.type`` and wait until routable."""
+        brokers = await self.master_brokers()
+        for topic in topics:
+            ext = {
+                "topic": topic,
+                "defaultTopic": "TBW102",
+                "readQueueNums": str(queues),
+                "writeQueueNums": str(queues),
+                "perm": "6",
+                "topicFilterType": "SINGLE_TAG",
+                "topicSysFlag": "0",
+                "order": "false",
+                "attributes": f"+message.type={message_type}",
+                "force": "false",
+            }
+            for broker in brokers:
+                code, remark, _ = await self._call(broker, _UPDATE_AND_CREATE_TOPIC, ext)
+                if code != 0:
+                    raise self._refused(f"create topic {topic}", code, remark)
+        deadline = time.monotonic() + self.timeout
+        for topic in topics:
+            while not await self.topic_exists(topic):
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"topic {topic} was created but the name server does not route it")
+                await asyncio.sleep(0.05)
+
+    async def create_groups(self, groups: Sequence[str], *, retry_max_times: int = 16) -> None:
+        """Create (or update) consumer groups."""
+        brokers = await self.master_brokers()
+        for group in groups:
+            body = json.dumps(
+                {
+                    "groupName": group,
+                    "consumeEnable": True,
+                    "consumeFromMinEnable": True,
+                    "consumeBroadcastEnable": True,
+                    "consumeMessageOrderly": False,
+                    "retryQueueNums": 1,
+                    "retryMaxTimes": retry_max_times,
+                    "brokerId": 0,
+                    "whichBrokerWhenConsumeSlowly": 1,
+                    "notifyConsumerIdsChangedEnable": True,
+                    "groupSysFlag": 0,
+                    "consumeTimeoutMinute": 15,
+                    "attributes": {},
+                }
+            ).encode()
+            for broker in brokers:
+                code, remark, _ = await self._call(broker, _UPDATE_AND_CREATE_SUBSCRIPTIONGROUP, None, body)
+                if code != 0:
+                    raise self._refused(f"create consumer group {group}", code, remark)
+
+
+# ---------------------------------------------------------------- broker
+
+
+_HEADER_MARK = "="  # header values are stored as "=value": RocketMQ rejects blank property values
+
+
+def _parse_endpoints(endpoints: Sequence[str] | str) -> list[str]:
+    items = endpoints.replace(";", ",").split(",") if isinstance(endpoints, str) else list(endpoints)
+    out = [e.strip() for e in items if e and e.strip()]
+    if not out:
+        raise ConfigurationError("RocketMQBroker needs at least one proxy endpoint host:port")
+    for e in out:
+        host, _, port = e.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigurationError(f"RocketMQ endpoint {e!r} is not host:port")
+    return out
+
+
+class RocketMQBroker:
+    """A RocketMQ 5 cluster reached through its proxy (gRPC). See the module docstring.
+
+        broker = RocketMQBroker(["127.0.0.1:8081"], namesrv="127.0.0.1:9876",
+                                consume_timeout=timedelta(minutes=5))
+    """
+
+    clock: Clock | None = None
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str,
+        *,
+        group_id: str | None = None,
+        topic_prefix: str | None = None,
+        consumer_model: ConsumerModel = ConsumerModel.CLUSTERING,
+        consume_timeout: timedelta = timedelta(minutes=5),
+        max_reconsume_times: int = 3,
+        auth: tuple[str, str] | None = None,
+        credentials: tuple[str, str] | None = None,
+        delay_slots: tuple[int, timedelta] | None = None,
+        namesrv: str | Sequence[str] | None = None,
+        admin_auth: tuple[str, str] | None = None,
+        namespace: str = "",
+        max_delay: timedelta = timedelta(days=1),
+        topic_message_type: str = "MIXED",
+        queues_per_topic: int = 1,
+        request_timeout: int = 5,
+        poll_seconds: int = 2,
+        max_message_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        if auth is not None and credentials is not None and auth != credentials:
+            raise ConfigurationError("give auth= or credentials= (the same thing), not both")
+        auth = auth or credentials
+        if auth is not None and (len(auth) != 2 or not all(isinstance(x, str) and x for x in auth)):
+            raise ConfigurationError("auth must be (access_key, secret_key), both non-empty strings")
+        if not isinstance(consumer_model, ConsumerModel):
+            raise ConfigurationError(f"consumer_model must be a ConsumerModel, not {consumer_model!r}")
+        if consume_timeout < timedelta(seconds=10) or consume_timeout > timedelta(hours=12):
+            raise ConfigurationError("consume_timeout must be between 10 s and 12 h (RocketMQ invisible time)")
+        if max_reconsume_times < 0:
+            raise ConfigurationError("max_reconsume_times must be >= 0")
+        if max_delay <= timedelta(seconds=30):
+            raise ConfigurationError("max_delay must be longer than 30 s")
+        self.endpoints = _parse_endpoints(endpoints)
+        self.group_id = group_id
+        self.topic_prefix = topic_prefix
+        self.delay_slots = delay_slots
+        self.consumer_model = consumer_model
+        self.consume_timeout = consume_timeout
+        self.max_reconsume_times = max_reconsume_times
+        self.namespace = namespace
+        self.max_delay = max_delay
+        # A little under the proxy's cap: timestamps are rounded up to whole seconds.
+        self.native_delay_max: timedelta | None = max_delay - timedelta(seconds=10)
+        self.max_message_bytes: int | None = max_message_bytes
+        self.topic_message_type = topic_message_type
+        self.queues_per_topic = queues_per_topic
+        self.request_timeout = request_timeout
+        self.poll_seconds = poll_seconds
+        self._auth = auth
+        self._admin: RocketMQAdmin | None = None
+        if namesrv is not None:
+            self._admin = RocketMQAdmin(namesrv, auth=admin_auth or auth)
+        self._secrets = [s for s in ((auth or ("", ""))[1], (admin_auth or ("", ""))[1]) if s]
+        self._producer: Any = None
+        self._config: Any = None
+        self._connect_lock = asyncio.Lock()
+        self._known_topics: set[str] = set()
+        self._known_groups: set[str] = set()
+        self._subscriptions: set[_Subscription] = set()
+        self._closed = False
+        # The client's *_async ack/renew methods are broken (asyncio futures made
+        # off-loop), so blocking calls run here, never on the event loop.
+        self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="nova-rocketmq")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- construction helpers
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> RocketMQBroker:
+        """``rocketmq://[ak:sk@]host:8081[,host2:8081]?group_id=..&topic_prefix=..&namesrv=..``
+
+        Other query keys: ``consumer_model`` (clustering|broadcasting),
+        ``consume_timeout`` and ``max_delay`` (seconds), ``max_reconsume_times``,
+        ``namespace``, ``topic_message_type``.
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "rocketmq":
+            raise ConfigurationError(f"not a rocketmq:// URL: {parts.scheme}://...")
+        netloc = parts.netloc
+        auth = None
+        if "@" in netloc:
+            userinfo, _, netloc = netloc.rpartition("@")
+            ak, _, sk = userinfo.partition(":")
+            auth = (unquote(ak), unquote(sk))
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        kwargs: dict[str, Any] = {"auth": auth}
+        try:
+            for key in ("group_id", "topic_prefix", "namesrv", "namespace", "topic_message_type"):
+                if key in query:
+                    kwargs[key] = query.pop(key)
+            if "consumer_model" in query:
+                kwargs["consumer_model"] = ConsumerModel(query.pop("consumer_model").lower())
+            for key in ("consume_timeout", "max_delay"):
+                if key in query:
+                    kwargs[key] = timedelta(seconds=float(query.pop(key)))
+            if "max_reconsume_times" in query:
+                kwargs["max_reconsume_times"] = int(query.pop("max_reconsume_times"))
+        except ValueError as exc:
+            raise ConfigurationError(f"bad rocketmq URL option: {exc}") from exc
+        if query:
+            raise ConfigurationError(f"unknown rocketmq URL option(s): {', '.join(sorted(query))}")
+        kwargs.update(overrides)
+        return cls(netloc, **kwargs)
+
+    def __repr__(self) -> str:
+        auth = f", auth=({self._auth[0]!r}, '***')" if self._auth else ""
+        return (
+            f"RocketMQBroker({self.endpoints!r}, group_id={self.group_id!r}, "
+            f"topic_prefix={self.topic_prefix!r}, consumer_model={self.consumer_model.name}{auth})"
+        )
+
+    def _err(self, exc: BaseException, what: str) -> NovaError:
+        return _translate(exc, what, self._secrets)
+
+    # -- lifecycle
+
+    async def connect(self) -> None:
+        if self._closed:
+            raise ClosedError("this RocketMQBroker was closed; create a new one")
+        async with self._connect_lock:
+            if self._producer is not None:
+                return
+            rmq = _client()
+            ak, sk = self._auth or ("", "")
+            try:
+                config = rmq.ClientConfiguration(
+                    ";".join(self.endpoints),
+                    rmq.Credentials(ak, sk),
+                    self.namespace,
+                    request_timeout=self.request_timeout,
+                )
+                producer = rmq.Producer(config)
+                await self._run(producer.startup)
+            except Exception as exc:
+                raise self._err(exc, "connect") from exc
+            self._config = config
+            self._producer = producer
+            try:
+                # Any RPC checks reachability and credentials: ask for a route.
+                await self._query_route(producer, "TBW102")
+            except NovaError as exc:
+                if not isinstance(exc, (AuthenticationError, ConnectionError)):
+                    return  # reachable and signed in; the topic itself may be hidden
+                self._producer = None
+                await self._run(_shutdown_quietly, producer)
+                raise
+
+    async def _query_route(self, client: Any, topic: str) -> None:
+        """One QueryRoute RPC; raises nova errors (NotFound -> ConfigurationError)."""
+        from rocketmq.grpc_protocol import QueryRouteRequest  # type: ignore[import-untyped]
+        from rocketmq.v5.util import MessagingResultChecker  # type: ignore[import-untyped]
+
+        req = QueryRouteRequest()
+        req.topic.name = topic
+        req.topic.resource_namespace = self.namespace
+        req.endpoints.CopyFrom(client.client_configuration.rpc_endpoints.endpoints)
+        try:
+            fut = client.rpc_client.query_topic_route_async(
+                client.client_configuration.rpc_endpoints,
+                req,
+                metadata=client.sign(),
+                timeout=self.request_timeout,
+            )
+            res = await asyncio.wrap_future(fut)
+            MessagingResultChecker.check(res.status)
+        except Exception as exc:
+            if type(exc).__name__ == "NotFoundException":
+                raise ConfigurationError(
+                    f"RocketMQ topic {topic!r} does not exist. Give RocketMQBroker namesrv= so nova creates "
+                    f"it, or run: mqadmin updateTopic -n <namesrv> -c <cluster> -t {topic} "
+                    f"-a +message.type={self.topic_message_type}"
+                ) from exc
+            raise self._err(exc, f"route of topic {topic}") from exc
+
+    async def ensure_topics(self, topics: Sequence[str]) -> None:
+        await self.connect()
+        missing = [t for t in dict.fromkeys(topics) if t not in self._known_topics]
+        if not missing:
+            return
+        if self._admin is not None:
+            await self._admin.create_topics(
+                missing, message_type=self.topic_message_type, queues=self.queues_per_topic
+            )
+        else:
+            for topic in missing:
+                await self._query_route(self._producer, topic)
+        self._known_topics.update(missing)
+
+    async def _ensure_group(self, group: str) -> None:
+        if group in self._known_groups or self._admin is None:
+            return
+        await self._admin.create_groups([group], retry_max_times=self.max_reconsume_times)
+        self._known_groups.add(group)
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        if self._closed:
+            raise ClosedError("this RocketMQBroker was closed")
+        if not messages:
+            return
+        await self.connect()
+        try:
+            native = [self._to_native(m) for m in messages]
+        except NovaError:
+            raise
+        except Exception as exc:
+            raise EnqueueError(f"RocketMQ cannot carry this message: {self._err(exc, 'publish')}") from exc
+        producer = self._producer
+
+        def submit() -> list[Any]:
+            return [producer.send_async(m) for m in native]
+
+        try:
+            futures = await self._run(submit)
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        except Exception as exc:
+            cause = self._err(exc, "publish")
+            raise EnqueueError(f"RocketMQ did not confirm the publish: {cause}") from exc
+
+    def _to_native(self, message: Message) -> Any:
+        rmq = _client()
+        native = rmq.Message()
+        native.topic = message.topic
+        native.body = message.body
+        for key, value in message.headers.items():
+            native.add_property(key, _HEADER_MARK + value)
+        if message.key:
+            native.keys = message.key
+        if message.deliver_at is not None and message.deliver_at > time.time():
+            native.delivery_timestamp = math.ceil(message.deliver_at)
+        return native
+
+    async def subscribe(self, topics: Sequence[str], *, group: str, window: int) -> _Subscription:
+        if self._closed:
+            raise ClosedError("this RocketMQBroker was closed")
+        if window < 1:
+            raise ConfigurationError("window must be >= 1")
+        await self.connect()
+        if self.consumer_model is ConsumerModel.BROADCASTING:
+            group = f"{group}-b{uuid.uuid4().hex[:12]}"
+        await self._ensure_group(group)
+        sub = _Subscription(self, list(dict.fromkeys(topics)), group, window)
+        await sub.start()
+        self._subscriptions.add(sub)
+        return sub
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sub in list(self._subscriptions):
+            await sub.close()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await self._run(_shutdown_quietly, producer)
+        self._executor.shutdown(wait=False)
+
+
+def _shutdown_quietly(client: Any) -> None:
+    try:
+        client.shutdown()
+    except Exception:  # noqa: BLE001 - shutting down; nothing left to tell
+        log.debug("RocketMQ client shutdown failed", exc_info=True)
+
+
+# ---------------------------------------------------------------- consuming
+
+
+@dataclass(eq=False)
+class _Delivery:
+    topic: str
+    body: bytes
+    headers: Mapping[str, str]
+    published_at: float
+    _sub: _Subscription
+    _native: Any
+    _consumer: Any
+    _visible_until: float
+    _done: bool = False
+
+    async def ack(self) -> None:
+        await self._sub._settle(self, ack=True)
+
+    async def nack(self) -> None:
+        await self._sub._settle(self, ack=False)
+
+    def __repr__(self) -> str:
+        return f"<RocketMQ delivery topic={self.topic} id={self._native.message_id}>"
+
+
+class _Subscription:
+    """SimpleConsumers of one group, one per topic, so each topic has its own window."""
+
+    def __init__(self, broker: RocketMQBroker, topics: list[str], group: str, window: int) -> None:
+        self._broker = broker
+        self.topics = topics
+        self.group = group
+        self.window = window
+        self._invisible = int(broker.consume_timeout.total_seconds())
+        self._consumers: dict[str, Any] = {}
+        self._held: dict[str, set[_Delivery]] = {t: set() for t in topics}
+        self._buffered: dict[str, int] = dict.fromkeys(topics, 0)
+        self._queue: asyncio.Queue[_Delivery | BaseException | None] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._closed = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<RocketMQ subscription group={self.group} topics={self.topics}>"
+
+    async def start(self) -> None:
+        rmq = _client()
+        config = self._broker._config
+        try:
+            for topic in self.topics:
+                await self._broker._query_route(self._broker._producer, topic)
+                consumer = rmq.SimpleConsumer(
+                    config,
+                    self.group,
+                    {topic: rmq.FilterExpression()},
+                    await_duration=self._broker.poll_seconds,
+                )
+                await self._broker._run(consumer.startup)
+                self._consumers[topic] = consumer
+            # The first receive tells whether the group exists; do it before returning.
+            for topic, consumer in self._consumers.items():
+                self._tasks.append(asyncio.create_task(self._pump(topic, consumer)))
+            self._tasks.append(asyncio.create_task(self._renew()))
+        except BaseException as exc:
+            await self._shutdown_consumers()
+            if isinstance(exc, NovaError) or not isinstance(exc, Exception):
+                raise
+            raise self._broker._err(exc, f"subscribe {self.group}") from exc
+
+    async def _receive(self, consumer: Any, count: int) -> list[Any]:
+        fut = await self._broker._run(consumer.receive_async, count, self._invisible)
+        result: list[Any] = await asyncio.wrap_future(fut)
+        return result
+
+    async def _pump(self, topic: str, consumer: Any) -> None:
+        try:
+            await self._pump_loop(topic, consumer)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer of the subscription
+            err = self._broker._err(exc, f"consume {topic}")
+            err.__cause__ = exc
+            self._queue.put_nowait(err)
+
+    async def _pump_loop(self, topic: str, consumer: Any) -> None:
+        backoff = 0.2
+        held = self._held[topic]
+        while not self._closing:
+            while len(held) >= self.window and not self._closing:
+                self._room.clear()
+                await self._room.wait()
+            if self._closing:
+                break
+            try:
+                messages = await self._receive(consumer, min(self.window - len(held), 32))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._closing:
+                    break
+                text = str(exc)
+                if "group not found" in text.lower() or type(exc).__name__ == "NotFoundException":
+                    self._queue.put_nowait(
+                        ConfigurationError(
+                            f"RocketMQ consumer group {self.group!r} or topic {topic!r} does not exist. "
+                            "Give RocketMQBroker namesrv= so nova creates them, or run: mqadmin "
+                            f"updateSubGroup -n <namesrv> -c <cluster> -g {self.group}"
+                        )
+                    )
+                    return
+                if _is_auth_failure(exc):
+                    err = self._broker._err(exc, f"receive {topic}")
+                    err.__cause__ = exc
+                    self._queue.put_nowait(err)
+                    return
+                log.warning("RocketMQ receive on %s failed (retrying): %s", topic, self._broker._err(exc, "receive"))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            now = time.time()
+            for native in messages:
+                delivery = self._wrap(topic, native, consumer, now)
+                if self._closing:
+                    await self._give_back(delivery)
+                    continue
+                held.add(delivery)
+                self._buffered[topic] += 1
+                self._queue.put_nowait(delivery)
+
+    def _wrap(self, topic: str, native: Any, consumer: Any, now: float) -> _Delivery:
+        props = native.properties or {}
+        headers = {k: (v[1:] if v.startswith(_HEADER_MARK) else v) for k, v in props.items()}
+        # store_timestamp has no public accessor in the client; born_timestamp is whole seconds.
+        # Timer messages are stored again when due, so their store time is the due time.
+        stored = None if native.delivery_timestamp else getattr(native, "_Message__store_timestamp", None)
+        stamp = stored or native.born_timestamp or now * 1000
+        return _Delivery(
+            topic=topic,
+            body=bytes(native.body or b""),
+            headers=headers,
+            published_at=stamp / 1000.0,
+            _sub=self,
+            _native=native,
+            _consumer=consumer,
+            _visible_until=now + self._invisible,
+        )
+
+    async def _renew(self) -> None:
+        """Extend the invisible time of deliveries still held near their deadline."""
+        margin = max(self._invisible / 3.0, 3.0)
+        while not self._closing:
+            now = time.time()
+            soonest = now + margin
+            for held in self._held.values():
+                for d in list(held):
+                    if d._done:
+                        continue
+                    if d._visible_until - now <= margin:
+                        try:
+                            await self._change(d, self._invisible)
+                            d._visible_until = time.time() + self._invisible
+                        except Exception as exc:  # noqa: BLE001 - retried on the next round
+                            log.warning("RocketMQ could not extend a delivery: %s", self._broker._err(exc, "renew"))
+                    soonest = min(soonest, d._visible_until - margin)
+            await asyncio.sleep(min(max(soonest - time.time(), 0.5), margin))
+
+    async def _change(self, d: _Delivery, seconds: int) -> None:
+        await self._broker._run(d._consumer.change_invisible_duration, d._native, seconds)
+
+    async def _give_back(self, d: _Delivery) -> None:
+        try:
+            await self._change(d, 0)
+        except Exception:  # noqa: BLE001 - it becomes visible after consume_timeout anyway
+            log.debug("RocketMQ give-back failed", exc_info=True)
+
+    async def _settle(self, d: _Delivery, *, ack: bool) -> None:
+        if d._done:
+            return
+        d._done = True
+        held = self._held[d.topic]
+        try:
+            if self._closed.is_set():
+                return  # already given back at close
+            if ack:
+                await self._broker._run(d._consumer.ack, d._native)
+            else:
+                await self._change(d, 0)
+        except Exception as exc:
+            d._done = False
+            raise self._broker._err(exc, "ack" if ack else "nack") from exc
+        finally:
+            if d._done:
+                held.discard(d)
+                self._room.set()
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Delivery]:
+        while True:
+            if self._closing and self._queue.empty():
+                return
+            item = await self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self._buffered[item.topic] -= 1
+            if item._done:
+                continue
+            yield item
+
+    async def backlog(self, topic: str) -> int:
+        return max(self._buffered.get(topic, 0), 0)
+
+    async def close(self) -> None:
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        self._room.set()
+        # Let in-flight receives finish (at most poll_seconds) so their messages go back too.
+        pumps = self._tasks[:-1]
+        renew = self._tasks[-1:] if self._tasks else []
+        for task in renew:
+            task.cancel()
+        if pumps:
+            _, pending = await asyncio.wait(pumps, timeout=self._broker.poll_seconds + self._broker.request_timeout + 1)
+            for task in pending:
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        unacked = [d for held in self._held.values() for d in held if not d._done]
+        await asyncio.gather(*(self._give_back(d) for d in unacked))
+        for held in self._held.values():
+            held.clear()
+        self._closed.set()
+        await self._shutdown_consumers()
+        self._queue.put_nowait(None)
+        self._broker._subscriptions.discard(self)
+
+    async def _shutdown_consumers(self) -> None:
+        consumers = list(self._consumers.values())
+        self._consumers.clear()
+        await asyncio.gather(*(self._broker._run(_shutdown_quietly, c) for c in consumers))

@@ -11,6 +11,8 @@ running) before moving on. So a handler that ``await clock.sleep(60)`` takes
 no wall time, and a delayed task fires at the exact virtual instant it is due.
 Code under a VirtualClock must wait through the clock (``sleep``,
 ``sleep_until``), asyncio primitives or queues — never ``asyncio.sleep(n > 0)``.
+Advance one VirtualClock at a time per event loop: two clocks advancing at
+once each see the other as runnable work and never settle.
 """
 
 from __future__ import annotations
