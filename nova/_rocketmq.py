@@ -630,7 +630,7 @@ class RocketMQBroker:
 def _shutdown_quietly(client: Any) -> None:
     try:
         client.shutdown()
-    except Exception:  # noqa: BLE001 - shutting down; nothing left to tell
+    except Exception:
         log.debug("RocketMQ client shutdown failed", exc_info=True)
 
 
@@ -808,7 +808,7 @@ class _Subscription:
     async def _give_back(self, d: _Delivery) -> None:
         try:
             await self._change(d, 0)
-        except Exception:  # noqa: BLE001 - it becomes visible after consume_timeout anyway
+        except Exception:
             log.debug("RocketMQ give-back failed", exc_info=True)
 
     async def _settle(self, d: _Delivery, *, ack: bool) -> None:
