@@ -112,6 +112,15 @@ class RabbitMQBroker:
     >>> broker = RabbitMQBroker("amqp://127.0.0.1:5672/", auth=("nova", "s3cret/p@ss"))
     >>> broker
     RabbitMQBroker('amqp://nova:***@127.0.0.1:5672/', exchange='nova')
+
+    Options (the seed's ``WithRabbitMQX`` names, as keywords):
+    ``exchange`` (durable direct exchange every topic is bound to),
+    ``topic_prefix`` / ``group_id`` / ``delay_slots`` (override the TaskQueue's),
+    ``prefetch=(count, 0)``, ``auth=(user, password)`` (replaces the URL's; escaped
+    for you), ``tls`` (an ``ssl.SSLContext``; implies amqps, port 5671 by default),
+    ``connect_timeout`` (s, first connection incl. TLS and login),
+    ``publish_timeout`` (s a publish may wait for confirms and reconnection),
+    ``reconnect_interval`` (s between reconnection attempts).
     """
 
     clock: Clock | None = None
