@@ -74,7 +74,8 @@ class Backend:
             ok = await self.clock.run_until(predicate, within=within)
         else:
             deadline = time.monotonic() + within.total_seconds()
-            while not (ok := predicate()) and time.monotonic() < deadline:
+            # Any predicate, polled against a deadline (never a fixed sleep).
+            while not (ok := predicate()) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         assert ok, f"condition not met within {within}"
 

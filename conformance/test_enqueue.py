@@ -80,7 +80,7 @@ async def test_s6_both_schedules_or_naive_datetime_are_rejected(make_queue: Queu
     with pytest.raises(ValueError, match="not both"):
         await queue.enqueue(task, process_in=timedelta(seconds=1), process_at=datetime.now(UTC))
     with pytest.raises(ValueError, match="timezone-aware"):
-        await queue.enqueue(task, process_at=datetime(2030, 1, 1))  # noqa: DTZ001 - the point of the test
+        await queue.enqueue(task, process_at=datetime(2030, 1, 1))
 
 
 BAD_INPUT = [

@@ -11,6 +11,7 @@ deterministically.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -83,8 +84,6 @@ async def wait_with_timeout(clock: Clock, awaitable: Awaitable[T], timeout: floa
     if work.done():
         return work.result()
     work.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await work
-    except asyncio.CancelledError:
-        pass
     raise TimeoutError(f"timed out after {timeout} s")

@@ -201,7 +201,11 @@ def _protobuf_task_class() -> Any:
     if _PROTO_CLASS is not None:
         return _PROTO_CLASS
     try:
-        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+        from google.protobuf import (  # type: ignore[import-untyped,unused-ignore]
+            descriptor_pb2,
+            descriptor_pool,
+            message_factory,
+        )
     except ImportError as exc:
         raise ImportError(
             "MessageFormat.PROTOBUF needs protobuf: pip install 'nova-taskqueue[protobuf]'"

@@ -55,7 +55,7 @@ class DelayTiers:
             raise ConfigurationError("delay_slots duration must be a positive timedelta")
 
     def seconds(self, tier: int) -> float:
-        return self.longest.total_seconds() / (2**tier)
+        return float(self.longest.total_seconds() / (2**tier))
 
     def pick(self, remaining: float) -> int:
         """The largest tier not longer than ``remaining`` (the smallest tier if none fits)."""

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from nova._broker import Message
-from nova._errors import ClosedError, EnqueueError
 from nova._clock import Clock
+from nova._errors import ClosedError, EnqueueError
 from nova.sim._clock import VirtualClock
 
 __all__ = ["SimBroker"]

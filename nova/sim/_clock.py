@@ -103,7 +103,9 @@ class VirtualClock:
         finally:
             self._advancing = False
 
-    async def run_until(self, predicate: Callable[[], bool], *, within: timedelta, step: timedelta | None = None) -> bool:
+    async def run_until(
+        self, predicate: Callable[[], bool], *, within: timedelta, step: timedelta | None = None
+    ) -> bool:
         """Advance until ``predicate()`` holds, at most ``within`` of virtual time.
 
         With ``step`` None it jumps from deadline to deadline (exact); returns
