@@ -24,7 +24,7 @@ import asyncio
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -141,7 +141,7 @@ class _Target:
     host: str = ""
     port: int = 0
     username: str | None = None
-    password: str = ""
+    password: str = field(default="", repr=False)
     database: str | None = None
 
     def describe(self) -> str:
@@ -162,12 +162,17 @@ def _parse_url(url: str) -> _Target:
         # the URL may hold a password: name the problem, not the URL
         raise ConfigurationError(f"invalid ClickHouse recorder URL: {exc}") from None
     if parts.scheme == "chdb":
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ConfigurationError(f"chdb URL takes no user, query or fragment: {url!r}")
+        if parts.username or parts.password:
+            raise ConfigurationError("chdb URL takes no user or password (chDB runs in this process)")
+        if parts.query or parts.fragment:
+            raise ConfigurationError(f"chdb URL takes no query or fragment: {url!r}")
         if parts.netloc in ("memory", ":memory:") and parts.path in ("", "/"):
             return _Target("chdb")
         if parts.netloc == "" and parts.path.startswith("/") and parts.path != "/":
-            return _Target("chdb", path=unquote(parts.path))
+            path = unquote(parts.path)
+            if "?" in path:  # chDB reads what follows "?" as engine options
+                raise ConfigurationError(f"a chDB directory cannot contain '?': {path!r}")
+            return _Target("chdb", path=path)
         raise ConfigurationError(
             f"chdb URL must be chdb:///absolute/path or chdb://memory, got {url!r}")
     if parts.scheme in ("http", "https"):
@@ -310,8 +315,8 @@ class ClickHouseTaskRecorder:
         clickhouse_connect = _import_clickhouse_connect()
         client: Client
         if target.kind == "chdb":
-            try:
-                client = clickhouse_connect.get_client(dsn=f"chdb://{target.path or 'memory'}")
+            try:  # path None: in memory
+                client = clickhouse_connect.get_client(interface="chdb", path=target.path)
             except ImportError as exc:
                 raise ImportError(f"chdb:// recording needs chdb: {EXTRA_HINT}") from exc
         else:

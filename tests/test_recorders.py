@@ -467,6 +467,8 @@ SECRET = "s3cr3t-Pa55"
     f"http://nova:{SECRET}@127.0.0.1:notaport/db",
     f"ftp://nova:{SECRET}@127.0.0.1/db",
     f"http://nova:{SECRET}@127.0.0.1:8123/db?x=1",
+    f"chdb://nova:{SECRET}@memory",
+    f"chdb://nova:{SECRET}@/tmp/x",
 ])
 def test_a_password_never_shows_in_url_errors(url: str) -> None:
     with pytest.raises(ConfigurationError) as info:
@@ -479,6 +481,7 @@ async def test_a_password_never_shows_in_repr_errors_or_logs(caplog: pytest.LogC
     caplog.set_level(logging.DEBUG)
     recorder = ClickHouseTaskRecorder.from_url(f"http://nova:{SECRET}@127.0.0.1:1/ops")  # nothing listens
     assert SECRET not in repr(recorder)
+    assert SECRET not in repr(vars(recorder))
     assert "nova:***@127.0.0.1:1/ops" in repr(recorder)
     with pytest.raises(NovaConnectionError) as info:
         await recorder.get("x")
@@ -509,6 +512,17 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "chdb", None)
     with pytest.raises(ImportError, match=r"pip install 'nova-taskqueue\[clickhouse\]'"):
         ClickHouseTaskRecorder.from_url("chdb://memory")
+
+
+async def test_a_chdb_path_is_percent_decoded(tmp_path: Any) -> None:
+    recorder = ClickHouseTaskRecorder.from_url(f"chdb://{tmp_path}/odd%20dir%23")
+    try:
+        await recorder.record([event("x", TaskStatus.QUEUED, 1)])
+    finally:
+        await recorder.close()
+    assert (tmp_path / "odd dir#").is_dir()
+    with pytest.raises(ConfigurationError, match="cannot contain"):
+        ClickHouseTaskRecorder.from_url(f"chdb://{tmp_path}/what%3F")
 
 
 async def test_closed_recorder_refuses_calls(tmp_path: Any) -> None:
