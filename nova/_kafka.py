@@ -553,7 +553,6 @@ class KafkaDelivery:
 
     async def ack(self) -> None:
         """Done: the offset may be committed once everything below it is done too."""
-        print("ACK", self.topic[-12:], self.offset)
         if not self._settled:
             self._settled = True
             self._sub._settle(self, done=True)
@@ -706,7 +705,6 @@ class KafkaSubscription:
                 entry.done = True
                 state.advance()
             self._update_pause(state)
-            print("TAKE", id(self), record.topic[-12:], record.offset, dict(record.headers or ()))
             return KafkaDelivery(self, state, record)
         return None
 
