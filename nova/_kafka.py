@@ -416,7 +416,10 @@ class KafkaBroker:
                 f"{self._security_protocol} listener?"
             )
         if isinstance(exc, OSError | kafka_errors.KafkaConnectionError):
-            return ConnectionError(f"{what}: {exc}")
+            return ConnectionError(
+                f"{what}: {exc} (this client speaks {self._security_protocol}: check the address and "
+                "that the listener expects that protocol)"
+            )
         return BrokerError(f"{what}: {exc}")
 
     # --- topics ---------------------------------------------------------------------------------
