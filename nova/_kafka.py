@@ -101,8 +101,7 @@ class KafkaAuth:
     def __post_init__(self) -> None:
         if self.security_protocol not in _PROTOCOLS:
             raise ConfigurationError(
-                f"KafkaAuth security_protocol {self.security_protocol!r} is invalid: "
-                f"use one of {', '.join(_PROTOCOLS)}"
+                f"KafkaAuth security_protocol {self.security_protocol!r} is invalid: use one of {', '.join(_PROTOCOLS)}"
             )
         if self.mechanism not in _MECHANISMS:
             raise ConfigurationError(
@@ -199,9 +198,7 @@ class KafkaBroker:
         if ssl is not None and not isinstance(ssl, KafkaSSL):
             raise ConfigurationError(f"ssl must be a KafkaSSL, not {type(ssl).__name__}")
         if auth is not None and auth.security_protocol == "SASL_PLAINTEXT" and ssl is not None:
-            raise ConfigurationError(
-                "KafkaAuth('SASL_PLAINTEXT', ...) does not use TLS: drop ssl= or use SASL_SSL"
-            )
+            raise ConfigurationError("KafkaAuth('SASL_PLAINTEXT', ...) does not use TLS: drop ssl= or use SASL_SSL")
         for name, value in (
             ("partitions", partitions),
             ("session_timeout_ms", session_timeout_ms),
@@ -303,9 +300,7 @@ class KafkaBroker:
                 f"security_protocol {protocol!r} is invalid: use PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
             )
         elif username:
-            raise ConfigurationError(
-                "credentials in the URL need security_protocol SASL_PLAINTEXT or SASL_SSL"
-            )
+            raise ConfigurationError("credentials in the URL need security_protocol SASL_PLAINTEXT or SASL_SSL")
         kwargs.update(overrides)
         return cls(netloc.split(","), **kwargs)
 
@@ -397,18 +392,14 @@ class KafkaBroker:
             )
         if isinstance(exc, _ssl.SSLError):
             return AuthenticationError(f"{what}: TLS handshake failed ({exc}); check KafkaSSL settings")
-        if isinstance(
-            exc, kafka_errors.SaslAuthenticationFailed | kafka_errors.UnsupportedSaslMechanismError
-        ):
+        if isinstance(exc, kafka_errors.SaslAuthenticationFailed | kafka_errors.UnsupportedSaslMechanismError):
             assert self.auth is not None
             return AuthenticationError(
                 f"{what}: the broker refused user {self.auth.username!r} with SASL "
                 f"{self.auth.mechanism} over {self.auth.security_protocol} ({exc}); check the username "
                 "and password"
             )
-        if isinstance(
-            exc, kafka_errors.TopicAuthorizationFailedError | kafka_errors.GroupAuthorizationFailedError
-        ):
+        if isinstance(exc, kafka_errors.TopicAuthorizationFailedError | kafka_errors.GroupAuthorizationFailedError):
             return AuthenticationError(f"{what}: not authorized ({exc})")
         if isinstance(exc, TimeoutError | kafka_errors.KafkaTimeoutError):
             return ConnectionError(
@@ -439,9 +430,7 @@ class KafkaBroker:
                 if replication is None:
                     cluster = await self._admin.describe_cluster()
                     replication = max(1, min(3, len(cluster.get("brokers", ()))))
-                response = await self._admin.create_topics(
-                    [NewTopic(t, self.partitions, replication) for t in missing]
-                )
+                response = await self._admin.create_topics([NewTopic(t, self.partitions, replication) for t in missing])
             except (kafka_errors.KafkaError, OSError) as exc:
                 raise self._translate(exc, f"cannot create topics {missing}") from exc
             for entry in response.topic_errors:
@@ -661,9 +650,7 @@ class KafkaSubscription:
         join_timeout = max(30.0, 2 * self._broker.session_timeout_ms / 1000)
         assigned = asyncio.ensure_future(self._assigned.wait())
         try:
-            await asyncio.wait(
-                {assigned, self._poll_task}, timeout=join_timeout, return_when="FIRST_COMPLETED"
-            )
+            await asyncio.wait({assigned, self._poll_task}, timeout=join_timeout, return_when="FIRST_COMPLETED")
         finally:
             assigned.cancel()
         if not self._assigned.is_set():
@@ -671,9 +658,7 @@ class KafkaSubscription:
             await self.close()
             if error is not None:
                 raise error
-            raise ConnectionError(
-                f"consumer group {self.group!r} gave no assignment within {join_timeout:g} s"
-            )
+            raise ConnectionError(f"consumer group {self.group!r} gave no assignment within {join_timeout:g} s")
 
     # --- iteration ------------------------------------------------------------------------------
 
@@ -800,9 +785,7 @@ class KafkaSubscription:
             offsets = {
                 tp: state.commit_to
                 for tp, state in self._parts.items()
-                if state.commit_to is not None
-                and state.commit_to != state.committed
-                and (only is None or tp in only)
+                if state.commit_to is not None and state.commit_to != state.committed and (only is None or tp in only)
             }
             if not offsets:
                 return

@@ -293,8 +293,7 @@ def _start() -> None:
     for name, port in PORTS.items():
         if _port_open(port):
             raise SystemExit(
-                f"port {HOST}:{port} ({name}) is already taken by another process; "
-                "stop it (or an old kafka) first"
+                f"port {HOST}:{port} ({name}) is already taken by another process; stop it (or an old kafka) first"
             )
     LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -391,9 +390,7 @@ def _wait_ready(deadline: float, process: subprocess.Popen[bytes] | None = None)
             except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
                 last = exc
         time.sleep(0.5)
-    raise SystemExit(
-        f"kafka not ready after {READY_TIMEOUT_S:.0f} s (last error: {last!r}); log tail:\n{_log_tail()}"
-    )
+    raise SystemExit(f"kafka not ready after {READY_TIMEOUT_S:.0f} s (last error: {last!r}); log tail:\n{_log_tail()}")
 
 
 def _log_tail(lines: int = 40) -> str:
