@@ -8,7 +8,9 @@
     queue = TaskQueue(broker)
 
 Topics and consumer groups. gRPC clients cannot create either, and the proxy
-refuses unknown ones. Given ``namesrv=`` (or ``rocketmq://...?namesrv=...``),
+refuses unknown ones. Given ``namesrv=`` (or ``rocketmq://...?namesrv=...``, or,
+when neither is given, the ``NOVA_ROCKETMQ_NAMESRV`` variable, with
+``NOVA_ROCKETMQ_ADMIN_ACCESS_KEY``/``_SECRET_KEY`` as ``admin_auth``),
 ``ensure_topics`` and ``subscribe`` create them through RocketMQ's remoting admin
 protocol (the same requests as ``mqadmin updateTopic`` / ``updateSubGroup``,
 signed with ``admin_auth`` or else ``auth``), which takes milliseconds. Without
@@ -46,6 +48,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 import struct
 import sys
@@ -159,6 +162,8 @@ _GET_BROKER_CLUSTER_INFO = 106
 _UPDATE_AND_CREATE_TOPIC = 17
 _UPDATE_AND_CREATE_SUBSCRIPTIONGROUP = 200
 _TOPIC_NOT_EXIST = 17
+_GET_MAX_OFFSET = 30
+_QUERY_CONSUMER_OFFSET = 14
 _FASTJSON_INT_KEY = re.compile(r"([{,])(-?\d+):")
 
 
@@ -189,6 +194,9 @@ class RocketMQAdmin:
         self.timeout = timeout
         self.cluster = cluster
         self._opaque = itertools.count(1)
+        self._conns: dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._routes: dict[str, tuple[float, list[tuple[str, int]]]] = {}
 
     def __repr__(self) -> str:
         user = f", auth=({self._auth[0]!r}, '***')" if self._auth else ""
@@ -206,6 +214,13 @@ class RocketMQAdmin:
     async def _call(
         self, addr: str, code: int, ext: Mapping[str, str] | None = None, body: bytes = b""
     ) -> tuple[int, str, bytes]:
+        code, remark, _, data = await self._call_ext(addr, code, ext, body)
+        return code, remark, data
+
+    async def _call_ext(
+        self, addr: str, code: int, ext: Mapping[str, str] | None = None, body: bytes = b""
+    ) -> tuple[int, str, dict[str, str], bytes]:
+        """One request/response on a kept-open connection to ``addr`` (reopened once on failure)."""
         header = {
             "code": code,
             "language": "PYTHON",
@@ -217,24 +232,76 @@ class RocketMQAdmin:
         }
         raw = json.dumps(header).encode()
         frame = struct.pack(">ii", 4 + len(raw) + len(body), len(raw)) + raw + body
-        host, _, port = addr.rpartition(":")
-        try:
-            async with asyncio.timeout(self.timeout):
-                reader, writer = await asyncio.open_connection(host, int(port))
+        lock = self._locks.setdefault(addr, asyncio.Lock())
+        async with lock:
+            for attempt in (1, 2):
                 try:
-                    writer.write(frame)
-                    await writer.drain()
-                    (length,) = struct.unpack(">i", await reader.readexactly(4))
-                    data = await reader.readexactly(length)
-                finally:
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-            raise ConnectionError(f"cannot reach RocketMQ at {addr}: {exc!r}") from exc
+                    async with asyncio.timeout(self.timeout):
+                        conn = self._conns.get(addr)
+                        if conn is None:
+                            host, _, port = addr.rpartition(":")
+                            conn = self._conns[addr] = await asyncio.open_connection(host, int(port))
+                        reader, writer = conn
+                        writer.write(frame)
+                        await writer.drain()
+                        (length,) = struct.unpack(">i", await reader.readexactly(4))
+                        data = await reader.readexactly(length)
+                    break
+                except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                    self._drop(addr)
+                    if attempt == 2:
+                        raise ConnectionError(f"cannot reach RocketMQ at {addr}: {exc!r}") from exc
         header_len = struct.unpack(">i", data[:4])[0] & 0xFFFFFF
         reply = json.loads(data[4 : 4 + header_len])
-        return int(reply.get("code", -1)), str(reply.get("remark") or ""), data[4 + header_len :]
+        ext_out = {str(k): str(v) for k, v in (reply.get("extFields") or {}).items()}
+        return int(reply.get("code", -1)), str(reply.get("remark") or ""), ext_out, data[4 + header_len :]
+
+    def _drop(self, addr: str) -> None:
+        conn = self._conns.pop(addr, None)
+        if conn is not None:
+            conn[1].close()
+
+    async def aclose(self) -> None:
+        """Close the kept-open connections."""
+        for addr in list(self._conns):
+            self._drop(addr)
+
+    async def _route(self, topic: str) -> list[tuple[str, int]]:
+        """(master broker address, queue id) pairs of ``topic``, cached briefly."""
+        cached = self._routes.get(topic)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        code, remark, body = await self._namesrv_call(_GET_ROUTEINFO_BY_TOPIC, {"topic": topic})
+        if code != 0:
+            raise self._refused(f"look up topic {topic}", code, remark)
+        info = json.loads(_FASTJSON_INT_KEY.sub(r'\1"\2":', body.decode()))
+        masters = {
+            b["brokerName"]: b.get("brokerAddrs", {}).get("0") for b in info.get("brokerDatas", [])
+        }
+        pairs = [
+            (masters[q["brokerName"]], i)
+            for q in info.get("queueDatas", [])
+            if masters.get(q["brokerName"])
+            for i in range(int(q.get("readQueueNums", 0)))
+        ]
+        self._routes[topic] = (time.monotonic() + 30.0, pairs)
+        return pairs
+
+    async def lag(self, topic: str, group: str) -> int:
+        """Messages of ``topic`` that ``group`` has not yet received (pop offsets move on receive)."""
+        total = 0
+        for addr, queue_id in await self._route(topic):
+            ext = {"topic": topic, "queueId": str(queue_id)}
+            code, remark, out, _ = await self._call_ext(addr, _GET_MAX_OFFSET, ext)
+            if code != 0:
+                raise self._refused(f"read the offsets of {topic}", code, remark)
+            high = int(out.get("offset", "0"))
+            code, remark, out, _ = await self._call_ext(
+                addr, _QUERY_CONSUMER_OFFSET, {**ext, "consumerGroup": group}
+            )
+            done = int(out.get("offset", "0")) if code == 0 else 0
+            total += max(high - done, 0)
+        return total
 
     async def _namesrv_call(self, code: int, ext: Mapping[str, str] | None = None) -> tuple[int, str, bytes]:
         last: Exception | None = None
@@ -418,6 +485,15 @@ class RocketMQBroker:
         self.poll_seconds = poll_seconds
         self._auth = auth
         self._admin: RocketMQAdmin | None = None
+        if namesrv is None and os.environ.get("NOVA_ROCKETMQ_NAMESRV"):
+            # The harness's variables (see the module docstring): lets tests and
+            # `nova` CLI runs create topics without extra wiring.
+            namesrv = os.environ["NOVA_ROCKETMQ_NAMESRV"]
+            if admin_auth is None and os.environ.get("NOVA_ROCKETMQ_ADMIN_ACCESS_KEY"):
+                admin_auth = (
+                    os.environ["NOVA_ROCKETMQ_ADMIN_ACCESS_KEY"],
+                    os.environ.get("NOVA_ROCKETMQ_ADMIN_SECRET_KEY", ""),
+                )
         if namesrv is not None:
             self._admin = RocketMQAdmin(namesrv, auth=admin_auth or auth)
         self._secrets = [s for s in ((auth or ("", ""))[1], (admin_auth or ("", ""))[1]) if s]
@@ -625,6 +701,8 @@ class RocketMQBroker:
         if producer is not None:
             await self._run(_shutdown_quietly, producer)
         self._executor.shutdown(wait=False)
+        if self._admin is not None:
+            await self._admin.aclose()
 
 
 def _shutdown_quietly(client: Any) -> None:
@@ -849,7 +927,17 @@ class _Subscription:
             yield item
 
     async def backlog(self, topic: str) -> int:
-        return max(self._buffered.get(topic, 0), 0)
+        """Received but not yet handed out, plus (given ``namesrv``) what the group has not popped."""
+        local = max(self._buffered.get(topic, 0), 0)
+        admin = self._broker._admin
+        if admin is None or self._closing or topic not in self._held:
+            return local
+        try:
+            remote = await admin.lag(topic, self.group)
+        except NovaError as exc:
+            log.debug("RocketMQ backlog of %s unknown: %s", topic, exc)
+            return local
+        return local + remote
 
     async def close(self) -> None:
         if self._closing:
