@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import enum
 import hashlib
 import hmac
@@ -68,7 +67,7 @@ from nova._errors import (
     BrokerError,
     ClosedError,
     ConfigurationError,
-    ConnectionError,
+    ConnectionError,  # noqa: A004 - nova.ConnectionError on purpose
     EnqueueError,
     NovaError,
 )
@@ -275,9 +274,7 @@ class RocketMQAdmin:
         if code != 0:
             raise self._refused(f"look up topic {topic}", code, remark)
         info = json.loads(_FASTJSON_INT_KEY.sub(r'\1"\2":', body.decode()))
-        masters = {
-            b["brokerName"]: b.get("brokerAddrs", {}).get("0") for b in info.get("brokerDatas", [])
-        }
+        masters = {b["brokerName"]: b.get("brokerAddrs", {}).get("0") for b in info.get("brokerDatas", [])}
         pairs = [
             (masters[q["brokerName"]], i)
             for q in info.get("queueDatas", [])
@@ -296,9 +293,7 @@ class RocketMQAdmin:
             if code != 0:
                 raise self._refused(f"read the offsets of {topic}", code, remark)
             high = int(out.get("offset", "0"))
-            code, remark, out, _ = await self._call_ext(
-                addr, _QUERY_CONSUMER_OFFSET, {**ext, "consumerGroup": group}
-            )
+            code, remark, out, _ = await self._call_ext(addr, _QUERY_CONSUMER_OFFSET, {**ext, "consumerGroup": group})
             done = int(out.get("offset", "0")) if code == 0 else 0
             total += max(high - done, 0)
         return total
@@ -349,9 +344,7 @@ class RocketMQAdmin:
             return False
         raise self._refused(f"look up topic {topic}", code, remark)
 
-    async def create_topics(
-        self, topics: Sequence[str], *, message_type: str = "MIXED", queues: int = 1
-    ) -> None:
+    async def create_topics(self, topics: Sequence[str], *, message_type: str = "MIXED", queues: int = 1) -> None:
         """Create (or update) topics with ``message.type`` and wait until routable."""
         brokers = await self.master_brokers()
         for topic in topics:
@@ -426,8 +419,8 @@ def _parse_endpoints(endpoints: Sequence[str] | str) -> list[str]:
 class RocketMQBroker:
     """A RocketMQ 5 cluster reached through its proxy (gRPC). See the module docstring.
 
-        broker = RocketMQBroker(["127.0.0.1:8081"], namesrv="127.0.0.1:9876",
-                                consume_timeout=timedelta(minutes=5))
+    broker = RocketMQBroker(["127.0.0.1:8081"], namesrv="127.0.0.1:9876",
+                            consume_timeout=timedelta(minutes=5))
     """
 
     clock: Clock | None = None
@@ -626,9 +619,7 @@ class RocketMQBroker:
         if not missing:
             return
         if self._admin is not None:
-            await self._admin.create_topics(
-                missing, message_type=self.topic_message_type, queues=self.queues_per_topic
-            )
+            await self._admin.create_topics(missing, message_type=self.topic_message_type, queues=self.queues_per_topic)
         else:
             for topic in missing:
                 await self._query_route(self._producer, topic)
@@ -810,7 +801,7 @@ class _Subscription:
                 messages = await self._receive(consumer, min(self.window - len(held), 32))
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - retried or surfaced below
                 if self._closing:
                     break
                 text = str(exc)

@@ -422,4 +422,3 @@ def env() -> dict[str, str]:
 
 def _setup_acl_users() -> None:
     raise NotImplementedError
-
