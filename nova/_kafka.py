@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl as _ssl
 from collections import deque
@@ -67,6 +68,13 @@ try:
     from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
     from aiokafka.conn import create_conn  # type: ignore[import-untyped]
+    from aiokafka.coordinator.assignors.roundrobin import (  # type: ignore[import-untyped]
+        RoundRobinPartitionAssignor,
+    )
+    from aiokafka.coordinator.protocol import (  # type: ignore[import-untyped]
+        ConsumerProtocolMemberAssignment,
+        ConsumerProtocolMemberMetadata,
+    )
     from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("nova.KafkaBroker needs aiokafka: pip install 'nova-taskqueue[kafka]'") from exc
@@ -591,6 +599,88 @@ class _PartitionState:
             self.commit_to = offset + 1
 
 
+class _StickyAssignor:
+    """Keeps partitions with their owners across rebalances; never moves a busy one.
+
+    aiokafka rebalances eagerly: a member joining makes every member give back all its
+    partitions, and round-robin may hand a partition to a new member while the old owner
+    still holds deliveries from it (the delay forwarder holds them until due). The new
+    owner would read them again from the committed offset: duplicates. Here each member
+    sends what it owned and which of those have unacked deliveries (``user_data``); the
+    leader keeps every partition with its owner, gives unowned ones to the least loaded
+    subscriber, then evens out counts by moving only partitions with nothing in flight.
+    """
+
+    name = "nova-sticky"
+    version = 0
+
+    def __init__(self, sub: KafkaSubscription) -> None:
+        self._sub = sub
+
+    def metadata(self, topics: Any) -> Any:
+        parts = self._sub._parts
+        data = {
+            "owned": [[tp.topic, tp.partition] for tp in parts],
+            "busy": [[tp.topic, tp.partition] for tp, state in parts.items() if state.held > 0],
+        }
+        return ConsumerProtocolMemberMetadata(self.version, list(topics), json.dumps(data).encode())
+
+    def on_assignment(self, assignment: Any) -> None:
+        pass
+
+    @classmethod
+    def assign(cls, cluster: Any, members: Mapping[str, Any]) -> dict[str, Any]:
+        subscribed = {m: set(meta.subscription) for m, meta in members.items()}
+        owned: dict[tuple[str, int], str] = {}
+        busy: set[tuple[str, int]] = set()
+        for member in sorted(members):
+            try:
+                data = json.loads(members[member].user_data or b"{}")
+            except ValueError:
+                data = {}
+            for topic, partition in data.get("owned", ()):
+                if topic in subscribed[member]:
+                    owned.setdefault((topic, partition), member)
+            for topic, partition in data.get("busy", ()):
+                if owned.get((topic, partition)) == member:
+                    busy.add((topic, partition))
+        everything: list[tuple[str, int]] = []
+        for topic in sorted(set().union(*subscribed.values())):
+            everything += [(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+        load: dict[str, list[tuple[str, int]]] = {m: [] for m in members}
+        unowned = []
+        for tp in everything:
+            if tp in owned:
+                load[owned[tp]].append(tp)
+            else:
+                unowned.append(tp)
+        for tp in unowned:
+            candidates = [m for m in sorted(members) if tp[0] in subscribed[m]]
+            load[min(candidates, key=lambda m: len(load[m]))].append(tp)
+        # Even out: move idle partitions from the most to the least loaded member.
+        for _ in range(len(everything)):
+            heavy = max(sorted(load), key=lambda m: len(load[m]))
+            movable = [
+                (tp, m)
+                for tp in load[heavy]
+                if tp not in busy
+                for m in sorted(load)
+                if tp[0] in subscribed[m] and len(load[m]) + 1 < len(load[heavy])
+            ]
+            if not movable:
+                break
+            tp, light = min(movable, key=lambda pair: len(load[pair[1]]))
+            load[heavy].remove(tp)
+            load[light].append(tp)
+        result = {}
+        for member, tps in load.items():
+            by_topic: dict[str, list[int]] = {}
+            for topic, partition in sorted(tps):
+                by_topic.setdefault(topic, []).append(partition)
+            result[member] = ConsumerProtocolMemberAssignment(cls.version, sorted(by_topic.items()), b"")
+        return result
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, sub: KafkaSubscription) -> None:
         self._sub = sub
@@ -636,6 +726,8 @@ class KafkaSubscription:
             max_poll_interval_ms=b.max_poll_interval_ms,
             # Short long-polls: a resumed partition is fetched again within 100 ms.
             fetch_max_wait_ms=100,
+            # Sticky first; round-robin only if another kind of client shares the group.
+            partition_assignment_strategy=(_StickyAssignor(self), RoundRobinPartitionAssignor),
         )
 
     async def _start(self) -> None:

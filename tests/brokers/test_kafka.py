@@ -476,3 +476,53 @@ async def test_iterating_a_closed_subscription_stops(kafka_broker: Factory, kafk
     await sub.close()
     with pytest.raises(StopAsyncIteration):
         await sub.__aiter__().__anext__()
+
+
+async def test_joining_member_never_takes_a_partition_with_unacked_deliveries(
+    kafka_broker: Factory, kafka_name: Names
+) -> None:
+    busy, idle, group = kafka_name("busy"), kafka_name("idle"), kafka_name("g")
+    broker = kafka_broker()
+    await broker.publish([Message(busy, b"held"), Message(idle, b"i")])
+    first = await broker.subscribe([busy, idle], group=group, window=1)
+    (held,) = await take(first)  # the next take may come from either topic; keep only this one
+    assert held.topic == busy or held.topic == idle
+    held_topic = held.topic
+    second = await kafka_broker().subscribe([busy, idle], group=group, window=1)
+    await eventually(lambda: _is(_sizes(first, second), (1, 1)))
+    # The partition with a delivery in flight stayed with its owner; the other one moved.
+    assert [tp.topic for tp in first._parts] == [held_topic]
+    assert [tp.topic for tp in second._parts] == [idle if held_topic == busy else busy]
+    await held.ack()
+    (other,) = await take(second)
+    assert other.topic != held_topic
+    await other.ack()
+    await first.close()
+    await second.close()
+
+
+def test_sticky_assignor_keeps_owners_and_balances_idle_partitions() -> None:
+    from nova._kafka import _StickyAssignor
+
+    class Cluster:
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return {0, 1, 2, 3}
+
+    def meta(owned: list[tuple[str, int]], busy: list[tuple[str, int]]) -> Any:
+        import json
+
+        from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata  # type: ignore[import-untyped]
+
+        data = json.dumps({"owned": owned, "busy": busy}).encode()
+        return ConsumerProtocolMemberMetadata(0, ["t"], data)
+
+    everything = [("t", p) for p in range(4)]
+    result = _StickyAssignor.assign(Cluster(), {"a": meta(everything, [("t", 0), ("t", 1)]), "b": meta([], [])})
+    got = {m: sorted(p for _, ps in a.assignment for p in ps) for m, a in result.items()}
+    assert got == {"a": [0, 1], "b": [2, 3]}  # busy 0 and 1 stay; idle ones balance out
+    result = _StickyAssignor.assign(Cluster(), {"a": meta(everything, everything), "b": meta([], [])})
+    got = {m: sorted(p for _, ps in a.assignment for p in ps) for m, a in result.items()}
+    assert got == {"a": [0, 1, 2, 3], "b": []}  # everything busy: nothing moves
+    result = _StickyAssignor.assign(Cluster(), {"a": meta([], []), "b": meta([], [])})
+    got = {m: sorted(p for _, ps in a.assignment for p in ps) for m, a in result.items()}
+    assert sorted(len(v) for v in got.values()) == [2, 2]
