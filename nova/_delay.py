@@ -53,6 +53,12 @@ class DelayTiers:
             raise ConfigurationError(f"delay_slots count must be an int from 1 to 40, got {self.count!r}")
         if not isinstance(self.longest, timedelta) or self.longest <= timedelta(0):
             raise ConfigurationError("delay_slots duration must be a positive timedelta")
+        if self.seconds(self.count - 1) < 0.0001:
+            raise ConfigurationError(
+                f"delay_slots={self.count, self.longest}: the smallest tier would be "
+                f"{self.seconds(self.count - 1) * 1000:.4f} ms; use fewer slots or a longer duration "
+                "(the smallest tier must be at least 0.1 ms)"
+            )
 
     def seconds(self, tier: int) -> float:
         return float(self.longest.total_seconds() / (2**tier))

@@ -1,0 +1,124 @@
+"""VirtualClock behaviour and the delay-tier cascade."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import nova
+from nova._delay import DelayTiers, Router
+from nova._envelope import H
+from nova.sim import SimBroker, VirtualClock
+
+
+async def test_virtual_clock_wakes_sleepers_in_order_at_their_deadlines() -> None:
+    clock = VirtualClock()
+    woke: list[tuple[str, float]] = []
+    t0 = clock.time()
+
+    async def sleeper(name: str, seconds: float) -> None:
+        await clock.sleep(seconds)
+        woke.append((name, clock.time() - t0))
+
+    tasks = [asyncio.ensure_future(sleeper(n, s)) for n, s in (("c", 30), ("a", 1), ("b", 7.5))]
+    await clock.advance(timedelta(seconds=10))
+    assert woke == [("a", 1), ("b", 7.5)]
+    await clock.advance(timedelta(days=1))
+    assert woke[-1] == ("c", 30)
+    assert clock.time() - t0 == 86410
+    await asyncio.gather(*tasks)
+
+
+async def test_virtual_clock_refuses_to_go_back_and_naive_starts() -> None:
+    clock = VirtualClock()
+    with pytest.raises(ValueError, match="backwards"):
+        await clock.advance(timedelta(seconds=-1))
+    with pytest.raises(ValueError, match="aware"):
+        VirtualClock(datetime(2030, 1, 1))  # noqa: DTZ001
+    assert VirtualClock(datetime(2031, 5, 1, tzinfo=UTC)).now() == datetime(2031, 5, 1, tzinfo=UTC)
+
+
+async def test_advance_waits_for_threads_started_through_run_sync() -> None:
+    clock = VirtualClock()
+    done: list[int] = []
+
+    def blocking() -> int:
+        time.sleep(0.05)  # real work in a thread; advance must wait for it
+        return 7
+
+    async def job() -> None:
+        done.append(await clock.run_sync(blocking))
+
+    fut = asyncio.ensure_future(job())
+    await clock.advance(timedelta(0))
+    assert done == [7]
+    await fut
+
+
+async def test_handlers_sleeping_in_virtual_time_take_no_wall_time() -> None:
+    clock = VirtualClock()
+    broker = SimBroker(clock=clock)
+    queue = nova.TaskQueue(broker)
+    finished: list[float] = []
+
+    async def handler(task: nova.Task) -> None:
+        await clock.sleep(3600)
+        finished.append(clock.time())
+
+    await queue.enqueue(nova.Task("t", b""))
+    await queue.start(handler)
+    wall = time.monotonic()
+    await clock.advance(timedelta(hours=1))
+    assert len(finished) == 1
+    assert time.monotonic() - wall < 5
+    await queue.stop()
+
+
+@given(remaining=st.floats(min_value=0.0005, max_value=90 * 86400).filter(lambda r: r < 1e6),
+       count=st.integers(min_value=1, max_value=30),
+       longest=st.integers(min_value=1, max_value=7200))
+@settings(max_examples=300, deadline=None)
+def test_cascade_reaches_eta_exactly_never_early(remaining: float, count: int, longest: int) -> None:
+    if longest / 2 ** (count - 1) < 0.0001:
+        with pytest.raises(nova.ConfigurationError, match="at least 0.1 ms"):
+            DelayTiers(count, timedelta(seconds=longest))
+        return
+    tiers = DelayTiers(count, timedelta(seconds=longest))
+    if remaining / longest > 2000:  # keep the walk short; long delays are just more longest-tier hops
+        remaining = remaining % (2000 * longest) + 0.0005
+    now = 1.9e9  # epoch-sized times, as in production
+    eta = now + remaining
+    hops = 0
+    while True:
+        left = eta - now
+        if left <= 0:
+            break
+        tier = tiers.pick(left)
+        hold = min(now + tiers.seconds(tier), eta)
+        assert hold > now  # always progress
+        assert hold <= eta  # a hop never carries a task past its eta
+        now = hold
+        hops += 1
+        assert hops <= count + int(remaining // longest) + 2
+    assert now == pytest.approx(eta)
+
+
+async def test_router_uses_the_largest_tier_that_fits() -> None:
+    clock = VirtualClock()
+    broker = SimBroker(clock=clock)
+    router = Router(broker, clock, "p", DelayTiers(4, timedelta(seconds=8)))  # 8, 4, 2, 1
+    now = clock.time()
+    msg = router.route("p_q_normal", b"", {H.ETA: "0"}, None, now + 5)
+    assert msg.topic == "p__delay01"  # 4 s tier
+    assert float(msg.headers[H.HOLD_UNTIL]) == now + 4
+    assert msg.headers[H.TARGET] == "p_q_normal"
+    ready = router.route("p_q_normal", b"", {H.TARGET: "x", H.HOLD_UNTIL: "1"}, None, now)
+    assert ready.topic == "p_q_normal" and H.TARGET not in ready.headers
+    tiny = router.route("p_q_normal", b"", {}, None, now + 0.1)
+    assert tiny.topic == "p__delay03" and float(tiny.headers[H.HOLD_UNTIL]) == now + 0.1
+    await broker.close()

@@ -1,0 +1,71 @@
+"""The public surface is pinned; broker clients are imported lazily."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nova
+import nova.sim
+
+EXPECTED = {
+    "Aggregator", "AuthenticationError", "Backoff", "BlobCodec", "Broker", "BrokerError",
+    "ClickHouseTaskRecorder", "Clock", "ClosedError", "ConfigurationError", "ConnectionError",
+    "ConstantBackoff", "ConsumerModel", "CountAggregator", "DecodeError", "DelayTiers", "Delivery",
+    "EnqueueError", "ExponentialBackoff", "JsonCodec", "KafkaAuth", "KafkaBroker", "KafkaSSL",
+    "MemoryTaskRecorder", "Message", "MessageCodec", "MessageFormat", "NovaError", "PayloadTooLarge",
+    "Priority", "PriorityPolicy", "ProtobufCodec", "RabbitMQBroker", "Result", "RetryPolicy",
+    "RocketMQBroker", "SonicCodec", "StateError", "StrictPriority", "Subscription", "SystemClock", "Task",
+    "TaskBody", "TaskEvent", "TaskQueue", "TaskRecord", "TaskRecorder", "TaskStatus", "TimeAggregator",
+    "TimeCountAggregator", "ValidationError", "WeightedPriority", "dead_letter_queue",
+}
+
+
+def test_public_surface_is_pinned() -> None:
+    assert set(nova.__all__) == EXPECTED
+    assert set(nova.sim.__all__) == {"SimBroker", "SimDelivery", "SimSubscription", "VirtualClock"}
+
+
+def test_eager_names_exist() -> None:
+    lazy = {"KafkaBroker", "KafkaAuth", "KafkaSSL", "RabbitMQBroker", "RocketMQBroker", "ConsumerModel",
+            "ClickHouseTaskRecorder"}
+    for name in EXPECTED - lazy:
+        assert getattr(nova, name) is not None
+
+
+def test_import_nova_imports_no_broker_client() -> None:
+    code = (
+        "import sys, nova, nova.sim\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in "
+        "('aiokafka', 'aio_pika', 'aiormq', 'rocketmq', 'grpc', 'clickhouse_connect', 'chdb', 'orjson')]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_missing_extra_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['aiokafka'] = None\n"
+        "import nova\n"
+        "try:\n"
+        "    nova.KafkaBroker\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "nova-taskqueue[kafka]" in out.stdout
+
+
+def test_error_tree() -> None:
+    assert issubclass(nova.PayloadTooLarge, nova.ValidationError)
+    assert issubclass(nova.ValidationError, ValueError)
+    assert issubclass(nova.ConnectionError, nova.BrokerError)
+    assert issubclass(nova.ClosedError, nova.StateError)
+    for name in ("EnqueueError", "DecodeError", "BrokerError", "StateError", "ConfigurationError"):
+        assert issubclass(getattr(nova, name), nova.NovaError)
+
+
+def test_dead_letter_queue_name() -> None:
+    assert nova.dead_letter_queue("default") == "default_dlq"
