@@ -620,6 +620,8 @@ class _StickyAssignor:
     def metadata(self, topics: Any) -> Any:
         parts = self._sub._parts
         data = {
+            # The generation settles a partition two members both claim (one was expelled).
+            "generation": self._sub._generation,
             "owned": [[tp.topic, tp.partition] for tp in parts],
             "busy": [[tp.topic, tp.partition] for tp, state in parts.items() if state.held > 0],
         }
@@ -633,11 +635,14 @@ class _StickyAssignor:
         subscribed = {m: set(meta.subscription) for m, meta in members.items()}
         owned: dict[tuple[str, int], str] = {}
         busy: set[tuple[str, int]] = set()
-        for member in sorted(members):
+        claims: dict[str, Any] = {}
+        for member in members:
             try:
-                data = json.loads(members[member].user_data or b"{}")
+                claims[member] = json.loads(members[member].user_data or b"{}")
             except ValueError:
-                data = {}
+                claims[member] = {}
+        for member in sorted(members, key=lambda m: (-int(claims[m].get("generation", -1)), m)):
+            data = claims[member]
             for topic, partition in data.get("owned", ()):
                 if topic in subscribed[member]:
                     owned.setdefault((topic, partition), member)
@@ -715,6 +720,7 @@ class KafkaSubscription:
         self._commit_lock = asyncio.Lock()
         self._end_offsets: dict[Any, int] = {}
         self._end_offsets_at = 0.0
+        self._generation = -1
         b = broker
         self._consumer = aiokafka.AIOKafkaConsumer(
             **b._client_kwargs(),
@@ -919,6 +925,7 @@ class KafkaSubscription:
                 state.assigned = True
                 state.committed = None
                 self._update_pause(state)
+        self._generation = int(getattr(self._consumer._coordinator, "generation", -1))
         self._assigned.set()
         self._wake.set()
 

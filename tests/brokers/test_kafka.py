@@ -526,3 +526,29 @@ def test_sticky_assignor_keeps_owners_and_balances_idle_partitions() -> None:
     result = _StickyAssignor.assign(Cluster(), {"a": meta([], []), "b": meta([], [])})
     got = {m: sorted(p for _, ps in a.assignment for p in ps) for m, a in result.items()}
     assert sorted(len(v) for v in got.values()) == [2, 2]
+
+
+async def test_auto_commit_is_at_most_once(kafka_broker: Factory, kafka_name: Names) -> None:
+    broker = kafka_broker(auto_commit=True, commit_interval_ms=50)
+    topic, group = kafka_name("t"), kafka_name("g")
+    await broker.publish([Message(topic, b"a"), Message(topic, b"b"), Message(topic, b"c")])
+    sub = await broker.subscribe([topic], group=group, window=5)
+    a, _b = await take(sub, 2)
+    await a.nack()  # at-most-once: not redelivered
+    (c,) = await take(sub)
+    assert c.body == b"c"
+    await sub.close()  # b was never acked, yet it counts as done
+    again = await broker.subscribe([topic], group=group, window=5)
+    await broker.publish([Message(topic, b"d")])
+    (d,) = await take(again)
+    assert d.body == b"d"
+    await again.close()
+
+
+async def test_public_names_and_task_queue_url(kafka_env: dict[str, str]) -> None:
+    import nova
+
+    assert nova.KafkaBroker is KafkaBroker and nova.KafkaAuth is KafkaAuth and nova.KafkaSSL is KafkaSSL
+    queue = nova.TaskQueue.from_url(f"kafka://{kafka_env['NOVA_KAFKA_BOOTSTRAP']}?group_id=gq&topic_prefix=pq")
+    assert isinstance(queue.broker, KafkaBroker)
+    assert (queue.broker.group_id, queue.broker.topic_prefix) == ("gq", "pq")
