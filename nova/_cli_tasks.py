@@ -214,6 +214,12 @@ def _describe(record: TaskRecord) -> list[tuple[str, str]]:
 
 
 def _history(events: Sequence[TaskEvent]) -> None:
+    if any(e.eta is not None for e in events):  # a column for when retries / delayed tasks were due
+        _table(["AT (UTC)", "STATUS", "ATTEMPT", "QUEUE", "DUE (UTC)", "ERROR"],
+               [[_time(e.at), e.status.value, str(e.attempt), e.queue, _time(e.eta) if e.eta else "",
+                 _short(e.error)] for e in events],
+               right={2})
+        return
     _table(["AT (UTC)", "STATUS", "ATTEMPT", "QUEUE", "ERROR"],
            [[_time(e.at), e.status.value, str(e.attempt), e.queue, _short(e.error)] for e in events],
            right={2})

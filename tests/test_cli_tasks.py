@@ -124,6 +124,19 @@ async def test_show_prints_state_and_history(url: str, capsys: pytest.CaptureFix
     assert rows[3][-2:] == ["ValueError:", "first"]  # a traceback shows as its last line
 
 
+async def test_show_due_times(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"chdb://{tmp_path / 'due'}"
+    recorder = ClickHouseTaskRecorder.from_url(url)
+    await recorder.record([event("later", TaskStatus.QUEUED, 1, eta=T0 + timedelta(hours=1))])
+    await recorder.close()
+    assert await run_tasks(parse("show", "later", "--recorder", url)) == 0
+    state, history = capsys.readouterr().out.split("\n\n")
+    assert "eta        2030-01-01 01:00:00.000" in state
+    rows = lines(history)
+    assert rows[0] == ["AT", "(UTC)", "STATUS", "ATTEMPT", "QUEUE", "DUE", "(UTC)", "ERROR"]
+    assert rows[1][-2:] == ["2030-01-01", "01:00:00.000"]
+
+
 async def test_show_headers(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert await run_tasks(parse("--recorder", url, "show", "t-ok")) == 0  # --recorder before show works too
     assert "headers    tenant=acme" in capsys.readouterr().out
