@@ -30,7 +30,10 @@ How the broker contract maps onto Kafka:
   the partition moves to another member first, that member gets it instead).
 - **rebalance**: on revoke the records fetched but not yet delivered are
   dropped and the acked prefix is committed; a partition that comes back keeps
-  its bookkeeping, so in-flight deliveries are not handed out twice.
+  its bookkeeping, so in-flight deliveries are not handed out twice. A sticky
+  assignor keeps partitions with their owners and never moves one that has
+  unacked deliveries while its owner lives (so a worker or delay forwarder
+  joining the group does not duplicate the messages another one holds).
 - ``auto_commit=True`` is an explicit **at-most-once** mode: an offset counts as
   done as soon as it is delivered, whatever the handler does; ``nack`` then
   does not redeliver.
@@ -547,6 +550,12 @@ class KafkaDelivery:
         self.published_at: float = record.timestamp / 1000
 
     @property
+    def owned(self) -> bool:
+        """False once a rebalance gave this record's partition to another member, which
+        will deliver it again: a holder (like the delay forwarder) should nack and drop it."""
+        return self._sub._parts.get(self._state.tp) is self._state
+
+    @property
     def body(self) -> bytes:
         value: bytes | None = self._record.value
         return b"" if value is None else value
@@ -600,15 +609,17 @@ class _PartitionState:
 
 
 class _StickyAssignor:
-    """Keeps partitions with their owners across rebalances; never moves a busy one.
+    """Keeps partitions with their owners across rebalances; moves busy ones last.
 
     aiokafka rebalances eagerly: a member joining makes every member give back all its
     partitions, and round-robin may hand a partition to a new member while the old owner
     still holds deliveries from it (the delay forwarder holds them until due). The new
     owner would read them again from the committed offset: duplicates. Here each member
-    sends what it owned and which of those have unacked deliveries (``user_data``); the
+    sends what it owned and how many unacked deliveries each has (``user_data``); the
     leader keeps every partition with its owner, gives unowned ones to the least loaded
-    subscriber, then evens out counts by moving only partitions with nothing in flight.
+    subscriber, then evens out counts moving idle partitions first and busy ones (fewest
+    in flight first) only when idle ones cannot balance the load, so a new member still
+    gets work when every partition is busy.
     """
 
     name = "nova-sticky"
@@ -623,7 +634,7 @@ class _StickyAssignor:
             # The generation settles a partition two members both claim (one was expelled).
             "generation": self._sub._generation,
             "owned": [[tp.topic, tp.partition] for tp in parts],
-            "busy": [[tp.topic, tp.partition] for tp, state in parts.items() if state.held > 0],
+            "busy": [[tp.topic, tp.partition, state.held] for tp, state in parts.items() if state.held > 0],
         }
         return ConsumerProtocolMemberMetadata(self.version, list(topics), json.dumps(data).encode())
 
@@ -634,7 +645,7 @@ class _StickyAssignor:
     def assign(cls, cluster: Any, members: Mapping[str, Any]) -> dict[str, Any]:
         subscribed = {m: set(meta.subscription) for m, meta in members.items()}
         owned: dict[tuple[str, int], str] = {}
-        busy: set[tuple[str, int]] = set()
+        busy: dict[tuple[str, int], int] = {}
         claims: dict[str, Any] = {}
         for member in members:
             try:
@@ -646,9 +657,9 @@ class _StickyAssignor:
             for topic, partition in data.get("owned", ()):
                 if topic in subscribed[member]:
                     owned.setdefault((topic, partition), member)
-            for topic, partition in data.get("busy", ()):
+            for topic, partition, held in data.get("busy", ()):
                 if owned.get((topic, partition)) == member:
-                    busy.add((topic, partition))
+                    busy[topic, partition] = int(held)
         everything: list[tuple[str, int]] = []
         for topic in sorted(set().union(*subscribed.values())):
             everything += [(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
@@ -662,19 +673,18 @@ class _StickyAssignor:
         for tp in unowned:
             candidates = [m for m in sorted(members) if tp[0] in subscribed[m]]
             load[min(candidates, key=lambda m: len(load[m]))].append(tp)
-        # Even out: move idle partitions from the most to the least loaded member.
+        # Even out, from the most to the least loaded member: idle partitions first.
         for _ in range(len(everything)):
             heavy = max(sorted(load), key=lambda m: len(load[m]))
             movable = [
                 (tp, m)
                 for tp in load[heavy]
-                if tp not in busy
                 for m in sorted(load)
                 if tp[0] in subscribed[m] and len(load[m]) + 1 < len(load[heavy])
             ]
             if not movable:
                 break
-            tp, light = min(movable, key=lambda pair: len(load[pair[1]]))
+            tp, light = min(movable, key=lambda pair: (busy.get(pair[0], 0), len(load[pair[1]])))
             load[heavy].remove(tp)
             load[light].append(tp)
         result = {}
@@ -842,8 +852,8 @@ class KafkaSubscription:
         while not self._closing:
             try:
                 batch = await self._consumer.getmany(timeout_ms=100)
-            except kafka_errors.KafkaError as exc:
-                if getattr(exc, "retriable", False):
+            except Exception as exc:  # noqa: BLE001 - whatever kills polling must reach the iterator
+                if isinstance(exc, kafka_errors.KafkaError) and exc.retriable:
                     log.warning("kafka poll failed, retrying: %r", exc)
                     await asyncio.sleep(0.5)
                     continue
@@ -883,13 +893,16 @@ class KafkaSubscription:
             offsets = {
                 tp: state.commit_to
                 for tp, state in self._parts.items()
-                if state.commit_to is not None and state.commit_to != state.committed and (only is None or tp in only)
+                if state.assigned
+                and state.commit_to is not None
+                and state.commit_to != state.committed
+                and (only is None or tp in only)
             }
             if not offsets:
                 return
             try:
                 await asyncio.wait_for(self._consumer.commit(offsets), limit_s)
-            except (kafka_errors.KafkaError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a failed commit is retried, never fatal
                 # Nothing is lost: the offsets stay pending and are committed next time.
                 log.warning("kafka commit of %s failed, will retry: %r", self.group, exc)
                 return

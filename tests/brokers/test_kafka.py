@@ -478,7 +478,7 @@ async def test_iterating_a_closed_subscription_stops(kafka_broker: Factory, kafk
         await sub.__aiter__().__anext__()
 
 
-async def test_joining_member_never_takes_a_partition_with_unacked_deliveries(
+async def test_joining_member_gets_the_idle_partition_not_the_busy_one(
     kafka_broker: Factory, kafka_name: Names
 ) -> None:
     busy, idle, group = kafka_name("busy"), kafka_name("idle"), kafka_name("g")
@@ -508,21 +508,28 @@ def test_sticky_assignor_keeps_owners_and_balances_idle_partitions() -> None:
         def partitions_for_topic(self, topic: str) -> set[int]:
             return {0, 1, 2, 3}
 
-    def meta(owned: list[tuple[str, int]], busy: list[tuple[str, int]]) -> Any:
+    def meta(owned: list[tuple[str, int]], busy: list[tuple[str, int, int]]) -> Any:
         import json
 
         from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata  # type: ignore[import-untyped]
 
-        data = json.dumps({"owned": owned, "busy": busy}).encode()
+        data = json.dumps({"owned": owned, "busy": [[t, p, held] for t, p, held in busy]}).encode()
         return ConsumerProtocolMemberMetadata(0, ["t"], data)
 
     everything = [("t", p) for p in range(4)]
-    result = _StickyAssignor.assign(Cluster(), {"a": meta(everything, [("t", 0), ("t", 1)]), "b": meta([], [])})
+    result = _StickyAssignor.assign(Cluster(), {"a": meta(everything, [("t", 0, 5), ("t", 1, 1)]), "b": meta([], [])})
     got = {m: sorted(p for _, ps in a.assignment for p in ps) for m, a in result.items()}
     assert got == {"a": [0, 1], "b": [2, 3]}  # busy 0 and 1 stay; idle ones balance out
-    result = _StickyAssignor.assign(Cluster(), {"a": meta(everything, everything), "b": meta([], [])})
+    all_busy = [("t", 0, 9), ("t", 1, 1), ("t", 2, 7), ("t", 3, 2)]
+    result = _StickyAssignor.assign(Cluster(), {"a": meta(everything, all_busy), "b": meta([], [])})
     got = {m: sorted(p for _, ps in a.assignment for p in ps) for m, a in result.items()}
-    assert got == {"a": [0, 1, 2, 3], "b": []}  # everything busy: nothing moves
+    assert got == {"a": [0, 2], "b": [1, 3]}  # all busy: the newcomer still gets work, least in flight
+    result = _StickyAssignor.assign(
+        Cluster(), {"a": meta(everything[:2], []), "b": meta(everything[2:], []), "c": meta([], [])}
+    )
+    got = {m: sorted(p for _, ps in a.assignment for p in ps) for m, a in result.items()}
+    assert got["a"] == [0, 1] or got["b"] == [2, 3]  # only one partition moves to the newcomer
+    assert sorted(len(v) for v in got.values()) == [1, 1, 2]
     result = _StickyAssignor.assign(Cluster(), {"a": meta([], []), "b": meta([], [])})
     got = {m: sorted(p for _, ps in a.assignment for p in ps) for m, a in result.items()}
     assert sorted(len(v) for v in got.values()) == [2, 2]
@@ -552,3 +559,26 @@ async def test_public_names_and_task_queue_url(kafka_env: dict[str, str]) -> Non
     queue = nova.TaskQueue.from_url(f"kafka://{kafka_env['NOVA_KAFKA_BOOTSTRAP']}?group_id=gq&topic_prefix=pq")
     assert isinstance(queue.broker, KafkaBroker)
     assert (queue.broker.group_id, queue.broker.topic_prefix) == ("gq", "pq")
+
+
+async def test_busy_partition_moves_when_needed_and_old_delivery_knows(
+    kafka_broker: Factory, kafka_name: Names
+) -> None:
+    broker = kafka_broker(partitions=2)
+    topic, group = kafka_name("t"), kafka_name("g")
+    await broker.publish([Message(topic, f"m{i}".encode(), key=f"key-{i}") for i in range(20)])
+    first = await broker.subscribe([topic], group=group, window=1)
+    held = await take(first, 2)  # window 1 per partition: one from each
+    assert {d.partition for d in held} == {0, 1}
+    assert all(d.owned for d in held)
+    second = await kafka_broker(partitions=2).subscribe([topic], group=group, window=1)
+    await eventually(lambda: _is(_sizes(first, second), (1, 1)))  # a newcomer gets work even if all is busy
+    moved = [d for d in held if not d.owned]
+    assert len(moved) == 1
+    (again,) = await take(second)
+    assert (again.partition, again.offset, again.body) == (moved[0].partition, moved[0].offset, moved[0].body)
+    await moved[0].nack()  # what a holder does with a moved delivery: harmless no-op here
+    for d in (*held, again):
+        await d.ack()
+    await first.close()
+    await second.close()
