@@ -653,7 +653,16 @@ class RocketMQBroker:
             await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         except Exception as exc:
             cause = self._err(exc, "publish")
+            if isinstance(cause, ConnectionError) or "settings" in str(exc):
+                # the next publish starts from a fresh producer (see _Subscription._pump_loop)
+                await self._reset_producer(producer)
             raise EnqueueError(f"RocketMQ did not confirm the publish: {cause}") from exc
+
+    async def _reset_producer(self, producer: Any) -> None:
+        async with self._connect_lock:
+            if self._producer is producer:
+                self._producer = None
+                await self._run(_shutdown_quietly, producer)
 
     def _to_native(self, message: Message) -> Any:
         rmq = _client()
@@ -738,6 +747,7 @@ class _Subscription:
         self.window = window
         self._invisible = int(broker.consume_timeout.total_seconds())
         self._consumers: dict[str, Any] = {}
+        self._retired: list[Any] = []
         self._held: dict[str, set[_Delivery]] = {t: set() for t in topics}
         self._buffered: dict[str, int] = dict.fromkeys(topics, 0)
         self._queue: asyncio.Queue[_Delivery | BaseException | None] = asyncio.Queue()
@@ -750,20 +760,10 @@ class _Subscription:
         return f"<RocketMQ subscription group={self.group} topics={self.topics}>"
 
     async def start(self) -> None:
-        rmq = _client()
-        config = self._broker._config
         try:
             for topic in self.topics:
                 await self._broker._query_route(self._broker._producer, topic)
-                consumer = rmq.SimpleConsumer(
-                    config,
-                    self.group,
-                    {topic: rmq.FilterExpression()},
-                    await_duration=self._broker.poll_seconds,
-                )
-                await self._broker._run(consumer.startup)
-                self._consumers[topic] = consumer
-            # The first receive tells whether the group exists; do it before returning.
+                self._consumers[topic] = await self._new_consumer(topic)
             for topic, consumer in self._consumers.items():
                 self._tasks.append(asyncio.create_task(self._pump(topic, consumer)))
             self._tasks.append(asyncio.create_task(self._renew()))
@@ -772,6 +772,21 @@ class _Subscription:
             if isinstance(exc, NovaError) or not isinstance(exc, Exception):
                 raise
             raise self._broker._err(exc, f"subscribe {self.group}") from exc
+
+    async def _new_consumer(self, topic: str) -> Any:
+        rmq = _client()
+        consumer = rmq.SimpleConsumer(
+            self._broker._config,
+            self.group,
+            {topic: rmq.FilterExpression()},
+            await_duration=self._broker.poll_seconds,
+        )
+        await self._broker._run(consumer.startup)
+        # The proxy refuses receives until it has the client's settings (sent on a stream).
+        ready = getattr(consumer, "_init_settings_event", None)
+        if ready is not None:
+            await self._broker._run(ready.wait, float(self._broker.request_timeout))
+        return consumer
 
     async def _receive(self, consumer: Any, count: int) -> list[Any]:
         fut = await self._broker._run(consumer.receive_async, count, self._invisible)
@@ -790,6 +805,7 @@ class _Subscription:
 
     async def _pump_loop(self, topic: str, consumer: Any) -> None:
         backoff = 0.2
+        failures = 0
         held = self._held[topic]
         while not self._closing:
             while len(held) >= self.window and not self._closing:
@@ -819,11 +835,24 @@ class _Subscription:
                     err.__cause__ = exc
                     self._queue.put_nowait(err)
                     return
+                failures += 1
                 log.warning("RocketMQ receive on %s failed (retrying): %s", topic, self._broker._err(exc, "receive"))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+                if failures >= 3 or "settings" in text:
+                    # After a proxy restart the client's settings stream stays dead for
+                    # minutes: start a fresh consumer (the old one still acks what it gave).
+                    try:
+                        consumer = await self._new_consumer(topic)
+                    except Exception as rebuild_exc:  # noqa: BLE001 - retried on the next round
+                        log.warning("RocketMQ consumer restart on %s failed: %s", topic, rebuild_exc)
+                    else:
+                        self._retired.append(self._consumers[topic])
+                        self._consumers[topic] = consumer
+                        failures = 0
                 continue
             backoff = 0.2
+            failures = 0
             now = time.time()
             for native in messages:
                 delivery = self._wrap(topic, native, consumer, now)
@@ -956,6 +985,7 @@ class _Subscription:
         self._broker._subscriptions.discard(self)
 
     async def _shutdown_consumers(self) -> None:
-        consumers = list(self._consumers.values())
+        consumers = list(self._consumers.values()) + self._retired
         self._consumers.clear()
+        self._retired.clear()
         await asyncio.gather(*(self._broker._run(_shutdown_quietly, c) for c in consumers))

@@ -1,0 +1,384 @@
+"""RocketMQBroker against a real RocketMQ 5 (``--broker rocketmq``).
+
+    python tools/brokers.py up rocketmq            # NOVA_ROCKETMQ_ACL=1 for ACL 2.0
+    eval "$(python tools/brokers.py env rocketmq)"
+    pytest tests/brokers/test_rocketmq.py --broker rocketmq
+
+Waits are conditions with deadlines, never fixed sleeps. The ACL tests run
+when the harness was started with ACL (``NOVA_ROCKETMQ_ACCESS_KEY`` is set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+import nova._errors as errors
+from nova._broker import Delivery, Message
+from nova._rocketmq import ConsumerModel, RocketMQAdmin, RocketMQBroker, _Subscription
+
+pytestmark = pytest.mark.broker("rocketmq")
+
+ROOT = Path(__file__).resolve().parents[2]
+PATIENCE = 30.0
+
+
+def _require(var: str) -> str:
+    value = os.environ.get(var)
+    if not value:
+        pytest.fail(
+            f"{var} is not set: run `python tools/brokers.py up rocketmq` and "
+            '`eval "$(python tools/brokers.py env rocketmq)"` first',
+            pytrace=False,
+        )
+    return value
+
+
+def _acl() -> tuple[str, str] | None:
+    ak = os.environ.get("NOVA_ROCKETMQ_ACCESS_KEY")
+    return (ak, os.environ.get("NOVA_ROCKETMQ_SECRET_KEY", "")) if ak else None
+
+
+def _admin_auth() -> tuple[str, str] | None:
+    ak = os.environ.get("NOVA_ROCKETMQ_ADMIN_ACCESS_KEY")
+    return (ak, os.environ.get("NOVA_ROCKETMQ_ADMIN_SECRET_KEY", "")) if ak else None
+
+
+needs_acl = pytest.mark.skipif(_acl() is None, reason="harness started without NOVA_ROCKETMQ_ACL=1")
+
+
+@pytest.fixture
+def rocketmq_endpoints() -> str:
+    return _require("NOVA_ROCKETMQ_ENDPOINTS")
+
+
+@pytest.fixture
+def rocketmq_namesrv() -> str:
+    return _require("NOVA_ROCKETMQ_NAMESRV")
+
+
+@pytest.fixture
+def rocketmq_prefix() -> str:
+    # ACL users are allowed on "nova*" resources only (see tools/harness/rocketmq.py).
+    return "nova" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def rocketmq_make(rocketmq_endpoints: str, rocketmq_namesrv: str) -> AsyncIterator[Callable[..., RocketMQBroker]]:
+    made: list[RocketMQBroker] = []
+
+    def make(**kwargs: object) -> RocketMQBroker:
+        kwargs.setdefault("namesrv", rocketmq_namesrv)
+        kwargs.setdefault("auth", _acl())
+        kwargs.setdefault("admin_auth", _admin_auth())
+        broker = RocketMQBroker(rocketmq_endpoints, **kwargs)  # type: ignore[arg-type]
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        await broker.close()
+
+
+async def wait_for(predicate: Callable[[], bool], within: float = PATIENCE) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, f"condition not met within {within} s"
+        await asyncio.sleep(0.01)
+
+
+class Collector:
+    """Drains a subscription in the background, recording arrival times."""
+
+    def __init__(self, sub: _Subscription, *, ack: bool) -> None:
+        self.sub = sub
+        self.ack = ack
+        self.got: list[tuple[float, Delivery]] = []
+        self.error: BaseException | None = None
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            async for d in self.sub:
+                self.got.append((time.time(), d))
+                if self.ack:
+                    await d.ack()
+        except Exception as exc:  # noqa: BLE001 - asserted by the tests
+            self.error = exc
+
+    def bodies(self, topic: str | None = None) -> list[bytes]:
+        return [d.body for _, d in self.got if topic is None or d.topic == topic]
+
+    async def stop(self) -> None:
+        await self.sub.close()
+        await asyncio.wait_for(self.task, PATIENCE)
+
+
+async def test_publish_then_subscribe_roundtrip(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
+) -> None:
+    broker = rocketmq_make()
+    topic = f"{rocketmq_prefix}_q_normal"
+    await broker.ensure_topics([topic])
+    before = time.time()
+    headers = {"nova-id": "abc", "nova-empty": "", "nova-uni": "é✓"}
+    await broker.publish([Message(topic, b"\x00hello\xff", headers, key="abc")])
+    sub = await broker.subscribe([topic], group=f"{rocketmq_prefix}_g", window=4)
+    c = Collector(sub, ack=True)
+    await wait_for(lambda: len(c.got) == 1)
+    d = c.got[0][1]
+    assert (d.topic, d.body, dict(d.headers)) == (topic, b"\x00hello\xff", headers)
+    assert before - 2 <= d.published_at <= time.time() + 1
+    await c.stop()
+    assert c.error is None
+
+
+async def test_nack_redelivers_and_ack_is_final(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
+) -> None:
+    broker = rocketmq_make()
+    topic = f"{rocketmq_prefix}_q_normal"
+    await broker.ensure_topics([topic])
+    sub = await broker.subscribe([topic], group=f"{rocketmq_prefix}_g", window=4)
+    await broker.publish([Message(topic, b"again")])
+    seen: list[Delivery] = []
+    async with asyncio.timeout(PATIENCE):
+        async for d in sub:
+            seen.append(d)
+            if len(seen) == 1:
+                await d.nack()
+                await d.nack()  # idempotent
+            else:
+                await d.ack()
+                await d.ack()  # idempotent
+                break
+    assert [d.body for d in seen] == [b"again", b"again"]
+    await broker.publish([Message(topic, b"marker")])
+    async with asyncio.timeout(PATIENCE):
+        async for d in sub:
+            await d.ack()
+            assert d.body == b"marker"  # the acked one never came back
+            break
+    await sub.close()
+
+
+async def test_close_gives_unacked_back_to_the_group(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
+) -> None:
+    broker = rocketmq_make()
+    topic = f"{rocketmq_prefix}_q_normal"
+    group = f"{rocketmq_prefix}_g"
+    await broker.ensure_topics([topic])
+    await broker.publish([Message(topic, f"m{i}".encode()) for i in range(3)])
+    first = Collector(await broker.subscribe([topic], group=group, window=8), ack=False)
+    await wait_for(lambda: len(first.got) == 3)
+    started = time.monotonic()
+    await first.stop()
+    second = Collector(await broker.subscribe([topic], group=group, window=8), ack=True)
+    await wait_for(lambda: len(second.got) == 3)
+    # far sooner than consume_timeout (5 min): close made them visible at once
+    assert time.monotonic() - started < 60
+    assert sorted(second.bodies()) == [b"m0", b"m1", b"m2"]
+    await second.stop()
+
+
+async def test_timer_message_is_never_early_and_about_on_time(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
+) -> None:
+    broker = rocketmq_make()
+    assert broker.native_delay_max is not None and broker.native_delay_max >= timedelta(hours=23)
+    topic = f"{rocketmq_prefix}_q_normal"
+    await broker.ensure_topics([topic])
+    c = Collector(await broker.subscribe([topic], group=f"{rocketmq_prefix}_g", window=8), ack=True)
+    now = time.time()
+    due = {f"d{i}".encode(): now + 2.0 + i * 0.7 for i in range(3)}
+    await broker.publish([Message(topic, body, deliver_at=at) for body, at in due.items()])
+    await wait_for(lambda: len(c.got) == 3)
+    for arrived, d in c.got:
+        assert arrived >= due[d.body], f"{d.body!r} came {due[d.body] - arrived:.3f} s early"
+        assert arrived - due[d.body] <= 1.5, f"{d.body!r} came {arrived - due[d.body]:.3f} s late"
+    await c.stop()
+
+
+async def test_window_is_per_topic_without_head_of_line_blocking(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
+) -> None:
+    broker = rocketmq_make()
+    busy, other = f"{rocketmq_prefix}_q_high", f"{rocketmq_prefix}_q_low"
+    await broker.ensure_topics([busy, other])
+    await broker.publish([Message(busy, f"b{i}".encode()) for i in range(5)])
+    c = Collector(await broker.subscribe([busy, other], group=f"{rocketmq_prefix}_g", window=2), ack=False)
+    await wait_for(lambda: len(c.bodies(busy)) == 2)
+    await broker.publish([Message(other, b"o0")])
+    await wait_for(lambda: c.bodies(other) == [b"o0"])  # served while busy's window is full
+    assert len(c.bodies(busy)) == 2
+    await c.got[0][1].ack()
+    await wait_for(lambda: len(c.bodies(busy)) == 3)
+    assert len(c.bodies(busy)) == 3
+    await c.stop()
+
+
+async def test_backlog_counts_what_the_group_has_not_received(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
+) -> None:
+    broker = rocketmq_make()
+    topic, empty = f"{rocketmq_prefix}_q_normal", f"{rocketmq_prefix}_q_low"
+    await broker.ensure_topics([topic, empty])
+    await broker.publish([Message(topic, f"m{i}".encode()) for i in range(5)])
+    sub = await broker.subscribe([topic, empty], group=f"{rocketmq_prefix}_g", window=1)
+    c = Collector(sub, ack=False)
+    await wait_for(lambda: len(c.got) == 1)
+    assert await sub.backlog(topic) == 4
+    assert await sub.backlog(empty) == 0
+    await c.got[0][1].ack()
+    await wait_for(lambda: len(c.got) == 2)
+    assert await sub.backlog(topic) == 3
+    await c.stop()
+
+
+async def test_a_long_held_delivery_is_not_redelivered(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
+) -> None:
+    broker = rocketmq_make(consume_timeout=timedelta(seconds=10))
+    topic, group = f"{rocketmq_prefix}_q_normal", f"{rocketmq_prefix}_g"
+    await broker.ensure_topics([topic])
+    await broker.publish([Message(topic, b"slow")])
+    holder = Collector(await broker.subscribe([topic], group=group, window=4), ack=False)
+    await wait_for(lambda: len(holder.got) == 1)
+    rival = Collector(await broker.subscribe([topic], group=group, window=4), ack=True)
+    held_since = time.time()
+    # past the first invisible deadline (10 s) with margin: the holder renewed it
+    await wait_for(lambda: time.time() > held_since + 14, within=20)
+    assert rival.got == []
+    await holder.got[0][1].ack()
+    await holder.stop()
+    await rival.stop()
+    assert rival.got == []
+
+
+async def test_broadcasting_gives_every_worker_every_task(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
+) -> None:
+    broker = rocketmq_make(consumer_model=ConsumerModel.BROADCASTING)
+    topic = f"{rocketmq_prefix}_q_normal"
+    await broker.ensure_topics([topic])
+    a = Collector(await broker.subscribe([topic], group=f"{rocketmq_prefix}_g", window=8), ack=True)
+    b = Collector(await broker.subscribe([topic], group=f"{rocketmq_prefix}_g", window=8), ack=True)
+    await broker.publish([Message(topic, f"m{i}".encode()) for i in range(4)])
+    await wait_for(lambda: len(a.got) == 4 and len(b.got) == 4)
+    assert sorted(a.bodies()) == sorted(b.bodies()) == [b"m0", b"m1", b"m2", b"m3"]
+    await a.stop()
+    await b.stop()
+
+
+async def test_missing_topic_without_admin_names_the_command(rocketmq_endpoints: str, rocketmq_prefix: str) -> None:
+    broker = RocketMQBroker(rocketmq_endpoints, namesrv=None, auth=_acl())
+    broker._admin = None  # as if NOVA_ROCKETMQ_NAMESRV were unset
+    try:
+        with pytest.raises(errors.ConfigurationError, match="mqadmin updateTopic"):
+            await broker.ensure_topics([f"{rocketmq_prefix}_nope_normal"])
+        with pytest.raises(errors.EnqueueError) as info:
+            await broker.publish([Message(f"{rocketmq_prefix}_nope_normal", b"x")])
+        assert info.value.__cause__ is not None
+    finally:
+        await broker.close()
+
+
+async def test_unreachable_broker_is_a_connection_error_without_secrets(rocketmq_prefix: str) -> None:
+    broker = RocketMQBroker("127.0.0.1:1", namesrv="127.0.0.1:1", auth=("someone", "s3cr3t-value"))
+    assert "s3cr3t-value" not in repr(broker)
+    try:
+        with pytest.raises(errors.NovaError) as info:
+            await broker.ensure_topics([f"{rocketmq_prefix}_q_normal"])
+            await broker.publish([Message(f"{rocketmq_prefix}_q_normal", b"x")])
+        assert isinstance(info.value, (errors.ConnectionError, errors.EnqueueError))
+        assert "s3cr3t-value" not in str(info.value)
+    finally:
+        await broker.close()
+
+
+def test_from_url_and_repr_hide_the_secret() -> None:
+    broker = RocketMQBroker.from_url(
+        "rocketmq://ak:se%2Fcret@127.0.0.1:8081,127.0.0.2:8081?group_id=g1&topic_prefix=app"
+        "&consumer_model=broadcasting&consume_timeout=60&max_reconsume_times=5&namesrv=127.0.0.1:9876"
+    )
+    assert broker.endpoints == ["127.0.0.1:8081", "127.0.0.2:8081"]
+    assert (broker.group_id, broker.topic_prefix) == ("g1", "app")
+    assert broker.consumer_model is ConsumerModel.BROADCASTING
+    assert broker.consume_timeout == timedelta(seconds=60)
+    assert broker.max_reconsume_times == 5
+    assert "se/cret" not in repr(broker) and "***" in repr(broker)
+    with pytest.raises(errors.ConfigurationError, match="bogus"):
+        RocketMQBroker.from_url("rocketmq://127.0.0.1:8081?bogus=1")
+    with pytest.raises(errors.ConfigurationError):
+        RocketMQBroker("127.0.0.1:8081", consume_timeout=timedelta(seconds=1))
+
+
+@needs_acl
+async def test_acl_wrong_secret_is_refused_clearly(rocketmq_endpoints: str, rocketmq_prefix: str) -> None:
+    user, _ = _acl() or ("", "")
+    broker = RocketMQBroker(rocketmq_endpoints, namesrv=None, auth=(user, "wrong-secret-xyz"))
+    broker._admin = None
+    started = time.monotonic()
+    try:
+        with pytest.raises(errors.AuthenticationError) as info:
+            await broker.connect()
+        assert time.monotonic() - started < 10
+        assert "wrong-secret-xyz" not in str(info.value)
+    finally:
+        await broker.close()
+
+
+@needs_acl
+async def test_acl_user_without_permission_cannot_publish(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
+) -> None:
+    admin_auth = _admin_auth()
+    assert admin_auth is not None
+    forbidden = "forbidden" + uuid.uuid4().hex[:8]  # outside the app user's "nova*" grant
+    await RocketMQAdmin(_require("NOVA_ROCKETMQ_NAMESRV"), auth=admin_auth).create_topics([forbidden])
+    broker = rocketmq_make()
+    broker._admin = None
+    with pytest.raises(errors.EnqueueError) as info:
+        await broker.publish([Message(forbidden, b"x")])
+    assert info.value.__cause__ is not None
+    assert "ermission" in str(info.value) or "denied" in str(info.value).lower() or "403" in str(info.value)
+
+
+async def test_broker_restart_mid_stream_loses_nothing(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
+) -> None:
+    broker = rocketmq_make()
+    topic = f"{rocketmq_prefix}_q_normal"
+    await broker.ensure_topics([topic])
+    c = Collector(await broker.subscribe([topic], group=f"{rocketmq_prefix}_g", window=16), ack=True)
+    sent = [f"before{i}".encode() for i in range(20)]
+    await broker.publish([Message(topic, b) for b in sent])
+    await wait_for(lambda: len(c.got) >= 5)
+    restart = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "tools" / "brokers.py"), "restart", "rocketmq",
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await restart.communicate()
+    assert restart.returncode == 0, err.decode()
+    after = [f"after{i}".encode() for i in range(20)]
+    deadline = time.monotonic() + 60
+    while True:  # the client reconnects on its own; publishing may fail until it has
+        try:
+            await broker.publish([Message(topic, b) for b in after])
+            break
+        except errors.EnqueueError:
+            assert time.monotonic() < deadline, "could not publish after the restart"
+            await asyncio.sleep(0.5)
+    await wait_for(lambda: set(sent + after) <= set(c.bodies()), within=120)
+    assert c.error is None
+    await c.stop()
