@@ -297,10 +297,10 @@ async def test_unreachable_broker_is_a_connection_error_without_secrets(rocketmq
     broker = RocketMQBroker("127.0.0.1:1", namesrv="127.0.0.1:1", auth=("someone", "s3cr3t-value"))
     assert "s3cr3t-value" not in repr(broker)
     try:
-        with pytest.raises(errors.NovaError) as info:
+        started = time.monotonic()
+        with pytest.raises(errors.ConnectionError) as info:
             await broker.ensure_topics([f"{rocketmq_prefix}_q_normal"])
-            await broker.publish([Message(f"{rocketmq_prefix}_q_normal", b"x")])
-        assert isinstance(info.value, (errors.ConnectionError, errors.EnqueueError))
+        assert time.monotonic() - started < 20
         assert "s3cr3t-value" not in str(info.value)
     finally:
         await broker.close()
