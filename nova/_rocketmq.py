@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import enum
 import hashlib
 import hmac
@@ -262,8 +263,12 @@ class RocketMQAdmin:
 
     async def aclose(self) -> None:
         """Close the kept-open connections."""
-        for addr in list(self._conns):
-            self._drop(addr)
+        conns = list(self._conns.values())
+        self._conns.clear()
+        for _, writer in conns:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
     async def _route(self, topic: str) -> list[tuple[str, int]]:
         """(master broker address, queue id) pairs of ``topic``, cached briefly."""
@@ -580,7 +585,8 @@ class RocketMQBroker:
                 # Any RPC checks reachability and credentials: ask for a route.
                 await self._query_route(producer, "TBW102")
             except NovaError as exc:
-                if not isinstance(exc, (AuthenticationError, ConnectionError)):
+                authenticated_but_not_allowed = "no permission" in str(exc)
+                if authenticated_but_not_allowed or not isinstance(exc, (AuthenticationError, ConnectionError)):
                     return  # reachable and signed in; the topic itself may be hidden
                 self._producer = None
                 await self._run(_shutdown_quietly, producer)
@@ -653,6 +659,13 @@ class RocketMQBroker:
             await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         except Exception as exc:
             cause = self._err(exc, "publish")
+            if "route" in str(exc):
+                # The client hides why a route lookup failed (permission, unknown topic): ask again.
+                for topic in dict.fromkeys(m.topic for m in messages):
+                    try:
+                        await self._query_route(producer, topic)
+                    except NovaError as why:
+                        raise EnqueueError(f"RocketMQ refused the publish to {topic}: {why}") from why
             if isinstance(cause, ConnectionError) or "settings" in str(exc):
                 # the next publish starts from a fresh producer (see _Subscription._pump_loop)
                 await self._reset_producer(producer)

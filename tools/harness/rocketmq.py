@@ -204,6 +204,10 @@ def _write_configs() -> tuple[Path, Path, Path]:
         for line in _auth_lines(acl):
             key, _, value = line.partition("=")
             proxy_cfg[key] = True if value == "true" else value
+        # In local mode the proxy must read users and ACLs from its embedded broker;
+        # the Local* providers would open a second, empty store (at "null/users").
+        proxy_cfg["authenticationMetadataProvider"] = "org.apache.rocketmq.proxy.auth.ProxyAuthenticationMetadataProvider"
+        proxy_cfg["authorizationMetadataProvider"] = "org.apache.rocketmq.proxy.auth.ProxyAuthorizationMetadataProvider"
     proxy.write_text(json.dumps(proxy_cfg, indent=2) + "\n")
     return namesrv, broker, proxy
 
@@ -421,4 +425,15 @@ def env() -> dict[str, str]:
 
 
 def _setup_acl_users() -> None:
-    raise NotImplementedError
+    """The app user may publish/subscribe on ``nova*`` and ``acl*`` topics and groups only."""
+    steps = [
+        ["createUser", "-c", CLUSTER, "-u", APP_USER[0], "-p", APP_USER[1], "-t", "Normal"],
+        [
+            "createAcl", "-c", CLUSTER, "-s", f"User:{APP_USER[0]}",
+            "-r", "Topic:nova*,Group:nova*,Topic:acl*,Group:acl*", "-a", "Pub,Sub", "-d", "Allow",
+        ],
+    ]  # fmt: skip
+    for args in steps:
+        result = _admin(args)
+        if result.returncode != 0 and "exist" not in (result.stdout + result.stderr).lower():
+            raise RuntimeError(f"mqadmin {args[0]} failed:\n{result.stdout}\n{result.stderr}")
