@@ -11,11 +11,12 @@ use) and for a ClickHouse server:
     failed = await recorder.list(status=nova.TaskStatus.FAILED, limit=20)
 
 The table holds one row per lifecycle event (``ReplacingMergeTree(version)``,
-sorted by ``(task_id, version)``, so a re-sent batch replaces itself instead of
-doubling). A task's state is the fold of its events in version order, computed
-in SQL with ``argMax``-style aggregates over ``FINAL`` rows; it equals what
-:func:`nova._recording.fold_events` gives, except that timestamps are stored
-to the millisecond. Payloads are stored only with ``store_payload=True``.
+sorted by ``(task_id, version, status)``, so a re-sent batch replaces itself
+instead of doubling). A task's state is the fold of its events in
+``event_order`` (version, then lifecycle rank), computed in SQL with
+``argMax``-style aggregates over ``FINAL`` rows; it equals what
+:func:`nova._recording.fold_events` gives, except that timestamps are stored to
+the millisecond. Payloads are stored only with ``store_payload=True``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from nova._errors import (
     ValidationError,
 )
 from nova._errors import ConnectionError as NovaConnectionError
-from nova._recording import TaskEvent, TaskRecord, TaskStatus
+from nova._recording import STATUS_RANK, TaskEvent, TaskRecord, TaskStatus
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -56,6 +57,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TERMINAL = [s.value for s in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED,
                                TaskStatus.TIMEOUT, TaskStatus.SKIPPED)]
+_RANKS = [s.value for s in sorted(STATUS_RANK, key=STATUS_RANK.__getitem__)]  # indexOf = rank + 1
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _AUTH_CODES = {192, 193, 194, 195, 516}  # unknown user, wrong password, ..., authentication failed
@@ -96,29 +98,31 @@ CREATE TABLE IF NOT EXISTS {table} (
     recorded_at DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(version)
-ORDER BY (task_id, version)
+ORDER BY (task_id, version, status)
 """
 
-# The fold of apply_event, in SQL: one row per task. Aliases are r_* so they
-# never shadow the columns the aggregates read. {where} is one of the fixed
-# clauses below, never user text; every value is a bound parameter.
+# The fold of apply_event, in SQL: one row per task, events ordered by r_key
+# = event_order() = (version, lifecycle rank). Aliases are r_* so they never
+# shadow the columns the aggregates read. {where} is one of the fixed clauses
+# in this module, never user text; every value is a bound parameter.
 _LATEST = """
+WITH (version, indexOf({{ranks:Array(String)}}, status)) AS r_key
 SELECT
     task_id,
-    argMax(type, version) AS r_type,
-    argMax(queue, version) AS r_queue,
-    argMax(priority, version) AS r_priority,
-    argMax(status, version) AS r_status,
+    argMax(type, r_key) AS r_type,
+    argMax(queue, r_key) AS r_queue,
+    argMax(priority, r_key) AS r_priority,
+    argMax(status, r_key) AS r_status,
     toUInt32(greatest(max(attempt) - 1, 0)) AS r_retry_count,
-    argMaxIf(error, version, isNotNull(error)) AS r_error,
-    toUnixTimestamp64Milli(argMin(at, version)) AS r_created_ms,
-    toUnixTimestamp64Milli(argMax(at, version)) AS r_updated_ms,
-    toUnixTimestamp64Milli(argMinIf(toNullable(at), version, status = 'processing')) AS r_started_ms,
-    toUnixTimestamp64Milli(argMaxIf(toNullable(at), version, has({{terminal:Array(String)}}, status)))
+    argMaxIf(error, r_key, isNotNull(error)) AS r_error,
+    toUnixTimestamp64Milli(argMin(at, r_key)) AS r_created_ms,
+    toUnixTimestamp64Milli(argMax(at, r_key)) AS r_updated_ms,
+    toUnixTimestamp64Milli(argMinIf(toNullable(at), r_key, status = 'processing')) AS r_started_ms,
+    toUnixTimestamp64Milli(argMaxIf(toNullable(at), r_key, has({{terminal:Array(String)}}, status)))
         AS r_completed_ms,
-    toUnixTimestamp64Milli(argMaxIf(eta, version, isNotNull(eta))) AS r_eta_ms,
-    argMaxIf(headers, version, notEmpty(headers)) AS r_headers,
-    argMaxIf(payload, version, isNotNull(payload)) AS r_payload,
+    toUnixTimestamp64Milli(argMaxIf(eta, r_key, isNotNull(eta))) AS r_eta_ms,
+    argMaxIf(headers, r_key, notEmpty(headers)) AS r_headers,
+    argMaxIf(payload, r_key, isNotNull(payload)) AS r_payload,
     max(version) AS r_version
 FROM {table} FINAL
 {where}
@@ -130,7 +134,7 @@ SELECT task_id, type, queue, priority, status, toUnixTimestamp64Milli(at), versi
        error, toUnixTimestamp64Milli(eta), headers, payload
 FROM {table} FINAL
 WHERE task_id = {{task_id:String}}
-ORDER BY version
+ORDER BY version, indexOf({{ranks:Array(String)}}, status)
 """
 
 
@@ -549,7 +553,7 @@ class ClickHouseTaskRecorder:
     # -- helpers ---------------------------------------------------------------
     async def _query(self, action: str, sql: str, params: Mapping[str, Any],
                      formats: Mapping[str, str] | None = None) -> _Rows:
-        params = {"terminal": _TERMINAL, **params}
+        params = {"terminal": _TERMINAL, "ranks": _RANKS, **params}
         column_formats: dict[str, str | dict[str, str]] = dict(formats or {"r_payload": "bytes"})
 
         def query(client: Client) -> _Rows:

@@ -115,11 +115,12 @@ class QueryableTaskRecorder(TaskRecorder, Protocol):
     """A TaskRecorder that also answers questions (``nova tasks``); both built-in ones are.
 
     Every implementation agrees with :func:`fold_events` over the task's events,
-    whatever order they arrived in; a repeated version replaces the earlier event.
+    whatever order they arrived in; an event with the same version and status as
+    an earlier one replaces it (so a re-sent batch is not counted twice).
     """
 
     async def history(self, task_id: str) -> list[TaskEvent]:
-        """Every event of one task, oldest (lowest version) first."""
+        """Every event of one task, oldest first (in :func:`event_order`)."""
         ...
 
     async def list(
@@ -149,9 +150,30 @@ class QueryableTaskRecorder(TaskRecorder, Protocol):
         ...
 
 
+# Ties of version (two engines, one clock instant) are broken by lifecycle rank,
+# so every recorder picks the same latest state whatever the arrival order.
+STATUS_RANK: Mapping[TaskStatus, int] = {
+    TaskStatus.UNKNOWN: 0,
+    TaskStatus.PENDING: 1,
+    TaskStatus.QUEUED: 2,
+    TaskStatus.PROCESSING: 3,
+    TaskStatus.RETRYING: 4,
+    TaskStatus.COMPLETED: 5,
+    TaskStatus.FAILED: 6,
+    TaskStatus.CANCELLED: 7,
+    TaskStatus.TIMEOUT: 8,
+    TaskStatus.SKIPPED: 9,
+}
+
+
+def event_order(event: TaskEvent) -> tuple[int, int]:
+    """Where an event sits in its task's life: (version, lifecycle rank)."""
+    return event.version, STATUS_RANK[event.status]
+
+
 def apply_event(previous: TaskRecord | None, event: TaskEvent) -> TaskRecord:
     """Fold one event into a record: the state machine every recorder shares."""
-    if previous is not None and event.version < previous.version:
+    if previous is not None and event_order(event) < (previous.version, STATUS_RANK[previous.status]):
         return previous
     started = previous.started_at if previous else None
     completed = previous.completed_at if previous else None
@@ -181,9 +203,9 @@ def apply_event(previous: TaskRecord | None, event: TaskEvent) -> TaskRecord:
 
 
 def fold_events(events: Iterable[TaskEvent]) -> TaskRecord | None:
-    """Fold events through :func:`apply_event` in version order (None if there are none)."""
+    """Fold events through :func:`apply_event` in :func:`event_order` (None if there are none)."""
     record: TaskRecord | None = None
-    for event in sorted(events, key=lambda e: e.version):
+    for event in sorted(events, key=event_order):
         record = apply_event(record, event)
     return record
 
@@ -196,16 +218,16 @@ class MemoryTaskRecorder:
 
     def __init__(self) -> None:
         self._records: dict[str, TaskRecord] = {}
-        # per task: version -> event; a repeated version replaces the earlier
-        # event, as in the ClickHouse table (ReplacingMergeTree on task, version)
-        self._history: dict[str, dict[int, TaskEvent]] = {}
+        # per task: (version, rank) -> event; a repeat replaces the earlier event,
+        # as in the ClickHouse table (ReplacingMergeTree on task, version, status)
+        self._history: dict[str, dict[tuple[int, int], TaskEvent]] = {}
 
     async def record(self, events: Sequence[TaskEvent]) -> None:
         for event in events:
             history = self._history.setdefault(event.task_id, {})
-            history[event.version] = event
+            history[event_order(event)] = event
             current = self._records.get(event.task_id)
-            if current is None or event.version > current.version:
+            if current is None or event_order(event) > (current.version, STATUS_RANK[current.status]):
                 self._records[event.task_id] = apply_event(current, event)
             else:  # a late or repeated event: refold, so arrival order does not matter
                 folded = fold_events(history.values())
@@ -217,7 +239,7 @@ class MemoryTaskRecorder:
 
     async def history(self, task_id: str) -> list[TaskEvent]:
         """Every event of one task, oldest first."""
-        return sorted(self._history.get(task_id, {}).values(), key=lambda e: e.version)
+        return sorted(self._history.get(task_id, {}).values(), key=event_order)
 
     async def list(
         self,

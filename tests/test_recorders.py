@@ -30,6 +30,7 @@ from nova._recording import (
     TaskEvent,
     TaskRecord,
     TaskStatus,
+    event_order,
     fold_events,
 )
 from nova.sim import VirtualClock
@@ -242,6 +243,19 @@ async def test_a_resent_batch_is_not_doubled(recorder: QueryableTaskRecorder) ->
     assert await recorder.counts() == {TaskStatus.PROCESSING: 1}
 
 
+async def test_a_version_tie_is_broken_by_lifecycle_rank(recorder: QueryableTaskRecorder) -> None:
+    # a producer and a worker (two sinks) stamped the same instant
+    queued = event("tie", TaskStatus.QUEUED, 7, attempt=1)
+    processing = event("tie", TaskStatus.PROCESSING, 7, attempt=1)
+    await recorder.record([processing])
+    await recorder.record([queued])
+    record = await recorder.get("tie")
+    assert record == fold_events([queued, processing])
+    assert record is not None
+    assert record.status is TaskStatus.PROCESSING
+    assert await recorder.history("tie") == [queued, processing]
+
+
 async def test_concurrent_writers(recorder: QueryableTaskRecorder) -> None:
     batches = [[event(f"c{i}", TaskStatus.QUEUED, 1), event(f"c{i}", TaskStatus.PROCESSING, 2)]
                for i in range(8)]
@@ -385,8 +399,13 @@ _texts = st.text(alphabet=st.characters(codec="utf-8"), max_size=8)
 
 @st.composite
 def _histories(draw: st.DrawFn) -> tuple[list[TaskEvent], list[list[TaskEvent]]]:
-    """One task's events (unique versions) and the batches they arrive in (any order, maybe twice)."""
-    versions = draw(st.lists(st.integers(0, 2**40), min_size=1, max_size=6, unique=True))
+    """One task's events and the batches they arrive in (any order, maybe twice).
+
+    Versions come from a small range so ties (same instant, other status) happen;
+    (version, status) pairs are unique, as a re-send repeats the same event.
+    """
+    keys = draw(st.lists(st.tuples(st.integers(0, 4) | st.integers(0, 2**40), _statuses),
+                         min_size=1, max_size=6, unique=True))
     task_id = uuid.uuid4().hex
     events = [
         TaskEvent(
@@ -394,7 +413,7 @@ def _histories(draw: st.DrawFn) -> tuple[list[TaskEvent], list[list[TaskEvent]]]
             type=draw(st.sampled_from(["a", "b"])),
             queue=draw(st.sampled_from(["q1", "q2"])),
             priority=draw(st.integers(1, 3)),
-            status=draw(_statuses),
+            status=status,
             at=at(draw(st.integers(0, 10**9))),
             version=v,
             attempt=draw(st.integers(1, 4)),
@@ -403,7 +422,7 @@ def _histories(draw: st.DrawFn) -> tuple[list[TaskEvent], list[list[TaskEvent]]]
             headers=draw(st.dictionaries(_texts, _texts, max_size=2)),
             payload=draw(st.none() | st.binary(max_size=8)),
         )
-        for v in versions
+        for v, status in keys
     ]
     arrival = draw(st.permutations(events))
     cuts = sorted(draw(st.lists(st.integers(1, len(arrival)), max_size=2, unique=True)))
@@ -423,7 +442,7 @@ async def test_any_history_reads_back_as_its_fold(
     for batch in batches:
         await recorder.record(batch)
     assert await recorder.get(events[0].task_id) == fold_events(events)
-    assert await recorder.history(events[0].task_id) == sorted(events, key=lambda e: e.version)
+    assert await recorder.history(events[0].task_id) == sorted(events, key=event_order)
 
 
 # -- ClickHouse specifics -------------------------------------------------------------------------
@@ -551,7 +570,7 @@ async def test_a_client_you_pass_in_stays_yours(tmp_path: Any) -> None:
         # still open; and the schema is what the issue asks for
         ddl = client.query("SHOW CREATE TABLE mine").result_rows[0][0]
         assert "ReplacingMergeTree(version)" in ddl
-        assert "ORDER BY (task_id, version)" in ddl
+        assert "ORDER BY (task_id, version, status)" in ddl
         assert "LowCardinality(String)" in ddl
         assert "DateTime64(3, \\'UTC\\')" in ddl or "DateTime64(3, 'UTC')" in ddl
         assert client.query("SELECT retry_count, payload FROM mine").result_rows == [(0, "p")]
