@@ -731,6 +731,7 @@ class KafkaSubscription:
         self._end_offsets: dict[Any, int] = {}
         self._end_offsets_at = 0.0
         self._generation = -1
+        self._refresh_task: asyncio.Task[None] | None = None
         b = broker
         self._consumer = aiokafka.AIOKafkaConsumer(
             **b._client_kwargs(),
@@ -950,29 +951,55 @@ class KafkaSubscription:
     # --- public ---------------------------------------------------------------------------------
 
     async def backlog(self, topic: str) -> int:
-        """Records of ``topic`` in Kafka not yet delivered to this member (best effort)."""
+        """Records of ``topic`` in Kafka not yet delivered to this member (best effort).
+
+        Answers from what the member already knows without yielding to the event loop
+        (the caller compares it with deliveries it holds, and a yield would let one move
+        from here to there unseen); end offsets are refreshed in the background.
+        """
         states = [s for tp, s in self._parts.items() if tp.topic == topic and s.assigned]
         if not states or self._closing:
             return 0
-        total = 0
         loop = asyncio.get_running_loop()
-        if loop.time() - self._end_offsets_at > 0.25:
+        if loop.time() - self._end_offsets_at > 0.25 and self._refresh_task is None:
             # Highwater marks from fetches go stale while a partition is paused.
-            with contextlib.suppress(kafka_errors.KafkaError, TimeoutError, AssertionError):
-                tps = [s.tp for s in self._parts.values() if s.assigned]
+            self._end_offsets_at = loop.time()
+            self._refresh_task = loop.create_task(self._refresh_end_offsets())
+        total = 0
+        for state in states:
+            total += len(state.buffer) + len(state.retry)
+            position = self._position(state.tp)
+            if position is None:
+                try:
+                    position = int(await asyncio.wait_for(self._consumer.position(state.tp), 1))
+                except (kafka_errors.KafkaError, TimeoutError, AssertionError):
+                    continue
+            high = max(self._consumer.highwater(state.tp) or 0, self._end_offsets.get(state.tp, 0))
+            total += max(0, high - position)
+        return total
+
+    def _position(self, tp: Any) -> int | None:
+        """The next offset to fetch, read without awaiting (None when not known yet)."""
+        try:
+            tp_state = self._consumer._subscription.subscription.assignment.state_value(tp)
+        except (AttributeError, KeyError, TypeError):
+            return None
+        if tp_state is None or not tp_state.has_valid_position:
+            return None
+        return int(tp_state.position)
+
+    async def _refresh_end_offsets(self) -> None:
+        try:
+            tps = [s.tp for s in self._parts.values() if s.assigned]
+            if tps:
                 fresh = await asyncio.wait_for(self._consumer.end_offsets(tps), 5)
                 for tp, end in fresh.items():
                     self._end_offsets[tp] = max(end, self._end_offsets.get(tp, 0))
-                self._end_offsets_at = loop.time()
-        for state in states:
-            total += len(state.buffer) + len(state.retry)
-            try:
-                high = max(self._consumer.highwater(state.tp) or 0, self._end_offsets.get(state.tp, 0))
-                position = await asyncio.wait_for(self._consumer.position(state.tp), 1)
-            except (kafka_errors.KafkaError, TimeoutError, AssertionError):
-                continue
-            total += max(0, high - position)
-        return total
+        except Exception as exc:  # noqa: BLE001 - best effort: the next call tries again
+            log.debug("kafka end offsets refresh failed: %r", exc)
+        finally:
+            self._end_offsets_at = asyncio.get_running_loop().time()
+            self._refresh_task = None
 
     async def close(self) -> None:
         """Commit what is done and leave the group; unacked deliveries go to other members."""
@@ -980,7 +1007,7 @@ class KafkaSubscription:
             return
         self._closing = True
         self._wake.set()
-        for task in (self._poll_task, self._commit_task):
+        for task in (self._poll_task, self._commit_task, self._refresh_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
