@@ -68,7 +68,7 @@ def rocketmq_namesrv() -> str:
 
 @pytest.fixture
 def rocketmq_prefix() -> str:
-    # ACL users are allowed on "nova*" resources only (see tools/harness/rocketmq.py).
+    # (the ACL harness denies the app user topics named "forbidden*" only)
     return "nova" + uuid.uuid4().hex[:10]
 
 
@@ -344,7 +344,7 @@ async def test_acl_user_without_permission_cannot_publish(
 ) -> None:
     admin_auth = _admin_auth()
     assert admin_auth is not None
-    forbidden = "forbidden" + uuid.uuid4().hex[:8]  # outside the app user's "nova*" grant
+    forbidden = "forbidden" + uuid.uuid4().hex[:8]  # the ACL harness denies these to the app user
     admin = RocketMQAdmin(_require("NOVA_ROCKETMQ_NAMESRV"), auth=admin_auth)
     await admin.create_topics([forbidden])
     await admin.aclose()

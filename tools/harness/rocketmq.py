@@ -11,8 +11,9 @@ Ports (all on 127.0.0.1): name server 9876, broker 10911 (+10909, 10912),
 proxy gRPC 8081 (what ``nova.RocketMQBroker`` talks to), proxy remoting 8080.
 
 ``NOVA_ROCKETMQ_ACL=1`` at ``up`` turns on ACL 2.0 (authentication and
-authorization) with two users: ``nova-admin`` (super user) and ``nova-app``
-(a normal user allowed on topics and groups named ``nova*``/``acl*`` only).
+authorization) with two users: ``nova-admin`` (super user: creates topics and
+groups) and ``nova-app`` (a normal user: Pub/Sub on every topic and group except
+topics named ``forbidden*``, where it is denied).
 The setting is remembered in the run directory, so ``restart``/``env`` follow it.
 
 Topics: gRPC clients cannot create topics; ``create_topics(names, type)`` drives
@@ -425,13 +426,11 @@ def env() -> dict[str, str]:
 
 
 def _setup_acl_users() -> None:
-    """The app user may publish/subscribe on ``nova*`` and ``acl*`` topics and groups only."""
+    """The app user may publish/subscribe everywhere except on ``forbidden*`` topics."""
     steps = [
         ["createUser", "-c", CLUSTER, "-u", APP_USER[0], "-p", APP_USER[1], "-t", "Normal"],
-        [
-            "createAcl", "-c", CLUSTER, "-s", f"User:{APP_USER[0]}",
-            "-r", "Topic:nova*,Group:nova*,Topic:acl*,Group:acl*", "-a", "Pub,Sub", "-d", "Allow",
-        ],
+        ["createAcl", "-c", CLUSTER, "-s", f"User:{APP_USER[0]}", "-r", "Topic:*,Group:*", "-a", "Pub,Sub", "-d", "Allow"],
+        ["createAcl", "-c", CLUSTER, "-s", f"User:{APP_USER[0]}", "-r", "Topic:forbidden*", "-a", "Pub,Sub", "-d", "Deny"],
     ]  # fmt: skip
     for args in steps:
         result = _admin(args)
