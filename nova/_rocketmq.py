@@ -451,6 +451,7 @@ class RocketMQBroker:
         request_timeout: int = 5,
         poll_seconds: int = 2,
         max_message_bytes: int = 4 * 1024 * 1024,
+        timer_precision: timedelta | None = None,
     ) -> None:
         if auth is not None and credentials is not None and auth != credentials:
             raise ConfigurationError("give auth= or credentials= (the same thing), not both")
@@ -477,6 +478,13 @@ class RocketMQBroker:
         # A little under the proxy's cap: timestamps are rounded up to whole seconds.
         self.native_delay_max: timedelta | None = max_delay - timedelta(seconds=10)
         self.max_message_bytes: int | None = max_message_bytes
+        if timer_precision is None:
+            # the broker's timerPrecisionMs (default 1000); the harness runs 100
+            env_ms = os.environ.get("NOVA_ROCKETMQ_TIMER_PRECISION_MS")
+            timer_precision = timedelta(milliseconds=int(env_ms)) if env_ms else timedelta(seconds=1)
+        if timer_precision <= timedelta(0):
+            raise ConfigurationError("timer_precision must be positive")
+        self.timer_precision = timer_precision
         self.topic_message_type = topic_message_type
         self.queues_per_topic = queues_per_topic
         self.request_timeout = request_timeout
@@ -576,6 +584,7 @@ class RocketMQBroker:
                     request_timeout=self.request_timeout,
                 )
                 producer = rmq.Producer(config)
+                _precise_timestamps(producer)
                 await self._run(producer.startup)
             except Exception as exc:
                 raise self._err(exc, "connect") from exc
@@ -687,7 +696,12 @@ class RocketMQBroker:
         if message.key:
             native.keys = message.key
         if message.deliver_at is not None and message.deliver_at > time.time():
-            native.delivery_timestamp = math.ceil(message.deliver_at)
+            # The broker's timer fires at the start of a timerPrecisionMs slot:
+            # round up to a slot boundary so the message is never early.
+            step = self.timer_precision.total_seconds()
+            due = math.ceil(round(message.deliver_at / step, 6)) * step
+            native.delivery_timestamp = math.ceil(due)  # the client sends whole seconds...
+            native._nova_due = due  # ...so _precise_timestamps adds the fraction
         return native
 
     async def subscribe(self, topics: Sequence[str], *, group: str, window: int) -> _Subscription:
@@ -716,6 +730,29 @@ class RocketMQBroker:
         self._executor.shutdown(wait=False)
         if self._admin is not None:
             await self._admin.aclose()
+
+
+def _precise_timestamps(producer: Any) -> None:
+    """Send delivery timestamps with their fraction of a second.
+
+    The client only fills ``delivery_timestamp.seconds``; nova wraps its
+    request builder to set the exact time (kept whole seconds, rounded up, if
+    the client changes shape).
+    """
+    build = getattr(producer, "_Producer__send_req", None)
+    if build is None:
+        return
+
+    def send_req(message: Any) -> Any:
+        req = build(message)
+        due = getattr(message, "_nova_due", None)
+        if due is not None:
+            for m in req.messages:
+                if m.system_properties.HasField("delivery_timestamp"):
+                    m.system_properties.delivery_timestamp.FromNanoseconds(round(due * 1e9))
+        return req
+
+    producer._Producer__send_req = send_req
 
 
 def _shutdown_quietly(client: Any) -> None:

@@ -207,8 +207,9 @@ def _write_configs() -> tuple[Path, Path, Path]:
             proxy_cfg[key] = True if value == "true" else value
         # In local mode the proxy must read users and ACLs from its embedded broker;
         # the Local* providers would open a second, empty store (at "null/users").
-        proxy_cfg["authenticationMetadataProvider"] = "org.apache.rocketmq.proxy.auth.ProxyAuthenticationMetadataProvider"
-        proxy_cfg["authorizationMetadataProvider"] = "org.apache.rocketmq.proxy.auth.ProxyAuthorizationMetadataProvider"
+        provider = "org.apache.rocketmq.proxy.auth.Proxy{}MetadataProvider"
+        proxy_cfg["authenticationMetadataProvider"] = provider.format("Authentication")
+        proxy_cfg["authorizationMetadataProvider"] = provider.format("Authorization")
     proxy.write_text(json.dumps(proxy_cfg, indent=2) + "\n")
     return namesrv, broker, proxy
 
@@ -416,6 +417,7 @@ def env() -> dict[str, str]:
         "NOVA_ROCKETMQ_ENDPOINTS": f"{HOST}:{GRPC_PORT}",
         "NOVA_ROCKETMQ_NAMESRV": f"{HOST}:{NAMESRV_PORT}",
         "NOVA_ROCKETMQ_ADMIN_CLASSPATH": classpath(),
+        "NOVA_ROCKETMQ_TIMER_PRECISION_MS": str(TIMER_PRECISION_MS),
     }
     if _acl_enabled():
         out["NOVA_ROCKETMQ_ACCESS_KEY"] = APP_USER[0]
@@ -429,8 +431,10 @@ def _setup_acl_users() -> None:
     """The app user may publish/subscribe everywhere except on ``forbidden*`` topics."""
     steps = [
         ["createUser", "-c", CLUSTER, "-u", APP_USER[0], "-p", APP_USER[1], "-t", "Normal"],
-        ["createAcl", "-c", CLUSTER, "-s", f"User:{APP_USER[0]}", "-r", "Topic:*,Group:*", "-a", "Pub,Sub", "-d", "Allow"],
-        ["createAcl", "-c", CLUSTER, "-s", f"User:{APP_USER[0]}", "-r", "Topic:forbidden*", "-a", "Pub,Sub", "-d", "Deny"],
+        ["createAcl", "-c", CLUSTER, "-s", f"User:{APP_USER[0]}", "-r", "Topic:*,Group:*",
+         "-a", "Pub,Sub", "-d", "Allow"],
+        ["createAcl", "-c", CLUSTER, "-s", f"User:{APP_USER[0]}", "-r", "Topic:forbidden*",
+         "-a", "Pub,Sub", "-d", "Deny"],
     ]  # fmt: skip
     for args in steps:
         result = _admin(args)
