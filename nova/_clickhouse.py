@@ -129,6 +129,14 @@ FROM {table} FINAL
 GROUP BY task_id
 """
 
+# Just the current queue and status of every task, for counts.
+_STATE = """
+WITH (version, indexOf({{ranks:Array(String)}}, status)) AS r_key
+SELECT task_id, argMax(queue, r_key) AS r_queue, argMax(status, r_key) AS r_status
+FROM {table} FINAL
+GROUP BY task_id
+"""
+
 _HISTORY = """
 SELECT task_id, type, queue, priority, status, toUnixTimestamp64Milli(at), version, attempt,
        error, toUnixTimestamp64Milli(eta), headers, payload
@@ -514,8 +522,7 @@ class ClickHouseTaskRecorder:
 
     async def counts(self) -> dict[TaskStatus, int]:
         """Number of tasks per current status."""
-        sql = (f"SELECT r_status, count() FROM (SELECT task_id, argMax(status, version) AS r_status "
-               f"FROM {self._quoted} FINAL GROUP BY task_id) GROUP BY r_status")
+        sql = f"SELECT r_status, count() FROM ({_STATE.format(table=self._quoted)}) GROUP BY r_status"
         rows = await self._query("counts", sql, {})
         out: dict[TaskStatus, int] = {}
         for status, n in rows:
@@ -525,9 +532,8 @@ class ClickHouseTaskRecorder:
 
     async def counts_by_queue(self) -> dict[str, dict[TaskStatus, int]]:
         """Number of tasks per current queue, then per current status."""
-        sql = (f"SELECT r_queue, r_status, count() FROM (SELECT task_id, argMax(queue, version) AS r_queue,"
-               f" argMax(status, version) AS r_status FROM {self._quoted} FINAL GROUP BY task_id)"
-               f" GROUP BY r_queue, r_status")
+        sql = (f"SELECT r_queue, r_status, count() FROM ({_STATE.format(table=self._quoted)})"
+               " GROUP BY r_queue, r_status")
         rows = await self._query("counts", sql, {})
         out: dict[str, dict[TaskStatus, int]] = {}
         for queue, status, n in rows:

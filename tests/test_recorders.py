@@ -254,6 +254,9 @@ async def test_a_version_tie_is_broken_by_lifecycle_rank(recorder: QueryableTask
     assert record is not None
     assert record.status is TaskStatus.PROCESSING
     assert await recorder.history("tie") == [queued, processing]
+    assert await recorder.counts() == {TaskStatus.PROCESSING: 1}
+    assert await recorder.counts_by_queue() == {"default": {TaskStatus.PROCESSING: 1}}
+    assert ids(await recorder.list(status=TaskStatus.PROCESSING)) == ["tie"]
 
 
 async def test_concurrent_writers(recorder: QueryableTaskRecorder) -> None:
