@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from nova._aggregators import Aggregator
 from nova._broker import Delivery, Message, Subscription
-from nova._codecs import BlobCodec
 from nova._clock import wait_with_timeout
-from nova._envelope import H, MAX_ERROR_CHARS, decode_task, ms_ceil
+from nova._codecs import BlobCodec
+from nova._envelope import MAX_ERROR_CHARS, H, decode_task, ms_ceil
 from nova._errors import DecodeError
 from nova._naming import dead_letter_queue, ready_topic
 from nova._recording import TaskStatus

@@ -129,14 +129,23 @@ class VirtualClock:
             heapq.heappop(self._sleepers)
         return self._sleepers[0][0] if self._sleepers else None
 
-    async def settle(self) -> None:
-        """Return when nothing is runnable at the current virtual time."""
+    async def settle(self, *, max_rounds: int = 1_000_000) -> None:
+        """Return when nothing is runnable at the current virtual time.
+
+        Raises StateError if the program is still busy after ``max_rounds``
+        event-loop turns without time moving (a livelock), instead of hanging.
+        """
         loop = asyncio.get_running_loop()
         quiet_rounds = 0
         rounds = 0
         while quiet_rounds < 2:
             await asyncio.sleep(0)
             rounds += 1
+            if rounds > max_rounds:
+                raise StateError(
+                    f"the program never went quiet at {self.now().isoformat()} after {max_rounds} "
+                    "event-loop turns: something loops without waiting on the clock (livelock)"
+                )
             if self._threads:
                 self._threads_done = asyncio.Event()
                 await self._threads_done.wait()
