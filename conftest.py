@@ -29,3 +29,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"needs --broker {marker.args[0]}"))
         if chosen != "sim" and item.get_closest_marker("sim_only") is not None:
             item.add_marker(pytest.mark.skip(reason="needs SimBroker (virtual clock / fault injection)"))
+

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import nova
 from nova.sim import SimBroker, VirtualClock
+from tests.fuzzing import FUZZ_SCALE
 
 
 @given(
@@ -17,7 +18,7 @@ from nova.sim import SimBroker, VirtualClock
     size=st.integers(1, 10),
     window=st.sampled_from([None, 1.0, 5.0]),
 )
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60 * FUZZ_SCALE, deadline=None)
 def test_aggregator_bounds_and_nothing_dropped(
     arrivals: list[tuple[float, int]], size: int, window: float | None
 ) -> None:
@@ -62,7 +63,7 @@ def test_aggregator_bounds_and_nothing_dropped(
 
 @given(levels=st.lists(st.sampled_from(list(nova.Priority)), min_size=1, max_size=40),
        queue_names=st.lists(st.sampled_from(["a", "b"]), min_size=40, max_size=40))
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60 * FUZZ_SCALE, deadline=None)
 def test_strict_priority_order_with_one_handler(levels: list[nova.Priority], queue_names: list[str]) -> None:
     async def scenario() -> None:
         clock = VirtualClock()

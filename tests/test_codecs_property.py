@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 import nova
 from nova._codecs import CodecRegistry
 from nova._envelope import decode_task, encode_headers
+from tests.fuzzing import FUZZ_SCALE
 
 text = st.text(min_size=0, max_size=40)
 header_names = st.text(min_size=1, max_size=20).filter(lambda s: not s.lower().startswith("nova-"))
@@ -23,7 +24,7 @@ CODECS = [nova.JsonCodec(), nova.SonicCodec(), nova.BlobCodec(), nova.ProtobufCo
 
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: type(c).__name__)
 @given(body=bodies)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150 * FUZZ_SCALE, deadline=None)
 def test_round_trip_through_the_envelope(codec: nova.MessageCodec, body: nova.TaskBody) -> None:
     data = codec.encode(body)
     headers = encode_headers(task_id="id-1", body=body, codec=codec, queue="q", priority=nova.Priority.LOW,
@@ -41,15 +42,18 @@ def test_json_and_sonic_share_one_wire_format() -> None:
 
 
 @given(data=st.binary(max_size=200))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200 * FUZZ_SCALE, deadline=None)
 def test_garbage_raises_decode_error_with_the_bytes(data: bytes) -> None:
     registry = CodecRegistry(nova.JsonCodec())
     for content_type in ("application/json", "application/x-protobuf; messageType=nova.v1.Task"):
+        caught: nova.DecodeError | None = None
         try:
             decode_task(registry, data, {"nova-id": "x", "nova-content-type": content_type})
-        except nova.DecodeError as exc:
-            assert exc.data == data
-            assert exc.__cause__ is not None or "no codec" in str(exc) or "malformed" in str(exc)
+        except nova.DecodeError as exc:  # some random bytes are valid protobuf: that is fine
+            caught = exc
+        if caught is not None:
+            assert caught.data == data
+            assert caught.__cause__ is not None
 
 
 def test_unknown_content_type() -> None:

@@ -19,6 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import nova
 from nova.sim import SimBroker, VirtualClock
+from tests.fuzzing import FUZZ_SCALE
 
 MAX_RETRIES = 2
 QUEUES = ("a", "b")
@@ -143,5 +144,5 @@ class EngineMachine(RuleBasedStateMachine):
             self.loop.close()
 
 
-EngineMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+EngineMachine.TestCase.settings = settings(max_examples=40 * FUZZ_SCALE, stateful_step_count=25, deadline=None)
 TestEngine = EngineMachine.TestCase

@@ -1,0 +1,101 @@
+"""One entry point for lint, types, tests, conformance, fuzzing and benchmarks.
+
+    nox -s tests                              # unit + property + conformance on SimBroker
+    nox -s lint types
+    nox -s conformance -- --broker kafka      # Kafka up (unless NOVA_KAFKA_BOOTSTRAP is set), run, down
+    nox -s fuzz                               # longer Hypothesis runs
+    nox -s bench -- --broker sim
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+import nox
+
+nox.options.sessions = ["lint", "types", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "venv"
+
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+ENDPOINT_VARS = {
+    "kafka": "NOVA_KAFKA_BOOTSTRAP",
+    "rabbitmq": "NOVA_RABBITMQ_URL",
+    "rocketmq": "NOVA_ROCKETMQ_ENDPOINTS",
+}
+
+
+def _install(session: nox.Session, extras: str = "all,dev") -> None:
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit, property and conformance tests on SimBroker (no real broker needed)."""
+    _install(session)
+    session.run("pytest", "tests", "conformance", "--broker", "sim", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "nova", "conformance", "tests", "tools", "noxfile.py", "conftest.py")
+
+
+@nox.session(python=PYTHON)
+def types(session: nox.Session) -> None:
+    _install(session)
+    session.run("mypy", "-p", "nova")
+
+
+def _harness_env(session: nox.Session, broker: str) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "tools/brokers.py", "env", broker], check=True,
+                         capture_output=True, text=True).stdout
+    env: dict[str, str] = {}
+    for line in out.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+@nox.session(python=PYTHON)
+def conformance(session: nox.Session) -> None:
+    """The conformance suite and broker tests against one backend: ``-- --broker NAME``."""
+    args = list(session.posargs)
+    broker = "sim"
+    if "--broker" in args:
+        broker = args[args.index("--broker") + 1]
+    else:
+        args += ["--broker", broker]
+    _install(session)
+    started = False
+    env: dict[str, str] = {}
+    if broker != "sim" and not os.environ.get(ENDPOINT_VARS[broker]):
+        session.run("python", "tools/brokers.py", "up", broker)
+        started = True
+        env = _harness_env(session, broker)
+    try:
+        session.run("pytest", "conformance", "tests/brokers", *args, env=env)
+    finally:
+        if started:
+            session.run("python", "tools/brokers.py", "down", broker)
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Longer Hypothesis runs of the engine state machine and the property tests."""
+    _install(session)
+    session.run("pytest", "tests/test_engine_state_machine.py", "tests/test_batch_priority_property.py",
+                "tests/test_codecs_property.py", "tests/test_clock_and_delay.py", *session.posargs,
+                env={"NOVA_FUZZ_SCALE": os.environ.get("NOVA_FUZZ_SCALE", "20")})
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks, nova side by side with the raw client: ``-- --broker sim|kafka|rabbitmq|rocketmq``."""
+    _install(session)
+    session.run("python", "tools/bench.py", *(session.posargs or ["--broker", "sim"]))
