@@ -708,3 +708,50 @@ async def test_the_sink_feeds_clickhouse(tmp_path: Any) -> None:
     assert await recorder.counts() == {TaskStatus.COMPLETED: 50}
     await recorder.close()
 
+
+
+# -- the engine records through the sink (S16) ---------------------------------------------------
+async def test_a_task_queue_records_every_lifecycle_step(make_recorder: MakeRecorder) -> None:
+    import nova
+    from nova.sim import SimBroker
+
+    recorder = make_recorder()
+    clock = VirtualClock()
+    broker = SimBroker(clock=clock, seed=1)
+    retry = nova.RetryPolicy(max_retries=2, backoff=nova.ConstantBackoff(timedelta(seconds=1)))
+    producer = nova.TaskQueue(broker, recorder=recorder, retry=retry)
+    worker = nova.TaskQueue(broker, recorder=recorder, retry=retry)  # a second sink, same tasks
+
+    async def handle(task: nova.Task) -> None:
+        if task.type == "flaky" and task.attempt < 3:
+            raise RuntimeError(f"flaky on attempt {task.attempt}")
+        if task.type == "doomed":
+            raise ValueError("never works")
+
+    ok = await producer.enqueue(nova.Task("ok", b"1"))
+    flaky = await producer.enqueue(nova.Task("flaky", b"2"))
+    doomed = await producer.enqueue(nova.Task("doomed", b"3"))
+    await worker.start(handle)
+    await clock.advance(timedelta(seconds=60))
+    await worker.stop()
+    await producer.stop()
+
+    for queue in (producer, worker):
+        assert queue.recording_stats["dropped"] == 0
+    records = {r.task_id: r for r in await recorder.list()}
+    assert set(records) == {ok.id, flaky.id, doomed.id}
+    assert records[ok.id].status is TaskStatus.COMPLETED
+    assert records[ok.id].retry_count == 0
+    assert records[flaky.id].status is TaskStatus.COMPLETED
+    assert records[flaky.id].retry_count == 2
+    assert "flaky on attempt 2" in (records[flaky.id].error or "")
+    assert records[doomed.id].status is TaskStatus.FAILED
+    assert "never works" in (records[doomed.id].error or "")
+    for record in records.values():
+        assert record.started_at is not None
+        assert record.completed_at is not None
+        assert record.created_at <= record.started_at <= record.completed_at
+        history = await recorder.history(record.task_id)
+        assert history[0].status is TaskStatus.QUEUED
+        assert history[-1].status is record.status
+        assert record == fold_events(history)
