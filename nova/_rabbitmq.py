@@ -80,6 +80,8 @@ MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 DELAY_TOPIC_RE = re.compile(r".+__delay\d{2,}")
 #: Header with the publish time at sub-second precision (AMQP timestamps are whole seconds).
 PUBLISHED_AT_HEADER = "x-nova-published-at"
+#: Longest an ack/nack may wait for the connection's writer (then: redelivery).
+SETTLE_TIMEOUT = 10.0
 #: Options ``from_url`` reads from the query string (the rest goes to aio-pika).
 _URL_OPTIONS = ("exchange", "topic_prefix", "group_id")
 
@@ -174,9 +176,7 @@ class RabbitMQBroker:
                 "(the default exchange '' cannot be bound)"
             )
         if tls is not None and not isinstance(tls, ssl.SSLContext):
-            raise ConfigurationError(
-                "tls must be an ssl.SSLContext, e.g. ssl.create_default_context(cafile=...)"
-            )
+            raise ConfigurationError("tls must be an ssl.SSLContext, e.g. ssl.create_default_context(cafile=...)")
         self._secret = _Secret(password)
         scheme = "amqps" if tls is not None else parts.scheme
         host = parts.hostname
@@ -274,26 +274,20 @@ class RabbitMQBroker:
         where = self._display_url
         text = self._secret.scrub(str(exc))
         chain = _exception_chain(exc)
-        if "CERTIFICATE_VERIFY_FAILED" in text or any(
-            isinstance(e, ssl.SSLCertVerificationError) for e in chain
-        ):
+        if "CERTIFICATE_VERIFY_FAILED" in text or any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
             return AuthenticationError(
                 f"TLS certificate of {where} is not trusted ({text}); pass "
                 "tls=ssl.create_default_context(cafile=<the broker's CA file>)"
             )
         if "[SSL" in text or any(isinstance(e, ssl.SSLError) for e in chain):
             return AuthenticationError(f"TLS handshake with {where} failed: {text}")
-        if isinstance(
-            exc, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError
-        ):
+        if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError):
             return AuthenticationError(
                 f"RabbitMQ at {where} refused the credentials of user {self._user!r} "
                 "(wrong user or password, or no access to the vhost)"
             )
         if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-            return ConnectionError(
-                f"cannot connect to RabbitMQ at {where}: timed out after {self.connect_timeout} s"
-            )
+            return ConnectionError(f"cannot connect to RabbitMQ at {where}: timed out after {self.connect_timeout} s")
         detail = self._secret.scrub(f"{type(exc).__name__}: {exc}")
         return ConnectionError(f"cannot connect to RabbitMQ at {where}: {detail}")
 
@@ -453,9 +447,7 @@ class RabbitMQBroker:
                     continue
                 if isinstance(result, BaseException):
                     raise EnqueueError(
-                        self._secret.scrub(
-                            f"publishing to {topic!r} failed: {type(result).__name__}: {result}"
-                        )
+                        self._secret.scrub(f"publishing to {topic!r} failed: {type(result).__name__}: {result}")
                     ) from result
             if not retry:
                 return
@@ -467,9 +459,7 @@ class RabbitMQBroker:
                     f"RabbitMQ did not confirm {len(retry)} message(s) within {self.publish_timeout} s "
                     "(connection lost); some may have been stored"
                 ) from last
-            log.info(
-                "RabbitMQ connection lost while publishing; resending %d unconfirmed message(s)", len(retry)
-            )
+            log.info("RabbitMQ connection lost while publishing; resending %d unconfirmed message(s)", len(retry))
             pending = [item for item, _ in retry]
             await self._wait_channel(channel, deadline)
 
@@ -561,9 +551,7 @@ class _RabbitDelivery:
         stamp = raw.pop(PUBLISHED_AT_HEADER, None)
         # "x-*" headers are RabbitMQ's own (x-death and friends after dead-lettering).
         self.headers: Mapping[str, str] = {
-            k: (v.decode() if isinstance(v, bytes) else str(v))
-            for k, v in raw.items()
-            if not k.startswith("x-")
+            k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in raw.items() if not k.startswith("x-")
         }
         published: float | None = None
         if stamp is not None:
@@ -601,16 +589,21 @@ class _RabbitDelivery:
         verb = "ack" if requeue is None else "nack"
         try:
             if not self.stale():
+                channel = self._message.channel
+                tag = self._message.delivery_tag
+                assert tag is not None
+                # wait=False: hand the frame to the writer and return. Waiting for the
+                # socket drain can hang forever when the connection dies mid-call, and
+                # a frame lost that way only means a redelivery.
                 if requeue is None:
-                    await self._message.ack()
+                    op = channel.basic_ack(tag, wait=False)
                 else:
-                    await self._message.nack(requeue=True)
+                    op = channel.basic_nack(tag, requeue=True, wait=False)
+                await asyncio.wait_for(op, SETTLE_TIMEOUT)
                 return
         except Exception as exc:
-            if not self.stale():
-                raise ConnectionError(
-                    f"cannot {verb} a delivery from {self.topic!r}: {type(exc).__name__}: {exc}"
-                ) from exc
+            if not (self.stale() or _is_connection_problem(exc)):
+                raise BrokerError(f"cannot {verb} a delivery from {self.topic!r}: {type(exc).__name__}: {exc}") from exc
         _STALE_LOG.report(verb, self.topic)
 
     def __repr__(self) -> str:

@@ -124,7 +124,7 @@ class Collector:
         while not predicate():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"condition not met within {within} s; saw {self.bodies()}")
+                raise AssertionError(f"condition not met within {within} s; saw {len(self.deliveries)} deliveries")
             self.changed.clear()
             if self.task.done():
                 self.task.result()
@@ -186,9 +186,7 @@ def test_password_never_in_repr() -> None:
     assert "pa:ss" not in repr(broker)
     assert "pa%3Ass" not in repr(broker)
     assert repr(broker) == "RabbitMQBroker('amqp://app:***@127.0.0.1:5672/', exchange='nova')"
-    from_url = RabbitMQBroker.from_url(
-        "amqp://app:hunter2@127.0.0.1/vh?exchange=ex1&topic_prefix=p1&group_id=g1"
-    )
+    from_url = RabbitMQBroker.from_url("amqp://app:hunter2@127.0.0.1/vh?exchange=ex1&topic_prefix=p1&group_id=g1")
     assert "hunter2" not in repr(from_url)
     assert (from_url.exchange, from_url.topic_prefix, from_url.group_id) == ("ex1", "p1", "g1")
 
@@ -483,10 +481,11 @@ async def test_broker_restart_mid_stream_loses_nothing_and_consumers_resume(
         seen = 0
         while True:
             await got.wait(lambda seen=seen: len(got.deliveries) > seen, within=120)  # type: ignore[misc]
-            for delivery in got.deliveries[seen:]:
+            while seen < len(got.deliveries):  # more may arrive while we ack
+                delivery = got.deliveries[seen]
                 await delivery.ack()  # a stale one (channel died) only logs: it is redelivered
                 acked.add(delivery.body)
-            seen = len(got.deliveries)
+                seen += 1
 
     acker = asyncio.create_task(ack_all())
     published: list[bytes] = []
@@ -513,9 +512,74 @@ async def test_broker_restart_mid_stream_loses_nothing_and_consumers_resume(
         await produce(1)
     await restart
     await produce(50)
-    await got.wait(lambda: acked >= set(published), within=120)
+    try:
+        await got.wait(lambda: acker.done() or acked >= set(published), within=120)
+    except AssertionError:
+        missing = sorted(set(published) - acked)
+        delivered = {d.body for d in got.deliveries}
+        raise AssertionError(
+            f"{len(missing)} published never acked (first {missing[:5]}; delivered but unacked: "
+            f"{len(set(missing) & delivered)}); acker done={acker.done()}"
+        ) from None
+    if acker.done():
+        acker.result()
     await _wait_backlog(got.sub, topic, 0)
     acker.cancel()
     assert acked == set(published)
     assert len(published) >= 100
     await got.stop()
+
+
+async def test_task_queue_survives_a_broker_restart_with_delayed_tasks(
+    rabbitmq_brokers: Callable[..., RabbitMQBroker],
+) -> None:
+    """End to end through the engine: ready and delayed tasks across a restart."""
+    import nova
+
+    broker = rabbitmq_brokers()
+    queue = nova.TaskQueue(broker, topic_prefix="r" + uuid.uuid4().hex[:8], delay_slots=(6, timedelta(seconds=4)))
+    handled: dict[bytes, float] = {}
+    changed = asyncio.Event()
+
+    async def handle(task: nova.Task) -> None:
+        handled.setdefault(task.payload, time.time())
+        changed.set()
+
+    await queue.start(handle, concurrency=16)
+    due: dict[bytes, float] = {}
+    expected: set[bytes] = set()
+    for i in range(30):
+        await queue.enqueue(nova.Task("t", b"now%d" % i))
+        expected.add(b"now%d" % i)
+    for i in range(20):
+        delay = 2.0 + i % 8
+        due[b"later%d" % i] = time.time() + delay
+        await queue.enqueue(nova.Task("t", b"later%d" % i), process_in=delay)
+    expected |= set(due)
+    restart = asyncio.create_task(
+        asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, str(ROOT / "tools" / "brokers.py"), "restart", "rabbitmq"],
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
+    )
+    n = 0
+    while not restart.done():
+        await queue.enqueue(nova.Task("t", b"during%d" % n))  # waits out the outage
+        expected.add(b"during%d" % n)
+        n += 1
+    await restart
+    for i in range(10):
+        await queue.enqueue(nova.Task("t", b"after%d" % i))
+        expected.add(b"after%d" % i)
+    deadline = time.monotonic() + 120
+    while not expected <= handled.keys():
+        assert time.monotonic() < deadline, f"never handled: {sorted(expected - handled.keys())[:10]}"
+        changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), 1.0)
+    early = {k: due[k] - handled[k] for k in due if handled[k] < due[k] - 0.001}
+    assert not early, f"delayed tasks handled early: {early}"
+    await queue.stop()
