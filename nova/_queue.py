@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import uuid
+import os
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -43,6 +44,14 @@ __all__ = ["TaskQueue"]
 log = logging.getLogger("nova")
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
+
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(3), "big") << 20)
+
+
+def new_task_id() -> str:
+    """32 hex characters: 64 random bits per process, then a counter (unique, cheap, sortable per process)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 class TaskQueue:
@@ -210,7 +219,8 @@ class TaskQueue:
         if eta is not None:
             topics += self.router.tier_topics
         await self._ensure(topics)
-        messages = [self.router.route(m.topic, m.body, m.headers, m.key, eta) for m, _, _ in prepared]
+        messages = [m for m, _, _ in prepared] if eta is None else [
+            self.router.route(m.topic, m.body, m.headers, m.key, eta) for m, _, _ in prepared]
         try:
             await self.broker.publish(messages)
         except NovaError as exc:
@@ -248,7 +258,7 @@ class TaskQueue:
 
     def _prepare(self, task: Task, level: Priority, queue: str, eta: float | None) -> tuple[Message, Result, Task]:
         validate_task(task)
-        task_id = task.id or uuid.uuid4().hex
+        task_id = task.id or new_task_id()
         body = TaskBody(task.type, bytes(task.payload), task.headers)
         data = self.codec.encode(body)
         if len(data) > self.max_payload_size:

@@ -25,6 +25,7 @@ from nova._codecs import BlobCodec
 from nova._envelope import MAX_ERROR_CHARS, H, decode_task, ms_ceil
 from nova._errors import DecodeError
 from nova._naming import dead_letter_queue, ready_topic
+from nova._policies import StrictPriority
 from nova._recording import TaskStatus
 from nova._task import Priority, Task
 
@@ -167,7 +168,11 @@ class _BaseWorker:
 
 
 class Worker(_BaseWorker):
-    """Runs one handler per task, up to ``concurrency`` at once, by priority."""
+    """Runs one handler per task, up to ``concurrency`` at once, by priority.
+
+    ``concurrency`` runner coroutines each take the next task the priority
+    policy picks from the fetched buffers, run it, ack it, and take the next.
+    """
 
     def __init__(self, tq: TaskQueue, handler: Handler, queues: Sequence[str], concurrency: int,
                  prefetch: int) -> None:
@@ -176,62 +181,72 @@ class Worker(_BaseWorker):
         self.is_async = is_async_callable(handler)
         self.concurrency = concurrency
         self.buffers: dict[Priority, deque[tuple[Delivery, _Route]]] = {lvl: deque() for lvl in LEVELS}
-        self.running: set[asyncio.Task[None]] = set()
-        self._wakeup = asyncio.Event()
-        self._dispatch_task: asyncio.Task[None] | None = None
+        self.running = 0
+        self._work = asyncio.Event()
+        self._runners: list[asyncio.Task[None]] = []
+        self._current: dict[int, asyncio.Task[None]] = {}
+        self._patience = 0
 
     async def start(self) -> None:
         await self._subscribe()
-        self._dispatch_task = asyncio.get_running_loop().create_task(self._dispatch(), name="nova-dispatch")
+        loop = asyncio.get_running_loop()
+        self._runners = [loop.create_task(self._runner(i), name=f"nova-runner-{i}")
+                         for i in range(self.concurrency)]
 
     def accept(self, delivery: Delivery, route: _Route) -> None:
         self.buffers[route.priority].append((delivery, route))
-        self._wakeup.set()
+        self._work.set()
 
-    async def _dispatch(self) -> None:
-        policy = self.tq.priority_policy
-        loop = asyncio.get_running_loop()
-        patience = 0  # consecutive waits for work the broker reported but has not delivered
+    async def _runner(self, index: int) -> None:
+        streak = 0
         while not self.stopping:
-            if len(self.running) >= self.concurrency:
-                self._wakeup.clear()
-                await self._wakeup.wait()
+            picked = await self._pick()
+            if picked is None:
                 continue
-            local = [lvl for lvl in LEVELS if self.buffers[lvl]]
-            if not local:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            candidates = local
-            if len(local) < len(LEVELS) and patience < 20:
-                # A level we hold nothing of may still have work waiting in the broker
-                # (not yet fetched): it counts as ready, so priority holds across topics.
-                candidates = [lvl for lvl in LEVELS if self.buffers[lvl] or await self._backlog(lvl)]
-            level = policy.choose(candidates)
-            if not self.buffers[level]:
-                patience += 1
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await wait_with_timeout(self.tq.clock, self._wakeup.wait(), 0.05)
-                continue
-            patience = 0
-            delivery, route = self.buffers[level].popleft()
-            task = loop.create_task(self._run(delivery, route))
-            self.running.add(task)
-            task.add_done_callback(self._done)
+            self.running += 1
+            try:
+                await self._run(*picked)
+            finally:
+                self.running -= 1
+            streak += 1
+            if streak >= 64:  # a handler that never suspends must not starve the event loop
+                streak = 0
+                await asyncio.sleep(0)
+
+    async def _pick(self) -> tuple[Delivery, _Route] | None:
+        """The next delivery by priority policy; None to look again."""
+        buffers = self.buffers
+        if not (buffers[Priority.HIGH] or buffers[Priority.NORMAL] or buffers[Priority.LOW]):
+            self._work.clear()
+            await self._work.wait()
+            return None
+        candidates = [lvl for lvl in LEVELS if buffers[lvl]]
+        if len(candidates) < len(LEVELS) and self._patience < 20:
+            # A level we hold nothing of may still have work waiting in the broker
+            # (not yet fetched): it counts as ready, so priority holds across topics.
+            # Strict priority only cares about empty levels above the best one we hold.
+            strict = isinstance(self.tq.priority_policy, StrictPriority)
+            for lvl in LEVELS:
+                if not buffers[lvl] and (not strict or lvl > candidates[0]) and await self._backlog(lvl):
+                    candidates.append(lvl)
+            candidates.sort(reverse=True)
+        level = self.tq.priority_policy.choose(candidates)
+        if not buffers[level]:
+            self._patience += 1
+            self._work.clear()
+            with contextlib.suppress(TimeoutError):
+                await wait_with_timeout(self.tq.clock, self._work.wait(), 0.05)
+            return None
+        self._patience = 0
+        return buffers[level].popleft()
 
     async def _backlog(self, level: Priority) -> bool:
+        """Whether the broker reports work of ``level`` not yet handed to us."""
         assert self.sub is not None
         for q in self.queues:
             if await self.sub.backlog(ready_topic(self.tq.prefix, q, level)) > 0:
                 return True
         return False
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self.running.discard(task)
-        self._wakeup.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("worker bookkeeping failed", exc_info=task.exception())
 
     async def _run(self, delivery: Delivery, route: _Route) -> None:
         task = self.decode(delivery, route)
@@ -255,22 +270,18 @@ class Worker(_BaseWorker):
 
     async def stop(self, *, graceful: bool, timeout: float) -> None:
         self.stopping = True
-        self._wakeup.set()
-        if self._dispatch_task is not None:
-            self._dispatch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatch_task
+        self._work.set()  # idle runners wake, see stopping, and end
         if self._pull_task is not None:
             self._pull_task.cancel()
-        running = list(self.running)
-        if running and graceful:
+        runners = list(self._runners)
+        if runners and graceful:
             with contextlib.suppress(TimeoutError):
-                await wait_with_timeout(self.tq.clock, asyncio.gather(*running, return_exceptions=True),
+                await wait_with_timeout(self.tq.clock, asyncio.gather(*runners, return_exceptions=True),
                                         timeout)
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.gather(*running, return_exceptions=True)
+        for runner in runners:
+            runner.cancel()
+        if runners:
+            await asyncio.gather(*runners, return_exceptions=True)
         await self._close_subscription()
 
 

@@ -107,17 +107,21 @@ class SimSubscription:
         self.window = window
         self.inflight: dict[str, int] = dict.fromkeys(self.topics, 0)
         self.unacked: dict[int, SimDelivery] = {}
-        self._queue: asyncio.Queue[SimDelivery | None] = asyncio.Queue()
+        self._pending: deque[SimDelivery] = deque()
+        self._arrived = asyncio.Event()
         self.alive = True
 
     def __aiter__(self) -> AsyncIterator[SimDelivery]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[SimDelivery]:
-        while True:
-            item = await self._queue.get()
-            if item is None or not self.alive:
-                return
+        pending = self._pending
+        while self.alive:
+            if not pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            item = pending.popleft()
             if not item._done:
                 yield item
 
@@ -125,7 +129,8 @@ class SimSubscription:
         delivery = SimDelivery(record, self)
         self.inflight[record.topic] += 1
         self.unacked[id(delivery)] = delivery
-        self._queue.put_nowait(delivery)
+        self._pending.append(delivery)
+        self._arrived.set()
 
     def _settle(self, delivery: SimDelivery, *, requeue: bool) -> None:
         if self.unacked.pop(id(delivery), None) is None:
@@ -137,8 +142,10 @@ class SimSubscription:
         self.broker._pump(topic)
 
     async def backlog(self, topic: str) -> int:
+        """Ready in the topic, plus delivered to this subscription but not yet iterated."""
         state = self.broker._topics.get(topic)
-        return len(state.ready) if state else 0
+        waiting = sum(1 for d in self._pending if d.topic == topic and not d._done)
+        return (len(state.ready) if state else 0) + waiting
 
     async def close(self) -> None:
         """Leave: unacked deliveries go back to the head of their topics now."""
@@ -155,7 +162,7 @@ class SimSubscription:
 
     def _detach(self) -> None:
         self.alive = False
-        self._queue.put_nowait(None)
+        self._arrived.set()
         for topic in self.topics:
             self.broker._topics[topic].subscribers.remove(self)
 
@@ -223,7 +230,7 @@ class SimBroker:
         for m in messages:
             if self.max_message_bytes is not None and len(m.body) > self.max_message_bytes:
                 raise EnqueueError(f"message of {len(m.body)} bytes is over the broker limit")
-            record = _Record(next(self._seq), m.topic, bytes(m.body), dict(m.headers), m.key, now)
+            record = _Record(next(self._seq), m.topic, m.body, m.headers, m.key, now)
             state = self._topic(m.topic)
             if m.deliver_at is not None and m.deliver_at > now:
                 if self.native_delay_max is None:
