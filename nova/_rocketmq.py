@@ -289,9 +289,13 @@ class RocketMQAdmin:
         self._routes[topic] = (time.monotonic() + 30.0, pairs)
         return pairs
 
-    async def lag(self, topic: str, group: str) -> int:
-        """Messages of ``topic`` that ``group`` has not yet received (pop offsets move on receive)."""
-        total = 0
+    async def offsets(self, topic: str, group: str) -> tuple[int, int]:
+        """(messages written, messages ``group`` has received) of ``topic``, over its queues.
+
+        Pop consumption moves the group's offset on receive, so the difference is
+        what the group has not received yet.
+        """
+        written = received = 0
         for addr, queue_id in await self._route(topic):
             ext = {"topic": topic, "queueId": str(queue_id)}
             code, remark, out, _ = await self._call_ext(addr, _GET_MAX_OFFSET, ext)
@@ -299,9 +303,9 @@ class RocketMQAdmin:
                 raise self._refused(f"read the offsets of {topic}", code, remark)
             high = int(out.get("offset", "0"))
             code, remark, out, _ = await self._call_ext(addr, _QUERY_CONSUMER_OFFSET, {**ext, "consumerGroup": group})
-            done = int(out.get("offset", "0")) if code == 0 else 0
-            total += max(high - done, 0)
-        return total
+            written += high
+            received += min(int(out.get("offset", "0")), high) if code == 0 else 0
+        return written, received
 
     async def _namesrv_call(self, code: int, ext: Mapping[str, str] | None = None) -> tuple[int, str, bytes]:
         last: Exception | None = None
@@ -800,6 +804,7 @@ class _Subscription:
         self._retired: list[Any] = []
         self._held: dict[str, set[_Delivery]] = {t: set() for t in topics}
         self._buffered: dict[str, int] = dict.fromkeys(topics, 0)
+        self._receive_base: dict[str, int | None] = dict.fromkeys(topics)
         self._queue: asyncio.Queue[_Delivery | BaseException | None] = asyncio.Queue()
         self._room = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -864,10 +869,16 @@ class _Subscription:
             if self._closing:
                 break
             try:
+                admin = self._broker._admin
+                if admin is not None:
+                    # backlog() counts from here while the receive is in flight: the
+                    # broker moves the group's offset before the messages reach us.
+                    self._receive_base[topic] = (await admin.offsets(topic, self.group))[1]
                 messages = await self._receive(consumer, min(self.window - len(held), 32))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried or surfaced below
+                self._receive_base[topic] = None
                 if self._closing:
                     break
                 text = str(exc)
@@ -903,6 +914,7 @@ class _Subscription:
                 continue
             backoff = 0.2
             failures = 0
+            self._receive_base[topic] = None  # (after the messages are counted in _buffered below)
             now = time.time()
             for native in messages:
                 delivery = self._wrap(topic, native, consumer, now)
@@ -1003,11 +1015,14 @@ class _Subscription:
         if admin is None or self._closing or topic not in self._held:
             return local
         try:
-            remote = await admin.lag(topic, self.group)
+            written, received = await admin.offsets(topic, self.group)
         except NovaError as exc:
             log.debug("RocketMQ backlog of %s unknown: %s", topic, exc)
             return local
-        return local + remote
+        base = self._receive_base.get(topic)
+        if base is not None:
+            received = min(received, base)
+        return max(self._buffered.get(topic, 0), 0) + max(written - received, 0)
 
     async def close(self) -> None:
         if self._closing:
