@@ -63,6 +63,12 @@ def from_ms(value: str | None) -> datetime | None:
 MAX_ERROR_CHARS = 2000
 
 
+_PRIORITY_STR = {Priority.HIGH: "3", Priority.NORMAL: "2", Priority.LOW: "1"}
+_PRIORITY_OF = {"3": Priority.HIGH, "2": Priority.NORMAL, "1": Priority.LOW}
+_ID, _TYPE, _QUEUE, _PRIORITY, _ATTEMPT = H.ID, H.TYPE, H.QUEUE, H.PRIORITY, H.ATTEMPT
+_CONTENT_TYPE, _ENQUEUED_AT, _ETA, _HEADERS, _ERROR = H.CONTENT_TYPE, H.ENQUEUED_AT, H.ETA, H.HEADERS, H.ERROR
+
+
 def encode_headers(
     *,
     task_id: str,
@@ -76,50 +82,52 @@ def encode_headers(
     error: str | None = None,
 ) -> dict[str, str]:
     headers = {
-        H.ID: task_id,
-        H.TYPE: body.type,
-        H.QUEUE: queue,
-        H.PRIORITY: str(int(priority)),
-        H.ATTEMPT: str(attempt),
-        H.CONTENT_TYPE: codec.content_type,
-        H.ENQUEUED_AT: ms(enqueued_at),
+        _ID: task_id,
+        _TYPE: body.type,
+        _QUEUE: queue,
+        _PRIORITY: _PRIORITY_STR[priority],
+        _ATTEMPT: "1" if attempt == 1 else str(attempt),
+        _CONTENT_TYPE: codec.content_type,
+        _ENQUEUED_AT: str(int(enqueued_at * 1000)),
     }
     if eta is not None:
-        headers[H.ETA] = ms_ceil(eta)
-    if not codec.carries_envelope and body.headers:
-        headers[H.HEADERS] = json.dumps(dict(body.headers), separators=(",", ":"))
+        headers[_ETA] = ms_ceil(eta)
+    if body.headers and not codec.carries_envelope:
+        headers[_HEADERS] = json.dumps(dict(body.headers), separators=(",", ":"))
     if error is not None:
-        headers[H.ERROR] = error[:MAX_ERROR_CHARS]
+        headers[_ERROR] = error[:MAX_ERROR_CHARS]
     return headers
 
 
 def decode_task(registry: CodecRegistry, body: bytes, headers: Mapping[str, str]) -> Task:
     """Rebuild the Task a handler sees. Raises DecodeError for anything malformed."""
-    decoded, codec = registry.decode(body, headers.get(H.CONTENT_TYPE))
+    decoded, codec = registry.decode(body, headers.get(_CONTENT_TYPE))
     try:
-        task_id = headers[H.ID]
-        queue = headers.get(H.QUEUE, "default")
-        priority = Priority(int(headers.get(H.PRIORITY, "2")))
-        attempt = int(headers.get(H.ATTEMPT, "1"))
+        raw_priority = headers.get(_PRIORITY, "2")
+        priority = _PRIORITY_OF.get(raw_priority) or Priority(int(raw_priority))
+        raw_attempt = headers.get(_ATTEMPT, "1")
+        attempt = 1 if raw_attempt == "1" else int(raw_attempt)
         user_headers: Mapping[str, str] = decoded.headers
         type_ = decoded.type
         if not codec.carries_envelope:
-            type_ = headers[H.TYPE]
-            raw = headers.get(H.HEADERS)
+            type_ = headers[_TYPE]
+            raw = headers.get(_HEADERS)
             user_headers = json.loads(raw) if raw else {}
             if not isinstance(user_headers, dict):
                 raise ValueError("nova-headers must be a JSON object")
+        eta = headers.get(_ETA)
+        enqueued = headers.get(_ENQUEUED_AT)
         return Task(
-            type=type_,
-            payload=decoded.payload,
-            headers=dict(user_headers),
-            id=task_id,
-            queue=queue,
-            priority=priority,
-            attempt=attempt,
-            eta=from_ms(headers.get(H.ETA)),
-            enqueued_at=from_ms(headers.get(H.ENQUEUED_AT)),
-            error=headers.get(H.ERROR),
+            type_,
+            decoded.payload,
+            dict(user_headers) if user_headers else {},
+            headers[_ID],
+            headers.get(_QUEUE, "default"),
+            priority,
+            attempt,
+            None if eta is None else datetime.fromtimestamp(int(eta) / 1000, UTC),
+            None if enqueued is None else datetime.fromtimestamp(int(enqueued) / 1000, UTC),
+            headers.get(_ERROR),
         )
     except (KeyError, ValueError) as exc:
         raise DecodeError(f"malformed nova headers: {exc!r}", body) from exc

@@ -345,6 +345,8 @@ class TaskQueue:
 
     # -- recording ------------------------------------------------------------------
     def emit(self, task: Task, status: TaskStatus, *, error: str | None = None) -> None:
+        if self._sink is None:
+            return
         assert task.id is not None
         self._emit_raw(task.id, task, task.queue, task.priority, status, attempt=task.attempt,
                        eta=task.eta, error=error)

@@ -26,9 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import nova  # noqa: E402
-from nova._broker import Message  # noqa: E402
-from nova.sim import SimBroker  # noqa: E402
+import nova
+from nova._broker import Message
+from nova.sim import SimBroker
 
 PAYLOAD = b"x" * 100
 

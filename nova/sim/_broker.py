@@ -108,6 +108,7 @@ class SimSubscription:
         self.inflight: dict[str, int] = dict.fromkeys(self.topics, 0)
         self.unacked: dict[int, SimDelivery] = {}
         self._pending: deque[SimDelivery] = deque()
+        self._unyielded: dict[str, int] = dict.fromkeys(self.topics, 0)
         self._arrived = asyncio.Event()
         self.alive = True
 
@@ -122,6 +123,7 @@ class SimSubscription:
                 await self._arrived.wait()
                 continue
             item = pending.popleft()
+            self._unyielded[item.topic] -= 1
             if not item._done:
                 yield item
 
@@ -130,6 +132,7 @@ class SimSubscription:
         self.inflight[record.topic] += 1
         self.unacked[id(delivery)] = delivery
         self._pending.append(delivery)
+        self._unyielded[record.topic] += 1
         self._arrived.set()
 
     def _settle(self, delivery: SimDelivery, *, requeue: bool) -> None:
@@ -144,8 +147,7 @@ class SimSubscription:
     async def backlog(self, topic: str) -> int:
         """Ready in the topic, plus delivered to this subscription but not yet iterated."""
         state = self.broker._topics.get(topic)
-        waiting = sum(1 for d in self._pending if d.topic == topic and not d._done)
-        return (len(state.ready) if state else 0) + waiting
+        return (len(state.ready) if state else 0) + self._unyielded.get(topic, 0)
 
     async def close(self) -> None:
         """Leave: unacked deliveries go back to the head of their topics now."""
