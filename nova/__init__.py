@@ -54,7 +54,14 @@ from nova._policies import (
     WeightedPriority,
 )
 from nova._queue import TaskQueue
-from nova._recording import MemoryTaskRecorder, TaskEvent, TaskRecord, TaskRecorder, TaskStatus
+from nova._recording import (
+    MemoryTaskRecorder,
+    QueryableTaskRecorder,
+    TaskEvent,
+    TaskRecord,
+    TaskRecorder,
+    TaskStatus,
+)
 from nova._task import Priority, Result, Task
 
 if TYPE_CHECKING:
@@ -98,6 +105,7 @@ __all__ = [
     "Priority",
     "PriorityPolicy",
     "ProtobufCodec",
+    "QueryableTaskRecorder",
     "RabbitMQBroker",
     "Result",
     "RetryPolicy",

@@ -98,16 +98,36 @@ class Subscription(Protocol):
 class Broker(Protocol):
     """A message broker backend. See the module docstring."""
 
-    #: Clock the engine should use unless told otherwise (None: the system clock).
-    clock: Clock | None
-    #: Longest delay the broker keeps natively via ``Message.deliver_at`` (None: none).
-    native_delay_max: timedelta | None
-    #: Largest body the broker accepts, in bytes (None: no limit of its own).
-    max_message_bytes: int | None
-    #: Broker-level settings that override the TaskQueue's (None: use the TaskQueue's).
-    group_id: str | None
-    topic_prefix: str | None
-    delay_slots: tuple[int, timedelta] | None
+    # Read-only facts the engine reads (plain attributes satisfy them).
+    @property
+    def clock(self) -> Clock | None:
+        """Clock the engine should use unless told otherwise (None: the system clock)."""
+        ...
+
+    @property
+    def native_delay_max(self) -> timedelta | None:
+        """Longest delay the broker keeps natively via ``Message.deliver_at`` (None: none)."""
+        ...
+
+    @property
+    def max_message_bytes(self) -> int | None:
+        """Largest body the broker accepts, in bytes (None: no limit of its own)."""
+        ...
+
+    @property
+    def group_id(self) -> str | None:
+        """Broker-level consumer group that overrides the TaskQueue's (None: use the TaskQueue's)."""
+        ...
+
+    @property
+    def topic_prefix(self) -> str | None:
+        """Broker-level topic prefix that overrides the TaskQueue's."""
+        ...
+
+    @property
+    def delay_slots(self) -> tuple[int, timedelta] | None:
+        """Broker-level delay_slots that override the TaskQueue's."""
+        ...
 
     async def connect(self) -> None:
         """Open connections. Raises ConnectionError/AuthenticationError. Idempotent."""

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from nova._clock import wait_with_timeout
+
 if TYPE_CHECKING:
     from nova._clock import Clock
 
@@ -291,8 +293,9 @@ class RecordingSink:
     """Feeds a TaskRecorder from the engine without ever blocking or failing it.
 
     Events are buffered (at most ``max_buffer``; beyond that they are dropped
-    and counted) and written in batches by one background task on the
-    engine's clock. A failing write is retried with backoff; after
+    and counted) and written in batches of up to ``batch_size`` by one
+    background task, at ``batch_size`` events or ``flush_interval`` seconds of
+    the engine's clock, whichever comes first. A failing write is retried with backoff; after
     ``max_attempts`` the batch is dropped, counted and logged.
     """
 
@@ -304,6 +307,7 @@ class RecordingSink:
         max_buffer: int = 100_000,
         batch_size: int = 1_000,
         max_attempts: int = 5,
+        flush_interval: float = 0.2,
     ) -> None:
         self.recorder = recorder
         self._clock = clock
@@ -312,6 +316,8 @@ class RecordingSink:
         self._batch_size = batch_size
         self._max_attempts = max_attempts
         self._wakeup = asyncio.Event()
+        self._full = asyncio.Event()
+        self._flush_interval = flush_interval
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_version: dict[str, int] = {}
@@ -334,6 +340,8 @@ class RecordingSink:
             return
         self._buffer.append(event)
         self._wakeup.set()
+        if len(self._buffer) >= self._batch_size:
+            self._full.set()
         if self._task is None and not self._closing:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="nova-recorder")
 
@@ -341,6 +349,11 @@ class RecordingSink:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if len(self._buffer) < self._batch_size and not self._closing and self._flush_interval > 0:
+                # Gather a fuller batch: write at batch_size events or flush_interval, whichever first.
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await wait_with_timeout(self._clock, self._full.wait(), self._flush_interval)
             while self._buffer:
                 batch = self._buffer[: self._batch_size]
                 del self._buffer[: self._batch_size]
@@ -377,6 +390,7 @@ class RecordingSink:
     async def close(self) -> None:
         self._closing = True
         self._wakeup.set()
+        self._full.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

@@ -14,7 +14,7 @@ EXPECTED = {
     "ConstantBackoff", "ConsumerModel", "CountAggregator", "DecodeError", "DelayTiers", "Delivery",
     "EnqueueError", "ExponentialBackoff", "JsonCodec", "KafkaAuth", "KafkaBroker", "KafkaSSL",
     "MemoryTaskRecorder", "Message", "MessageCodec", "MessageFormat", "NovaError", "PayloadTooLarge",
-    "Priority", "PriorityPolicy", "ProtobufCodec", "RabbitMQBroker", "Result", "RetryPolicy",
+    "Priority", "PriorityPolicy", "ProtobufCodec", "QueryableTaskRecorder", "RabbitMQBroker", "Result", "RetryPolicy",
     "RocketMQBroker", "SonicCodec", "StateError", "StrictPriority", "Subscription", "SystemClock", "Task",
     "TaskBody", "TaskEvent", "TaskQueue", "TaskRecord", "TaskRecorder", "TaskStatus", "TimeAggregator",
     "TimeCountAggregator", "ValidationError", "WeightedPriority", "dead_letter_queue",
