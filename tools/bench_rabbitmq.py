@@ -170,9 +170,7 @@ async def nova_broker(
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=50_000)
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--prefetch", type=int, default=256)

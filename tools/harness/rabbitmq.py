@@ -75,9 +75,7 @@ def _run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.Com
     env = {**os.environ, "ERL_EPMD_ADDRESS": HOST, "RABBITMQ_NODENAME": NODENAME}
     result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=env, check=False)
     if check and result.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(args[:2])} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
-        )
+        raise RuntimeError(f"{' '.join(args[:2])} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
     return result
 
 
