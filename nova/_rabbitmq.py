@@ -24,8 +24,11 @@ How the contract maps onto AMQP:
   at one topic: workers and the delay forwarder read different topics.)
 - a subscription opens one channel per topic with a per-consumer prefetch of
   ``window``, so a full topic never blocks the others; acks are manual and a
-  delivery may stay unacked for as long as needed (RabbitMQ's
-  ``consumer_timeout`` applies only if the server sets one);
+  delivery may stay unacked for minutes. Beyond the server's
+  ``consumer_timeout`` (RabbitMQ 3.10 default: 30 min) the broker closes the
+  channel and redelivers; the adapter reopens it, so work goes on, but the
+  task may run twice. Long-held delay tiers therefore want TTL queues
+  (``declare_delay_tiers``) or a larger ``consumer_timeout`` in rabbitmq.conf;
 - the connection is robust: after a broker restart it reconnects, re-declares
   the topology and resumes the consumers. Deliveries received before the loss
   are redelivered by the broker; acking such a stale delivery only logs a
