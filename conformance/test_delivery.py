@@ -225,3 +225,19 @@ async def test_s15_sync_handlers_run_in_threads(backend: Backend, make_queue: Qu
     await queue.start(blocking, concurrency=2)
     await backend.wait_for(lambda: len(handled) == 4)
     assert main not in threads
+
+
+async def test_s15_enqueue_from_other_threads(backend: Backend, make_queue: QueueFactory, seen: Seen) -> None:
+    queue = make_queue()
+    await queue.start(seen.handler)
+
+    def producer(n: int) -> list[str]:
+        return [queue.enqueue_from_thread(nova.Task("t", f"{n}-{i}".encode())).id for i in range(10)]
+
+    results = await asyncio.gather(*(asyncio.to_thread(producer, n) for n in range(4)))
+    ids = [i for r in results for i in r]
+    assert len(set(ids)) == 40
+    await backend.wait_for(lambda: len(seen) == 40)
+    assert sorted(seen.ids) == sorted(ids)
+    with pytest.raises(nova.StateError, match="block the event loop"):
+        queue.enqueue_from_thread(nova.Task("t", b""))

@@ -113,6 +113,7 @@ class TaskQueue:
         self._connect_lock = asyncio.Lock()
         self._connected = False
         self._stopped = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return (f"TaskQueue(broker={type(self.broker).__name__}, prefix={self.prefix!r}, "
@@ -163,7 +164,29 @@ class TaskQueue:
                         tb: TracebackType | None) -> None:
         await self.stop()
 
+    def enqueue_from_thread(self, task: Task, **options: Any) -> Result:
+        """Enqueue from another thread while this queue's event loop runs elsewhere.
+
+        Blocks the calling thread until the broker confirmed the task (same
+        options as ``enqueue``). The queue must have been used (entered,
+        started or enqueued to) on its loop first.
+
+            result = queue.enqueue_from_thread(nova.Task("email", b"hi"), priority=nova.Priority.HIGH)
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise StateError("enqueue_from_thread needs the queue's event loop: use the queue on it first")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise StateError("enqueue_from_thread would block the event loop: use `await queue.enqueue(...)`")
+        return asyncio.run_coroutine_threadsafe(self.enqueue(task, **options), loop).result()
+
     async def _connect(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         if self._stopped:
             raise ClosedError("this TaskQueue was stopped; make a new one")
         if self._connected:
