@@ -25,12 +25,15 @@ Topics carry normal and timer messages alike, so nova creates them with
 ``topic_message_type=`` with a proxy running ``enableTopicMessageTypeCheck=false``.
 
 Delays: ``Message.deliver_at`` becomes the message's delivery timestamp (a timer
-message, whole seconds, rounded up so never early) when it fits ``max_delay``
-(the proxy's ``maxDelayTimeMills``, 1 day by default); the engine cascades
-longer delays. ``consume_timeout`` is the invisible duration of a received
-message; nova extends it while a handler still holds the message.
-``max_reconsume_times`` is the consumer group's ``retryMaxTimes`` (deliveries
-the broker itself retries before moving a message to ``%DLQ%<group>``).
+message, rounded up to ``timer_precision`` — the broker's ``timerPrecisionMs`` —
+so never early) when it fits ``max_delay`` (the proxy's ``maxDelayTimeMills``,
+1 day by default); the engine cascades longer delays. ``consume_timeout`` is
+the invisible duration of a received message; nova extends it while a handler
+still holds the message. ``max_reconsume_times`` (the seed's option) is kept as
+an attribute for the engine's retry policy; RocketMQ's own redelivery limit
+(the group's ``retryMaxTimes``, after which the broker moves a message to
+``%DLQ%<group>`` where nova never sees it) is set very high, so failed tasks
+reach nova's dead-letter queue instead.
 ``ConsumerModel.BROADCASTING`` gives each subscription its own group
 (``<group>-b<random>``), so every worker sees every task published while it runs.
 """
@@ -410,6 +413,10 @@ class RocketMQAdmin:
 # ---------------------------------------------------------------- broker
 
 
+#: The group's retryMaxTimes: give-backs (close, nack, crashes) must never make
+#: the broker dead-letter a task behind nova's back.
+_BROKER_RETRY_MAX_TIMES = 10_000
+
 _HEADER_MARK = "="  # header values are stored as "=value": RocketMQ rejects blank property values
 
 
@@ -647,7 +654,7 @@ class RocketMQBroker:
     async def _ensure_group(self, group: str) -> None:
         if group in self._known_groups or self._admin is None:
             return
-        await self._admin.create_groups([group], retry_max_times=self.max_reconsume_times)
+        await self._admin.create_groups([group], retry_max_times=_BROKER_RETRY_MAX_TIMES)
         self._known_groups.add(group)
 
     async def publish(self, messages: Sequence[Message]) -> None:

@@ -89,7 +89,7 @@ def fetch_jars() -> Path:
     _log(f"fetching RocketMQ {VERSION} jars from Maven Central into {LIBS}")
     subprocess.run(
         [
-            "mvn", "-B", "-q", "-f", str(work / "pom.xml"),
+            "mvn", "-B", "-q", "-Dstyle.color=never", "-f", str(work / "pom.xml"),
             "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies",
             "-DincludeScope=runtime", f"-DoutputDirectory={tmp}",
         ],
