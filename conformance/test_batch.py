@@ -10,6 +10,7 @@ import pytest
 import nova
 from conformance.backends import Backend
 from conformance.conftest import QueueFactory
+from nova._worker import BatchWorker
 from nova.sim import SimBroker
 
 
@@ -133,6 +134,9 @@ async def test_s12_count_aggregator_flushes_at_exactly_n(backend: Backend, make_
     await queue.start_batch(got.handler, nova.CountAggregator(4))
     await queue.enqueue_batch([nova.Task("t", str(i).encode()) for i in range(10)])
     await backend.wait_for(lambda: got.count == 8)
+    worker = queue.worker
+    assert isinstance(worker, BatchWorker)
+    await backend.wait_for(lambda: len(worker.buffer) == 2)
     if backend.is_sim:
         await backend.advance(timedelta(hours=1))
     assert [len(b) for b in got.batches] == [4, 4]  # 2 wait for more (or for stop)

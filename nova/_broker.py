@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from nova._clock import Clock
 
-__all__ = ["Broker", "Delivery", "Message", "Subscription"]
+__all__ = ["Broker", "DelayTierAware", "Delivery", "Message", "Subscription"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,3 +154,15 @@ class Broker(Protocol):
     async def close(self) -> None:
         """Close producers and connections. Idempotent."""
         ...
+
+
+@runtime_checkable
+class DelayTierAware(Protocol):
+    """Optional: a broker that can hold delay-tier messages itself (RabbitMQ: TTL queues).
+
+    The engine calls it once per TaskQueue, before any ``ensure_topics``, with
+    every tier topic and its hold time in seconds. The forwarder then finds
+    tier messages due on arrival instead of holding them unacked.
+    """
+
+    def declare_delay_tiers(self, tiers: Mapping[str, float]) -> None: ...

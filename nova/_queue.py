@@ -19,7 +19,7 @@ from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 from nova._aggregators import Aggregator
-from nova._broker import Broker, Message
+from nova._broker import Broker, DelayTierAware, Message
 from nova._clock import Clock, SystemClock
 from nova._codecs import CodecRegistry, MessageCodec, MessageFormat, TaskBody, codec_for
 from nova._delay import DelayForwarder, DelayTiers, Router
@@ -107,6 +107,9 @@ class TaskQueue:
         self.recorder = recorder
         self._sink = RecordingSink(recorder, self.clock) if recorder is not None else None
         self.router = Router(broker, self.clock, self.prefix, self.tiers)
+        if isinstance(broker, DelayTierAware):
+            broker.declare_delay_tiers(
+                {topic: self.tiers.seconds(i) for i, topic in enumerate(self.router.tier_topics)})
         self._forwarder: DelayForwarder | None = None
         self._worker: Worker | BatchWorker | None = None
         self._known_topics: set[str] = set()

@@ -19,7 +19,7 @@ import resource
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -141,7 +141,133 @@ async def bench_recorder(args: argparse.Namespace) -> None:
     print(f"  records by status after the run: { {str(k): v for k, v in counts.items()} }")
 
 
-REAL: dict[str, Callable[[argparse.Namespace], Awaitable[None]]] = {}
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _make_broker(name: str) -> Any:
+    if name == "kafka":
+        return nova.KafkaBroker(os.environ["NOVA_KAFKA_BOOTSTRAP"])
+    if name == "rabbitmq":
+        return nova.RabbitMQBroker(os.environ["NOVA_RABBITMQ_URL"])
+    kwargs: dict[str, Any] = {}
+    if os.environ.get("NOVA_ROCKETMQ_ACCESS_KEY"):
+        kwargs["auth"] = (os.environ["NOVA_ROCKETMQ_ACCESS_KEY"], os.environ["NOVA_ROCKETMQ_SECRET_KEY"])
+    return nova.RocketMQBroker(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], **kwargs)
+
+
+async def nova_real(name: str, n: int) -> dict[str, float]:
+    """nova's TaskQueue on a real broker: produce, drain (single and batch), latency, delay lateness."""
+    out: dict[str, float] = {}
+    broker = _make_broker(name)
+    slots = (8, timedelta(seconds=8))
+    try:
+        def queue() -> nova.TaskQueue:
+            return nova.TaskQueue(broker, topic_prefix="bench-" + uuid.uuid4().hex[:8], group_id="bench",
+                                  delay_slots=slots, message_format=nova.MessageFormat.SONIC)
+
+        for mode in ("single", "batch"):
+            q = queue()
+            await q.enqueue(nova.Task("warm-up", PAYLOAD))  # creates the topics outside the timing
+            start = time.perf_counter()
+            for i in range(0, n, 1000):
+                await q.enqueue_batch([nova.Task("bench", PAYLOAD) for _ in range(min(1000, n - i))])
+            out[f"produce_{mode}"] = n / (time.perf_counter() - start)
+            handled = -1  # the warm-up task
+
+            async def handle(task: nova.Task) -> None:
+                nonlocal handled
+                handled += 1
+
+            async def handle_batch(tasks: list[nova.Task]) -> None:
+                nonlocal handled
+                handled += len(tasks)
+
+            start = time.perf_counter()
+            if mode == "single":
+                await q.start(handle, concurrency=8, prefetch=512)
+            else:
+                await q.start_batch(handle_batch, nova.CountAggregator(500))
+            await _wait_count(lambda: handled, n)  # noqa: B023 - awaited within this iteration
+            out[f"drain_{mode}"] = n / (time.perf_counter() - start)
+            await q.stop()
+
+        # Latency at a moderate rate: 200 tasks/s for 5 s.
+        q = queue()
+        latencies: list[float] = []
+
+        async def timed(task: nova.Task) -> None:
+            assert task.enqueued_at is not None
+            latencies.append(time.time() - task.enqueued_at.timestamp())
+
+        await q.start(timed, concurrency=8)
+        for _ in range(1000):
+            await q.enqueue(nova.Task("bench", PAYLOAD))
+            await asyncio.sleep(0.005)
+        await _wait_count(lambda: len(latencies), 1000, timeout=60)
+        out["latency_p50_ms"] = _pct(latencies, 0.5) * 1000
+        out["latency_p99_ms"] = _pct(latencies, 0.99) * 1000
+        await q.stop()
+
+        # Delay lateness: 300 tasks due 1-10 s from now.
+        q = queue()
+        lateness: list[float] = []
+
+        async def late(task: nova.Task) -> None:
+            assert task.eta is not None
+            lateness.append(time.time() - task.eta.timestamp())
+
+        await q.start(late, concurrency=8)
+        for i in range(300):
+            await q.enqueue(nova.Task("bench", PAYLOAD), process_in=timedelta(seconds=1 + (i * 9 / 300)))
+        await _wait_count(lambda: len(lateness), 300, timeout=120)
+        out["lateness_p50_ms"] = _pct(lateness, 0.5) * 1000
+        out["lateness_p99_ms"] = _pct(lateness, 0.99) * 1000
+        out["early"] = float(sum(1 for x in lateness if x < 0))
+        await q.stop()
+    finally:
+        await broker.close()
+    return out
+
+
+async def bench_real(args: argparse.Namespace) -> None:
+    name, n = args.broker, args.tasks
+    print(f"{name}: {n:,} tasks of {len(PAYLOAD)} bytes; raw client first, then nova's TaskQueue")
+    raw: dict[str, float] = {}
+    if name == "kafka":
+        from bench_kafka import bench_raw_aiokafka
+
+        r = await bench_raw_aiokafka(os.environ["NOVA_KAFKA_BOOTSTRAP"], n, len(PAYLOAD))
+        raw = {"produce": r["produce_per_s"], "drain": r["consume_per_s"]}
+    elif name == "rabbitmq":
+        from bench_rabbitmq import raw_aio_pika
+
+        r = await raw_aio_pika(os.environ["NOVA_RABBITMQ_URL"], tasks=n, size=len(PAYLOAD))
+        raw = {"produce": r["enqueue_tps"], "drain": r["drain_tps"]}
+    elif name == "rocketmq":
+        try:
+            from bench_rocketmq import raw_rocketmq  # type: ignore[import-not-found]
+        except ImportError:
+            print("  (no raw RocketMQ baseline in tools/bench_rocketmq.py)")
+        else:
+            r = await raw_rocketmq(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], n)
+            raw = {"produce": r["produce_per_s"], "drain": r["consume_per_s"]}
+    out = await nova_real(name, n)
+    if raw:
+        _row("raw client: produce (confirmed)", raw["produce"])
+        _row("raw client: consume + ack/commit", raw["drain"])
+    for key, label in (("produce_single", "nova enqueue_batch (confirmed)"),
+                       ("drain_single", "nova start(), concurrency=8"),
+                       ("drain_batch", "nova start_batch(CountAggregator(500))")):
+        base = raw.get("produce" if key.startswith("produce") else "drain")
+        _row(label, out[key], note=f"{out[key] / base:.2f}x raw" if base else "")
+    _row("latency enqueue->handler p50 @200/s", out["latency_p50_ms"], "ms")
+    _row("latency enqueue->handler p99 @200/s", out["latency_p99_ms"], "ms")
+    _row("delay lateness p50 (1-10 s delays)", out["lateness_p50_ms"], "ms")
+    _row("delay lateness p99 (1-10 s delays)", out["lateness_p99_ms"], "ms", note=f"early: {out['early']:.0f}")
 
 
 def main() -> int:
@@ -155,13 +281,12 @@ def main() -> int:
         args.tasks = args.tasks or 200_000
         asyncio.run(bench_sim(args))
         return 0
-    module = __import__(f"bench_{args.broker}")
-    asyncio.run(module.bench(args))
+    args.tasks = args.tasks or {"kafka": 100_000, "rabbitmq": 50_000, "rocketmq": 20_000}[args.broker]
+    asyncio.run(bench_real(args))
     print(f"  peak RSS {peak_rss_mib():.0f} MiB")
     return 0
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    _ = uuid, timedelta
     sys.exit(main())
