@@ -1,0 +1,115 @@
+"""RocketMQ throughput: the raw ``rocketmq-python-client`` against nova's adapter.
+
+    python tools/brokers.py up rocketmq && eval "$(python tools/brokers.py env rocketmq)"
+    python tools/bench_rocketmq.py [--tasks 20000]
+
+Both sides send N small messages to a fresh topic, then receive and ack them
+all (window 256). Prints tasks/s for publish and for receive+ack. ``raw(n)`` and
+``adapter(n)`` return the same figures for ``tools/bench.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nova._broker import Message  # noqa: E402
+from nova._rocketmq import RocketMQAdmin, RocketMQBroker, _client  # noqa: E402
+
+
+def _env_auth(prefix: str = "NOVA_ROCKETMQ_") -> tuple[str, str] | None:
+    ak = os.environ.get(prefix + "ACCESS_KEY")
+    return (ak, os.environ.get(prefix + "SECRET_KEY", "")) if ak else None
+
+
+async def _make_topic(topic: str, group: str) -> None:
+    admin = RocketMQAdmin(os.environ["NOVA_ROCKETMQ_NAMESRV"], auth=_env_auth("NOVA_ROCKETMQ_ADMIN_") or _env_auth())
+    await admin.create_topics([topic])
+    await admin.create_groups([group])
+    await admin.aclose()
+
+
+def raw(n: int) -> dict[str, float]:
+    """The raw client: send_async for all, then receive/ack from 8 threads."""
+    rmq = _client()
+    topic, group = f"bench{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:8]}"
+    asyncio.run(_make_topic(topic, group))
+    ak, sk = _env_auth() or ("", "")
+    config = rmq.ClientConfiguration(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], rmq.Credentials(ak, sk), "", 5)
+    producer = rmq.Producer(config, (topic,))
+    producer.startup()
+    t0 = time.perf_counter()
+    futures = []
+    for i in range(n):
+        m = rmq.Message()
+        m.topic = topic
+        m.body = b"x" * 64 + str(i).encode()
+        futures.append(producer.send_async(m))
+    wait(futures)
+    publish = n / (time.perf_counter() - t0)
+    consumer = rmq.SimpleConsumer(config, group, {topic: rmq.FilterExpression()}, await_duration=2)
+    consumer.startup()
+    consumer._init_settings_event.wait(5)  # the proxy refuses receives before the settings arrive
+    t0 = time.perf_counter()
+    got = 0
+    with ThreadPoolExecutor(16) as pool:
+        while got < n:
+            batch = consumer.receive(32, 60)
+            list(pool.map(consumer.ack, batch))
+            got += len(batch)
+    consume = n / (time.perf_counter() - t0)
+    consumer.shutdown()
+    producer.shutdown()
+    return {"publish_per_s": publish, "consume_per_s": consume}
+
+
+async def _adapter(n: int) -> dict[str, float]:
+    broker = RocketMQBroker(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], auth=_env_auth())
+    topic, group = f"bench{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:8]}"
+    await broker.ensure_topics([topic])
+    t0 = time.perf_counter()
+    for start in range(0, n, 500):
+        await broker.publish([Message(topic, b"x" * 64 + str(i).encode()) for i in range(start, min(n, start + 500))])
+    publish = n / (time.perf_counter() - t0)
+    sub = await broker.subscribe([topic], group=group, window=256)
+    t0 = time.perf_counter()
+    got = 0
+    acks: set[asyncio.Task[None]] = set()
+    async for d in sub:
+        task = asyncio.create_task(d.ack())
+        acks.add(task)
+        task.add_done_callback(acks.discard)
+        got += 1
+        if got == n:
+            break
+    await asyncio.gather(*acks)
+    consume = n / (time.perf_counter() - t0)
+    await sub.close()
+    await broker.close()
+    return {"publish_per_s": publish, "consume_per_s": consume}
+
+
+def adapter(n: int) -> dict[str, float]:
+    """nova's RocketMQBroker: publish in batches of 500, consume with window 256."""
+    return asyncio.run(_adapter(n))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=20_000)
+    args = parser.parse_args()
+    for name, fn in (("raw client", raw), ("nova adapter", adapter)):
+        figures = fn(args.tasks)
+        print(f"{name:13} publish {figures['publish_per_s']:8.0f}/s   receive+ack {figures['consume_per_s']:8.0f}/s")
+
+
+if __name__ == "__main__":
+    main()
