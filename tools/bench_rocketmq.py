@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nova._broker import Message  # noqa: E402
-from nova._rocketmq import RocketMQAdmin, RocketMQBroker, _client  # noqa: E402
+from nova._broker import Message
+from nova._rocketmq import RocketMQAdmin, RocketMQBroker, _client
 
 
 def _env_auth(prefix: str = "NOVA_ROCKETMQ_") -> tuple[str, str] | None:
