@@ -10,18 +10,27 @@ Maven Central once, into ``~/.cache/nova/rocketmq-<version>/libs``.
 Ports (all on 127.0.0.1): name server 9876, broker 10911 (+10909, 10912),
 proxy gRPC 8081 (what ``nova.RocketMQBroker`` talks to), proxy remoting 8080.
 
-``NOVA_ROCKETMQ_ACL=1`` at ``up`` turns on ACL 2.0 (authentication and
-authorization) with two users: ``nova-admin`` (super user: creates topics and
-groups) and ``nova-app`` (a normal user: Pub/Sub on every topic and group except
-topics named ``forbidden*``, where it is denied).
-The setting is remembered in the run directory, so ``restart``/``env`` follow it.
+ACL 2.0 (authentication and authorization) is on unless ``up`` runs with
+``NOVA_ROCKETMQ_ACL=0``. Users: ``nova-admin`` (super user: creates topics and
+groups) and ``nova-app`` (normal user: Pub/Sub on every topic and group except
+topics named ``forbidden*``, where it is denied). ``env()`` exports both; the
+setting is remembered in the run directory, so ``restart`` and ``env`` follow it.
+In local mode the proxy must use the ``Proxy*MetadataProvider`` classes (users
+and ACLs read from the embedded broker).
 
-Topics: gRPC clients cannot create topics; ``create_topics(names, type)`` drives
-RocketMQ's admin tool (``MQAdminStartup updateTopic``), and ``nova.RocketMQBroker``
-does the same when it is given ``admin_classpath`` (``env()`` exports
-``NOVA_ROCKETMQ_ADMIN_CLASSPATH``). The proxy runs with
-``enableTopicMessageTypeCheck=false``, so one topic takes normal and timer
-messages alike; topics are created with ``message.type=MIXED`` anyway.
+Topics and groups: gRPC clients cannot create them. ``nova.RocketMQBroker``
+creates them over the remoting protocol when it knows the name server
+(``NOVA_ROCKETMQ_NAMESRV``, with the admin user). ``create_topics(names, type)``
+here drives RocketMQ's own admin tool (``MQAdminStartup updateTopic``, one JVM
+per topic) for use by hand. Topics are ``message.type=MIXED``
+(``enableMixedMessageType=true``) and the proxy runs with
+``enableTopicMessageTypeCheck=false``: ready and delay topics carry normal and
+timer messages alike. ``timerPrecisionMs=100``.
+
+Timings on the 2-core machine: ``up`` ~15-45 s with cached jars (proxy start
+dominates; varies with load), plus ~10-20 s for the first Maven download
+(~95 MB); ``restart`` ~15 s. Memory: name server ~280 MiB RSS, proxy with
+embedded broker ~0.55-1.2 GiB RSS (heap 1 GiB).
 """
 
 from __future__ import annotations
@@ -390,10 +399,10 @@ def up() -> None:
     t0 = time.monotonic()
     RUN.mkdir(parents=True, exist_ok=True)
     flag = RUN / "acl"
-    if os.environ.get("NOVA_ROCKETMQ_ACL") == "1":
-        flag.write_text("1")
-    elif os.environ.get("NOVA_ROCKETMQ_ACL") == "0":
+    if os.environ.get("NOVA_ROCKETMQ_ACL", "1") == "0":
         flag.unlink(missing_ok=True)
+    else:
+        flag.write_text("1")
     _start()
     if _acl_enabled():
         _setup_acl_users()
