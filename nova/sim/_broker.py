@@ -153,14 +153,18 @@ class SimSubscription:
         """Leave: unacked deliveries go back to the head of their topics now."""
         if not self.alive:
             return
+        self.broker._requeue(self._abandon())
+        for topic in self.topics:
+            self.broker._pump(topic)
+
+    def _abandon(self) -> list[_Record]:
+        """Leave the topics; return the records of every unacked delivery (their acks now do nothing)."""
         self._detach()
         records = [d._record for d in self.unacked.values()]
         for d in self.unacked.values():
             d._done = True
         self.unacked.clear()
-        self.broker._requeue(records)
-        for topic in self.topics:
-            self.broker._pump(topic)
+        return records
 
     def _detach(self) -> None:
         self.alive = False
@@ -281,11 +285,7 @@ class SimBroker:
         ``session_timeout`` of virtual time; its pending acks are ignored."""
         if not subscription.alive:
             return
-        subscription._detach()
-        records = [d._record for d in subscription.unacked.values()]
-        for d in subscription.unacked.values():
-            d._done = True
-        subscription.unacked.clear()
+        records = subscription._abandon()
 
         async def give_back() -> None:
             await self.clock.sleep(self.session_timeout.total_seconds())
