@@ -306,6 +306,23 @@ async def test_unreachable_broker_is_a_connection_error_without_secrets(rocketmq
         await broker.close()
 
 
+def test_importing_the_client_leaves_logging_and_home_alone(tmp_path: Path) -> None:
+    code = """
+import logging, os, sys
+handler = logging.StreamHandler(sys.stdout)
+logging.getLogger().addHandler(handler)
+from nova._rocketmq import _client
+_client()
+assert handler in logging.getLogger().handlers, "root handlers were replaced"
+assert handler.stream is sys.stdout and not sys.stdout.closed
+assert not os.path.exists(os.path.expanduser("~/logs/rocketmq_python")), "client made ~/logs"
+assert logging.getLogger("rocketmq-python-client").getEffectiveLevel() == logging.WARNING
+"""
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+
+
 def test_from_url_and_repr_hide_the_secret() -> None:
     broker = RocketMQBroker.from_url(
         "rocketmq://ak:se%2Fcret@127.0.0.1:8081,127.0.0.2:8081?group_id=g1&topic_prefix=app"
