@@ -103,9 +103,12 @@ def make_backend(name: str) -> Backend:
         from nova._rocketmq import RocketMQBroker
 
         endpoints = _require("NOVA_ROCKETMQ_ENDPOINTS", "rocketmq")
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"namesrv": _require("NOVA_ROCKETMQ_NAMESRV", "rocketmq")}
         if os.environ.get("NOVA_ROCKETMQ_ACCESS_KEY"):
             kwargs["auth"] = (os.environ["NOVA_ROCKETMQ_ACCESS_KEY"], os.environ["NOVA_ROCKETMQ_SECRET_KEY"])
+        if os.environ.get("NOVA_ROCKETMQ_ADMIN_ACCESS_KEY"):
+            kwargs["admin_auth"] = (os.environ["NOVA_ROCKETMQ_ADMIN_ACCESS_KEY"],
+                                    os.environ["NOVA_ROCKETMQ_ADMIN_SECRET_KEY"])
         return Backend("rocketmq", SystemClock(), lambda: RocketMQBroker(endpoints, **kwargs),
                        delay_slots=real_slots, lateness=timedelta(milliseconds=1500))
     raise ValueError(f"unknown backend {name!r}")

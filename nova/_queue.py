@@ -97,7 +97,11 @@ class TaskQueue:
         self.codec = codec
         self.codecs = CodecRegistry(codec)
         self.clock: Clock = clock or broker.clock or SystemClock()
-        self.retry = retry if retry is not None else RetryPolicy()
+        if retry is None:
+            # The seed's WithRocketMQMaxReconsumeTimes: a broker-level retry limit is the default.
+            limit = getattr(broker, "max_reconsume_times", None)
+            retry = RetryPolicy(max_retries=limit) if isinstance(limit, int) else RetryPolicy()
+        self.retry = retry
         self.priority_policy: PriorityPolicy = priority_policy or StrictPriority()
         if not isinstance(max_payload_size, int) or max_payload_size < 1:
             raise ConfigurationError("max_payload_size must be a positive int (bytes)")
