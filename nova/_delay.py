@@ -146,6 +146,11 @@ class DelayForwarder:
                 wakeup.clear()
                 await wakeup.wait()
             head = lane[0]
+            if getattr(head, "owned", True) is False:
+                # Kafka: a rebalance gave the partition to another forwarder, which
+                # re-reads this message; forwarding it here too would duplicate it.
+                lane.popleft()
+                continue
             hold = _hold_until(head)
             if hold > clock.time():
                 await clock.sleep_until(hold)
@@ -153,7 +158,11 @@ class DelayForwarder:
             now = clock.time()
             batch: list[Delivery] = []
             while lane and len(batch) < 500 and _hold_until(lane[0]) <= now:
-                batch.append(lane.popleft())
+                delivery = lane.popleft()
+                if getattr(delivery, "owned", True) is not False:
+                    batch.append(delivery)
+            if not batch:
+                continue
             messages = [self._next_hop(d) for d in batch]
             try:
                 await self.router.broker.publish(messages)

@@ -226,10 +226,12 @@ class Worker(_BaseWorker):
             # (not yet fetched): it counts as ready, so priority holds across topics.
             # Strict priority only cares about empty levels above the best one we hold.
             strict = isinstance(self.tq.priority_policy, StrictPriority)
-            for lvl in LEVELS:
-                if not buffers[lvl] and (not strict or lvl > candidates[0]) and await self._backlog(lvl):
-                    candidates.append(lvl)
-            candidates.sort(reverse=True)
+            to_check = [lvl for lvl in LEVELS if not buffers[lvl] and (not strict or lvl > candidates[0])]
+            waiting = {lvl for lvl in to_check if await self._backlog(lvl)}
+            # Deliveries may have arrived during those awaits: look at the buffers again.
+            candidates = [lvl for lvl in LEVELS if buffers[lvl] or lvl in waiting]
+            if not candidates:
+                return None
         level = self.tq.priority_policy.choose(candidates)
         if not buffers[level]:
             self._patience += 1
