@@ -148,6 +148,10 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def _progress(text: str) -> None:
+    print(f"  .. {text}", file=sys.stderr, flush=True)
+
+
 def _make_broker(name: str) -> Any:
     if name == "kafka":
         return nova.KafkaBroker(os.environ["NOVA_KAFKA_BOOTSTRAP"])
@@ -190,9 +194,10 @@ async def nova_real(name: str, n: int) -> dict[str, float]:
             if mode == "single":
                 await q.start(handle, concurrency=8, prefetch=512)
             else:
-                await q.start_batch(handle_batch, nova.CountAggregator(500))
+                await q.start_batch(handle_batch, nova.TimeCountAggregator(500, timedelta(milliseconds=200)))
             await _wait_count(lambda: handled, n)  # noqa: B023 - awaited within this iteration
             out[f"drain_{mode}"] = n / (time.perf_counter() - start)
+            _progress(f"{mode}: produce {out[f'produce_{mode}']:,.0f}/s, drain {out[f'drain_{mode}']:,.0f}/s")
             await q.stop()
 
         # Latency at a moderate rate: 200 tasks/s for 5 s.
@@ -210,6 +215,7 @@ async def nova_real(name: str, n: int) -> dict[str, float]:
         await _wait_count(lambda: len(latencies), 1000, timeout=60)
         out["latency_p50_ms"] = _pct(latencies, 0.5) * 1000
         out["latency_p99_ms"] = _pct(latencies, 0.99) * 1000
+        _progress("latency measured")
         await q.stop()
 
         # Delay lateness: 300 tasks due 1-10 s from now.
@@ -255,13 +261,14 @@ async def bench_real(args: argparse.Namespace) -> None:
         else:
             r = await raw_rocketmq(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], n)
             raw = {"produce": r["produce_per_s"], "drain": r["consume_per_s"]}
+    _progress("raw client done")
     out = await nova_real(name, n)
     if raw:
         _row("raw client: produce (confirmed)", raw["produce"])
         _row("raw client: consume + ack/commit", raw["drain"])
     for key, label in (("produce_single", "nova enqueue_batch (confirmed)"),
                        ("drain_single", "nova start(), concurrency=8"),
-                       ("drain_batch", "nova start_batch(CountAggregator(500))")):
+                       ("drain_batch", "nova start_batch(TimeCountAggregator(500, 200ms))")):
         base = raw.get("produce" if key.startswith("produce") else "drain")
         _row(label, out[key], note=f"{out[key] / base:.2f}x raw" if base else "")
     _row("latency enqueue->handler p50 @200/s", out["latency_p50_ms"], "ms")
