@@ -304,8 +304,8 @@ class RecordingSink:
         recorder: TaskRecorder,
         clock: Clock,
         *,
-        max_buffer: int = 100_000,
-        batch_size: int = 1_000,
+        max_buffer: int = 500_000,
+        batch_size: int = 10_000,
         max_attempts: int = 5,
         flush_interval: float = 0.2,
     ) -> None:
