@@ -45,10 +45,6 @@ class H:
     ERROR = "nova-error"
 
 
-def ms(ts: float) -> str:
-    return str(round(ts * 1000))
-
-
 def ms_ceil(ts: float) -> str:
     """Milliseconds rounded up, for due times: a task is never due early."""
     return str(math.ceil(round(ts * 1000, 3)))
@@ -115,8 +111,6 @@ def decode_task(registry: CodecRegistry, body: bytes, headers: Mapping[str, str]
             user_headers = json.loads(raw) if raw else {}
             if not isinstance(user_headers, dict):
                 raise ValueError("nova-headers must be a JSON object")
-        eta = headers.get(_ETA)
-        enqueued = headers.get(_ENQUEUED_AT)
         return Task(
             type_,
             decoded.payload,
@@ -125,8 +119,8 @@ def decode_task(registry: CodecRegistry, body: bytes, headers: Mapping[str, str]
             headers.get(_QUEUE, "default"),
             priority,
             attempt,
-            None if eta is None else datetime.fromtimestamp(int(eta) / 1000, UTC),
-            None if enqueued is None else datetime.fromtimestamp(int(enqueued) / 1000, UTC),
+            from_ms(headers.get(_ETA)),
+            from_ms(headers.get(_ENQUEUED_AT)),
             headers.get(_ERROR),
         )
     except (KeyError, ValueError) as exc:

@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
@@ -402,6 +402,4 @@ class TaskQueue:
 
 
 def _dt(ts: float) -> datetime:
-    from datetime import UTC
-
     return datetime.fromtimestamp(ts, UTC)

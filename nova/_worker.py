@@ -16,7 +16,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from nova._aggregators import Aggregator
 from nova._broker import Delivery, Message, Subscription
@@ -158,11 +158,16 @@ class _BaseWorker:
                         task.id, task.type, task.attempt, dlq, error)
             tq.emit(task, TaskStatus.FAILED, error=error)
 
-    async def _close_subscription(self) -> None:
+    async def _stop_fetching(self) -> None:
+        """No more deliveries enter the buffers (what was fetched stays unacked)."""
         if self._pull_task is not None:
             self._pull_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pull_task
+            self._pull_task = None
+
+    async def _close_subscription(self) -> None:
+        await self._stop_fetching()
         if self.sub is not None:
             await self.sub.close()
 
@@ -186,6 +191,7 @@ class Worker(_BaseWorker):
         self._runners: list[asyncio.Task[None]] = []
         self._current: dict[int, asyncio.Task[None]] = {}
         self._patience = 0
+        self._strict = isinstance(tq.priority_policy, StrictPriority)
 
     async def start(self) -> None:
         await self._subscribe()
@@ -225,8 +231,7 @@ class Worker(_BaseWorker):
             # A level we hold nothing of may still have work waiting in the broker
             # (not yet fetched): it counts as ready, so priority holds across topics.
             # Strict priority only cares about empty levels above the best one we hold.
-            strict = isinstance(self.tq.priority_policy, StrictPriority)
-            to_check = [lvl for lvl in LEVELS if not buffers[lvl] and (not strict or lvl > candidates[0])]
+            to_check = [lvl for lvl in LEVELS if not buffers[lvl] and (not self._strict or lvl > candidates[0])]
             waiting = {lvl for lvl in to_check if await self._backlog(lvl)}
             # Deliveries may have arrived during those awaits: look at the buffers again.
             candidates = [lvl for lvl in LEVELS if buffers[lvl] or lvl in waiting]
@@ -273,8 +278,7 @@ class Worker(_BaseWorker):
     async def stop(self, *, graceful: bool, timeout: float) -> None:
         self.stopping = True
         self._work.set()  # idle runners wake, see stopping, and end
-        if self._pull_task is not None:
-            self._pull_task.cancel()
+        await self._stop_fetching()
         runners = list(self._runners)
         if runners and graceful:
             with contextlib.suppress(TimeoutError):
@@ -370,10 +374,7 @@ class BatchWorker(_BaseWorker):
 
     async def stop(self, *, graceful: bool, timeout: float) -> None:
         self.stopping = True
-        if self._pull_task is not None:
-            self._pull_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pull_task
+        await self._stop_fetching()
         loop_task = self._loop_task
         if loop_task is not None:
             self._wakeup.set()
@@ -385,6 +386,3 @@ class BatchWorker(_BaseWorker):
                 await loop_task
         await self._close_subscription()
 
-
-def describe(handler: Any) -> str:
-    return getattr(handler, "__qualname__", repr(handler))

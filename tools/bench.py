@@ -19,8 +19,8 @@ import resource
 import sys
 import time
 import uuid
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,25 @@ async def _wait_count(get: Callable[[], int], n: int, timeout: float = 600) -> N
         await asyncio.sleep(0.002)
 
 
+class Handled:
+    """No-op handlers that count what they saw."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.count = start
+
+    async def one(self, task: nova.Task) -> None:
+        self.count += 1
+
+    async def many(self, tasks: list[nova.Task]) -> None:
+        self.count += len(tasks)
+
+
+async def enqueue_all(queue: nova.TaskQueue, n: int) -> None:
+    """``n`` bench tasks in confirmed batches of 1000."""
+    for i in range(0, n, 1000):
+        await queue.enqueue_batch([nova.Task("bench", PAYLOAD) for _ in range(min(1000, n - i))])
+
+
 async def sim_raw(n: int) -> float:
     """Bare contract: publish in chunks, consume with a window, ack each."""
     broker = SimBroker(clock=nova.SystemClock())
@@ -79,24 +98,14 @@ async def sim_raw(n: int) -> float:
 async def sim_nova(n: int, fmt: nova.MessageFormat, *, batch: bool, recorder: Any = None) -> float:
     broker = SimBroker(clock=nova.SystemClock())
     queue = nova.TaskQueue(broker, message_format=fmt, recorder=recorder)
-    handled = 0
-
-    async def handle(task: nova.Task) -> None:
-        nonlocal handled
-        handled += 1
-
-    async def handle_batch(tasks: list[nova.Task]) -> None:
-        nonlocal handled
-        handled += len(tasks)
-
+    handled = Handled()
     start = time.perf_counter()
-    for i in range(0, n, 1000):
-        await queue.enqueue_batch([nova.Task("bench", PAYLOAD) for _ in range(min(1000, n - i))])
+    await enqueue_all(queue, n)
     if batch:
-        await queue.start_batch(handle_batch, nova.CountAggregator(1000))
+        await queue.start_batch(handled.many, nova.CountAggregator(1000))
     else:
-        await queue.start(handle, concurrency=8)
-    await _wait_count(lambda: handled, n)
+        await queue.start(handled.one, concurrency=8)
+    await _wait_count(lambda: handled.count, n)
     elapsed = time.perf_counter() - start
     await queue.stop()
     await broker.close()
@@ -163,6 +172,30 @@ def _make_broker(name: str) -> Any:
     return nova.RocketMQBroker(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], **kwargs)
 
 
+async def _timings(
+    q: nova.TaskQueue,
+    count: int,
+    send: Callable[[nova.TaskQueue, int], Awaitable[None]],
+    reference: Callable[[nova.Task], datetime | None],
+    *,
+    timeout: float,
+) -> list[float]:
+    """Seconds from ``reference(task)`` to the handler call, for ``count`` tasks sent by ``send``."""
+    delays: list[float] = []
+
+    async def measure(task: nova.Task) -> None:
+        at = reference(task)
+        assert at is not None
+        delays.append(time.time() - at.timestamp())
+
+    await q.start(measure, concurrency=8)
+    for i in range(count):
+        await send(q, i)
+    await _wait_count(lambda: len(delays), count, timeout=timeout)
+    await q.stop()
+    return delays
+
+
 async def nova_real(name: str, n: int) -> dict[str, float]:
     """nova's TaskQueue on a real broker: produce, drain (single and batch), latency, delay lateness."""
     out: dict[str, float] = {}
@@ -177,63 +210,37 @@ async def nova_real(name: str, n: int) -> dict[str, float]:
             q = queue()
             await q.enqueue(nova.Task("warm-up", PAYLOAD))  # creates the topics outside the timing
             start = time.perf_counter()
-            for i in range(0, n, 1000):
-                await q.enqueue_batch([nova.Task("bench", PAYLOAD) for _ in range(min(1000, n - i))])
+            await enqueue_all(q, n)
             out[f"produce_{mode}"] = n / (time.perf_counter() - start)
-            handled = -1  # the warm-up task
-
-            async def handle(task: nova.Task) -> None:
-                nonlocal handled
-                handled += 1
-
-            async def handle_batch(tasks: list[nova.Task]) -> None:
-                nonlocal handled
-                handled += len(tasks)
-
+            handled = Handled(start=-1)  # the warm-up task
             start = time.perf_counter()
             if mode == "single":
-                await q.start(handle, concurrency=8, prefetch=512)
+                await q.start(handled.one, concurrency=8, prefetch=512)
             else:
-                await q.start_batch(handle_batch, nova.TimeCountAggregator(500, timedelta(milliseconds=200)))
-            await _wait_count(lambda: handled, n)  # noqa: B023 - awaited within this iteration
+                await q.start_batch(handled.many, nova.TimeCountAggregator(500, timedelta(milliseconds=200)))
+            await _wait_count(lambda: handled.count, n)  # noqa: B023 - awaited within this iteration
             out[f"drain_{mode}"] = n / (time.perf_counter() - start)
             _progress(f"{mode}: produce {out[f'produce_{mode}']:,.0f}/s, drain {out[f'drain_{mode}']:,.0f}/s")
             await q.stop()
 
         # Latency at a moderate rate: 200 tasks/s for 5 s.
-        q = queue()
-        latencies: list[float] = []
-
-        async def timed(task: nova.Task) -> None:
-            assert task.enqueued_at is not None
-            latencies.append(time.time() - task.enqueued_at.timestamp())
-
-        await q.start(timed, concurrency=8)
-        for _ in range(1000):
+        async def send_paced(q: nova.TaskQueue, i: int) -> None:
             await q.enqueue(nova.Task("bench", PAYLOAD))
             await asyncio.sleep(0.005)
-        await _wait_count(lambda: len(latencies), 1000, timeout=60)
+
+        latencies = await _timings(queue(), 1000, send_paced, lambda t: t.enqueued_at, timeout=60)
         out["latency_p50_ms"] = _pct(latencies, 0.5) * 1000
         out["latency_p99_ms"] = _pct(latencies, 0.99) * 1000
         _progress("latency measured")
-        await q.stop()
 
         # Delay lateness: 300 tasks due 1-10 s from now.
-        q = queue()
-        lateness: list[float] = []
-
-        async def late(task: nova.Task) -> None:
-            assert task.eta is not None
-            lateness.append(time.time() - task.eta.timestamp())
-
-        await q.start(late, concurrency=8)
-        for i in range(300):
+        async def send_delayed(q: nova.TaskQueue, i: int) -> None:
             await q.enqueue(nova.Task("bench", PAYLOAD), process_in=timedelta(seconds=1 + (i * 9 / 300)))
-        await _wait_count(lambda: len(lateness), 300, timeout=120)
+
+        lateness = await _timings(queue(), 300, send_delayed, lambda t: t.eta, timeout=120)
         out["lateness_p50_ms"] = _pct(lateness, 0.5) * 1000
         out["lateness_p99_ms"] = _pct(lateness, 0.99) * 1000
         out["early"] = float(sum(1 for x in lateness if x < 0))
-        await q.stop()
     finally:
         await broker.close()
     return out
