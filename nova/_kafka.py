@@ -46,6 +46,7 @@ import contextlib
 import json
 import logging
 import ssl as _ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,8 @@ if TYPE_CHECKING:
 __all__ = ["KafkaAuth", "KafkaBroker", "KafkaSSL"]
 
 log = logging.getLogger("nova.kafka")
+
+_PREFETCH_RECORDS = 4096  # fetched, not yet delivered records per partition before pausing it
 
 SecurityProtocol = Literal["SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -247,6 +250,7 @@ class KafkaBroker:
         self._connect_lock = asyncio.Lock()
         self._topics_lock = asyncio.Lock()
         self._known_topics: set[str] = set()
+        self._turns: dict[str, int] = {}  # round-robin position per topic
         self._subscriptions: set[KafkaSubscription] = set()
         self._closed = False
 
@@ -468,37 +472,63 @@ class KafkaBroker:
         except BrokerError as exc:
             raise EnqueueError(f"cannot publish: {exc}") from exc
         producer = self._producer
-        futures: list[asyncio.Future[Any]] = []
+        batches: list[tuple[asyncio.Future[Any], int]] = []  # (future, records in the batch)
         first_error: BaseException | None = None
         try:
-            for message in messages:
-                futures.append(
-                    await producer.send(
-                        message.topic,
-                        value=message.body,
-                        key=None if message.key is None else message.key.encode(),
-                        headers=[(k, v.encode()) for k, v in message.headers.items()],
-                    )
-                )
+            for (topic, partition), group in (await self._by_partition(messages)).items():
+                builder = producer.create_batch()
+                count = 0
+                for message in group:
+                    record = {
+                        "timestamp": None,
+                        "key": None if message.key is None else message.key.encode(),
+                        "value": message.body,
+                        "headers": [(k, v.encode()) for k, v in message.headers.items()],
+                    }
+                    if builder.append(**record) is None:  # full: send it, start the next one
+                        batches.append((await producer.send_batch(builder, topic, partition=partition), count))
+                        builder, count = producer.create_batch(), 0
+                        builder.append(**record)  # a batch's first record always fits
+                    count += 1
+                batches.append((await producer.send_batch(builder, topic, partition=partition), count))
         except (kafka_errors.KafkaError, OSError) as exc:
             first_error = exc
-        # Wait for every future even after a failure, so none is left unobserved.
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        for result in results:
+        # Wait for every batch even after a failure, so none is left unobserved.
+        results = await asyncio.gather(*(future for future, _ in batches), return_exceptions=True)
+        failed = 0
+        for result, (_, count) in zip(results, batches, strict=True):
             if isinstance(result, BaseException):
                 first_error = first_error or result
+                failed += count
             elif self._subscriptions:
                 # Our own subscriptions learn the new end offsets for free, so backlog()
                 # sees a task this process just published (strict priority relies on it).
                 for sub in self._subscriptions:
-                    sub._note_end_offset(result.topic, result.partition, result.offset + 1)
+                    sub._note_end_offset(result.topic, result.partition, result.offset + count)
         if first_error is not None:
             if isinstance(first_error, kafka_errors.ProducerClosed) and self._closed:
                 raise ClosedError("KafkaBroker was closed while publishing") from first_error
             raise EnqueueError(
-                f"Kafka did not acknowledge {sum(isinstance(r, BaseException) for r in results) or 'all'} "
-                f"of {len(messages)} message(s): {first_error!r}"
+                f"Kafka did not acknowledge {failed or 'all'} of {len(messages)} message(s): {first_error!r}"
             ) from first_error
+
+    async def _by_partition(self, messages: Sequence[Message]) -> dict[tuple[str, int], list[Message]]:
+        """Spread messages over their topic's partitions, round robin, order kept per partition.
+
+        Keys are task ids (unique), so hashing them buys no ordering; one record batch per
+        partition per call is what makes a batch publish cheap.
+        """
+        groups: dict[tuple[str, int], list[Message]] = {}
+        partitions: dict[str, list[int]] = {}
+        for message in messages:
+            topic = message.topic
+            known = partitions.get(topic)
+            if known is None:
+                known = partitions[topic] = sorted(await self._producer.partitions_for(topic))
+            turn = self._turns.get(topic, 0)
+            self._turns[topic] = turn + 1
+            groups.setdefault((topic, known[turn % len(known)]), []).append(message)
+        return groups
 
     # --- subscribe ------------------------------------------------------------------------------
 
@@ -730,6 +760,11 @@ class KafkaSubscription:
         self._commit_lock = asyncio.Lock()
         self._end_offsets: dict[Any, int] = {}
         self._end_offsets_at = 0.0
+        self._by_topic: dict[str, list[_PartitionState]] = {}  # backlog() reads it per task
+        # Fetched records kept per partition before pausing it: several fetches' worth, so
+        # the next fetch is in flight long before the handlers run dry (a pause at one window
+        # left them idle for a fetch round trip, up to fetch_max_wait_ms, every few thousand).
+        self._buffer_limit = max(window, _PREFETCH_RECORDS)
         self._generation = -1
         self._refresh_task: asyncio.Task[None] | None = None
         b = broker
@@ -834,10 +869,12 @@ class KafkaSubscription:
         self._wake.set()
 
     def _update_pause(self, state: _PartitionState) -> None:
-        """Fetch a partition only while it has room: bounded prefetch, no head-of-line blocking."""
+        """Fetch a partition only while fewer than ``_buffer_limit`` fetched records wait to
+        be handed out: bounded prefetch. Deliveries a handler holds do not count (``window``
+        caps those in ``_take``); pausing on them flipped the partition on every ack."""
         if not state.assigned:
             return
-        full = state.held >= self.window or len(state.buffer) + len(state.retry) >= self.window
+        full = len(state.buffer) + len(state.retry) >= self._buffer_limit
         if full and not state.paused:
             self._consumer.pause(state.tp)
             state.paused = True
@@ -939,6 +976,9 @@ class KafkaSubscription:
                 state.assigned = True
                 state.committed = None
                 self._update_pause(state)
+        self._by_topic = {}
+        for tp, state in self._parts.items():
+            self._by_topic.setdefault(tp.topic, []).append(state)
         self._generation = int(getattr(self._consumer._coordinator, "generation", -1))
         self._assigned.set()
         self._wake.set()
@@ -957,36 +997,38 @@ class KafkaSubscription:
         (the caller compares it with deliveries it holds, and a yield would let one move
         from here to there unseen); end offsets are refreshed in the background.
         """
-        states = [s for tp, s in self._parts.items() if tp.topic == topic and s.assigned]
+        states = self._by_topic.get(topic)
         if not states or self._closing:
             return 0
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._end_offsets_at > 0.25 and self._refresh_task is None:
+        now = time.monotonic()
+        if now - self._end_offsets_at > 0.25 and self._refresh_task is None:
             # Highwater marks from fetches go stale while a partition is paused.
-            self._end_offsets_at = loop.time()
-            self._refresh_task = loop.create_task(self._refresh_end_offsets())
+            self._end_offsets_at = now
+            self._refresh_task = asyncio.get_running_loop().create_task(self._refresh_end_offsets())
         total = 0
         for state in states:
+            if not state.assigned:
+                continue
             total += len(state.buffer) + len(state.retry)
-            position = self._position(state.tp)
-            if position is None:
+            tp_state = self._fetch_state(state.tp)
+            if tp_state is not None and tp_state.has_valid_position:
+                position = int(tp_state.position)
+                fetched_high = tp_state.highwater or 0
+            else:
                 try:
                     position = int(await asyncio.wait_for(self._consumer.position(state.tp), 1))
                 except (kafka_errors.KafkaError, TimeoutError, AssertionError):
                     continue
-            high = max(self._consumer.highwater(state.tp) or 0, self._end_offsets.get(state.tp, 0))
-            total += max(0, high - position)
+                fetched_high = self._consumer.highwater(state.tp) or 0
+            total += max(0, max(fetched_high, self._end_offsets.get(state.tp, 0)) - position)
         return total
 
-    def _position(self, tp: Any) -> int | None:
-        """The next offset to fetch, read without awaiting (None when not known yet)."""
+    def _fetch_state(self, tp: Any) -> Any:
+        """aiokafka's fetch state of ``tp`` (position, highwater), read without awaiting."""
         try:
-            tp_state = self._consumer._subscription.subscription.assignment.state_value(tp)
+            return self._consumer._subscription.subscription.assignment.state_value(tp)
         except (AttributeError, KeyError, TypeError):
             return None
-        if tp_state is None or not tp_state.has_valid_position:
-            return None
-        return int(tp_state.position)
 
     async def _refresh_end_offsets(self) -> None:
         try:
@@ -998,7 +1040,7 @@ class KafkaSubscription:
         except Exception as exc:  # noqa: BLE001 - best effort: the next call tries again
             log.debug("kafka end offsets refresh failed: %r", exc)
         finally:
-            self._end_offsets_at = asyncio.get_running_loop().time()
+            self._end_offsets_at = time.monotonic()
             self._refresh_task = None
 
     async def close(self) -> None:
