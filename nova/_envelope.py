@@ -25,7 +25,7 @@ from nova._codecs import CodecRegistry, MessageCodec, TaskBody
 from nova._errors import DecodeError
 from nova._task import Priority, Task
 
-__all__ = ["H", "decode_task", "encode_headers"]
+__all__ = ["H", "decode_task", "encode_headers", "shared_headers", "task_headers"]
 
 
 class H:
@@ -77,9 +77,19 @@ def encode_headers(
     eta: float | None,
     error: str | None = None,
 ) -> dict[str, str]:
+    """All nova headers of one task (``shared_headers`` + ``task_headers``)."""
+    headers = task_headers(shared_headers(codec=codec, queue=queue, priority=priority, attempt=attempt,
+                                          enqueued_at=enqueued_at, eta=eta), task_id, body, codec)
+    if error is not None:
+        headers[_ERROR] = error[:MAX_ERROR_CHARS]
+    return headers
+
+
+def shared_headers(
+    *, codec: MessageCodec, queue: str, priority: Priority, attempt: int, enqueued_at: float, eta: float | None
+) -> dict[str, str]:
+    """The headers every task of one enqueue call shares (computed once per batch)."""
     headers = {
-        _ID: task_id,
-        _TYPE: body.type,
         _QUEUE: queue,
         _PRIORITY: _PRIORITY_STR[priority],
         _ATTEMPT: "1" if attempt == 1 else str(attempt),
@@ -88,10 +98,14 @@ def encode_headers(
     }
     if eta is not None:
         headers[_ETA] = ms_ceil(eta)
+    return headers
+
+
+def task_headers(shared: Mapping[str, str], task_id: str, body: TaskBody, codec: MessageCodec) -> dict[str, str]:
+    """One task's headers: its id and type, then ``shared``."""
+    headers = {_ID: task_id, _TYPE: body.type, **shared}
     if body.headers and not codec.carries_envelope:
         headers[_HEADERS] = json.dumps(dict(body.headers), separators=(",", ":"))
-    if error is not None:
-        headers[_ERROR] = error[:MAX_ERROR_CHARS]
     return headers
 
 

@@ -23,7 +23,7 @@ from nova._broker import Broker, DelayTierAware, Message
 from nova._clock import Clock, SystemClock
 from nova._codecs import CodecRegistry, MessageCodec, MessageFormat, TaskBody, codec_for
 from nova._delay import DelayForwarder, DelayTiers, Router
-from nova._envelope import encode_headers
+from nova._envelope import shared_headers, task_headers
 from nova._errors import (
     ClosedError,
     ConfigurationError,
@@ -35,7 +35,7 @@ from nova._errors import (
 )
 from nova._naming import ready_topic, validate_group, validate_prefix, validate_queue, worker_group
 from nova._policies import PriorityPolicy, RetryPolicy, StrictPriority
-from nova._recording import RecordingSink, TaskEvent, TaskRecorder, TaskStatus
+from nova._recording import RecordingSink, TaskRecorder, TaskStatus
 from nova._task import Priority, Result, Task, coerce_priority, validate_task
 from nova._worker import BatchHandler, BatchWorker, Handler, Worker
 
@@ -241,16 +241,16 @@ class TaskQueue:
         level = coerce_priority(priority)
         validate_queue(queue)
         eta = self._eta(process_in, process_at)
-        prepared = [self._prepare(t, level, queue, eta) for t in tasks]
-        if not prepared:
+        if not tasks:
             return []
+        messages, results = self._prepare(tasks, level, queue, eta)
         await self._connect()
         topics = [ready_topic(self.prefix, queue, lvl) for lvl in Priority]
         if eta is not None:
             topics += self.router.tier_topics
         await self._ensure(topics)
-        messages = [m for m, _, _ in prepared] if eta is None else [
-            self.router.route(m.topic, m.body, m.headers, m.key, eta) for m, _, _ in prepared]
+        if eta is not None:
+            messages = [self.router.route(m.topic, m.body, m.headers, m.key, eta) for m in messages]
         try:
             await self.broker.publish(messages)
         except NovaError as exc:
@@ -259,10 +259,11 @@ class TaskQueue:
             raise EnqueueError(f"the broker did not take {len(messages)} task(s): {exc}") from exc
         except Exception as exc:
             raise EnqueueError(f"the broker did not take {len(messages)} task(s): {exc!r}") from exc
-        status = TaskStatus.PENDING if eta is not None else TaskStatus.QUEUED
-        for _, result, task in prepared:
-            self._emit_raw(result.id, task, queue, level, status, attempt=1, eta=result.eta)
-        return [result for _, result, _ in prepared]
+        if self._sink is not None:
+            status = TaskStatus.PENDING if eta is not None else TaskStatus.QUEUED
+            for result, task in zip(results, tasks, strict=True):
+                self._emit_raw(result.id, task, queue, level, status, attempt=1, eta=result.eta)
+        return results
 
     def _eta(self, process_in: timedelta | float | None, process_at: datetime | None) -> float | None:
         if process_in is not None and process_at is not None:
@@ -286,20 +287,30 @@ class TaskQueue:
             return self.clock.time() + seconds if seconds > 0 else None
         return None
 
-    def _prepare(self, task: Task, level: Priority, queue: str, eta: float | None) -> tuple[Message, Result, Task]:
-        validate_task(task)
-        task_id = task.id or new_task_id()
-        body = TaskBody(task.type, bytes(task.payload), task.headers)
-        data = self.codec.encode(body)
-        if len(data) > self.max_payload_size:
-            raise PayloadTooLarge(len(data), self.max_payload_size)
-        limit = self.broker.max_message_bytes
-        if limit is not None and len(data) > limit:
-            raise PayloadTooLarge(len(data), limit)
-        headers = encode_headers(task_id=task_id, body=body, codec=self.codec, queue=queue,
-                                 priority=level, attempt=1, enqueued_at=self.clock.time(), eta=eta)
-        result = Result(task_id, queue, level, None if eta is None else _dt(eta))
-        return Message(ready_topic(self.prefix, queue, level), data, headers, task_id), result, task
+    def _prepare(self, tasks: Sequence[Task], level: Priority, queue: str,
+                 eta: float | None) -> tuple[list[Message], list[Result]]:
+        """Validate and encode every task before anything is sent (the enqueue hot path)."""
+        codec = self.codec
+        limit = self.max_payload_size
+        if self.broker.max_message_bytes is not None:
+            limit = min(limit, self.broker.max_message_bytes)
+        shared = shared_headers(codec=codec, queue=queue, priority=level, attempt=1,
+                                enqueued_at=self.clock.time(), eta=eta)
+        topic = ready_topic(self.prefix, queue, level)
+        due = None if eta is None else _dt(eta)
+        messages: list[Message] = []
+        results: list[Result] = []
+        for task in tasks:
+            validate_task(task)
+            task_id = task.id or new_task_id()
+            body = TaskBody(task.type, bytes(task.payload), task.headers)
+            data = codec.encode(body)
+            if len(data) > limit:
+                size = len(data)
+                raise PayloadTooLarge(size, self.max_payload_size if size > self.max_payload_size else limit)
+            messages.append(Message(topic, data, task_headers(shared, task_id, body, codec), task_id))
+            results.append(Result(task_id, queue, level, due))
+        return messages, results
 
     # -- consuming ------------------------------------------------------------------
     async def start(self, handler: Handler, *, queues: Sequence[str] = ("default",),
@@ -374,24 +385,24 @@ class TaskQueue:
         return self._worker
 
     # -- recording ------------------------------------------------------------------
+    # Three calls per task on the hot path: the sink buffers a tuple (no TaskEvent, no
+    # datetime) and writes in the background. Headers are copied (a handler may change
+    # them before the write); the payload travels only with the first step.
     def emit(self, task: Task, status: TaskStatus, *, error: str | None = None) -> None:
-        if self._sink is None:
+        sink = self._sink
+        if sink is None:
             return
         assert task.id is not None
-        self._emit_raw(task.id, task, task.queue, task.priority, status, attempt=task.attempt,
-                       eta=task.eta, error=error)
+        sink.emit_step(task.id, task.type, task.queue, task.priority, status, task.attempt, error, task.eta,
+                       dict(task.headers), bytes(task.payload) if status in _FIRST_STEPS else None)
 
     def _emit_raw(self, task_id: str, task: Task, queue: str, priority: Priority, status: TaskStatus,
                   *, attempt: int, eta: datetime | None, error: str | None = None) -> None:
-        if self._sink is None:
+        sink = self._sink
+        if sink is None:
             return
-        now = self.clock.time()
-        self._sink.emit(TaskEvent(
-            task_id=task_id, type=task.type, queue=queue, priority=int(priority), status=status,
-            at=_dt(now), version=int(now * 1_000_000), attempt=attempt, error=error, eta=eta,
-            headers=dict(task.headers),
-            payload=bytes(task.payload) if status in (TaskStatus.QUEUED, TaskStatus.PENDING) else None,
-        ))
+        sink.emit_step(task_id, task.type, queue, priority, status, attempt, error, eta,
+                       dict(task.headers), bytes(task.payload) if status in _FIRST_STEPS else None)
 
     @property
     def recording_stats(self) -> dict[str, int]:
@@ -403,3 +414,6 @@ class TaskQueue:
 
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
+
+
+_FIRST_STEPS = (TaskStatus.QUEUED, TaskStatus.PENDING)

@@ -113,7 +113,7 @@ async def sim_nova(n: int, fmt: nova.MessageFormat, *, batch: bool, recorder: An
 
 
 def _row(name: str, value: float, unit: str = "tasks/s", note: str = "") -> None:
-    print(f"  {name:<48}{value:>12,.0f} {unit:<8} {note}")
+    print(f"  {name:<62}{value:>10,.0f} {unit:<8} {note}")
 
 
 async def bench_sim(args: argparse.Namespace) -> None:
@@ -254,7 +254,7 @@ async def bench_real(args: argparse.Namespace) -> None:
         from bench_kafka import bench_raw_aiokafka
 
         r = await bench_raw_aiokafka(os.environ["NOVA_KAFKA_BOOTSTRAP"], n, len(PAYLOAD))
-        raw = {"produce": r["produce_per_s"], "drain": r["consume_per_s"]}
+        raw = {"produce": r["produce_per_s"], "drain": r["consume_per_s"], "worker": r["worker_per_s"]}
     elif name == "rabbitmq":
         from bench_rabbitmq import raw_aio_pika
 
@@ -270,14 +270,27 @@ async def bench_real(args: argparse.Namespace) -> None:
             raw = {"produce": r["produce_per_s"], "drain": r["consume_per_s"]}
     _progress("raw client done")
     out = await nova_real(name, n)
+    def e2e(produce: float, drain: float) -> float:
+        """Tasks/s from the first enqueue to the last handled: produce, then drain."""
+        return 1 / (1 / produce + 1 / drain)
+
+    def versus(value: float, key: str) -> str:
+        return f"{value / raw[key]:.2f}x raw" if raw.get(key) else ""
+
     if raw:
+        raw["e2e"] = e2e(raw["produce"], raw["drain"])
         _row("raw client: produce (confirmed)", raw["produce"])
         _row("raw client: consume + ack/commit", raw["drain"])
-    for key, label in (("produce_single", "nova enqueue_batch (confirmed)"),
-                       ("drain_single", "nova start(), concurrency=8"),
-                       ("drain_batch", "nova start_batch(TimeCountAggregator(500, 200ms))")):
-        base = raw.get("produce" if key.startswith("produce") else "drain")
-        _row(label, out[key], note=f"{out[key] / base:.2f}x raw" if base else "")
+        _row("raw client: end to end (produce, then consume)", raw["e2e"])
+        if "worker" in raw:
+            _row("raw hand-rolled worker: decode + await handler", raw["worker"],
+                 note=f"end to end {e2e(raw['produce'], raw['worker']):,.0f}/s")
+    _row("nova enqueue_batch (confirmed)", out["produce_single"], note=versus(out["produce_single"], "produce"))
+    modes = (("single", "start(), concurrency=8"), ("batch", "start_batch(TimeCountAggregator(500, 200ms))"))
+    for mode, label in modes:
+        drain, whole = out[f"drain_{mode}"], e2e(out[f"produce_{mode}"], out[f"drain_{mode}"])
+        _row(f"nova {label}: drain", drain, note=versus(drain, "drain"))
+        _row(f"nova {label}: end to end", whole, note=versus(whole, "e2e"))
     _row("latency enqueue->handler p50 @200/s", out["latency_p50_ms"], "ms")
     _row("latency enqueue->handler p99 @200/s", out["latency_p99_ms"], "ms")
     _row("delay lateness p50 (1-10 s delays)", out["lateness_p50_ms"], "ms")

@@ -39,10 +39,17 @@ async def _create_topic(bootstrap: str, topic: str) -> None:
 
 
 async def bench_raw_aiokafka(bootstrap: str, count: int = 100_000, size: int = 100) -> dict[str, float]:
-    """Produce ``count`` records of ``size`` bytes, then consume them with manual commits."""
+    """Produce ``count`` records, then consume them twice with manual commits.
+
+    The records are nova-shaped JSON (``{"type": ..., "payload": <size chars>}``). The
+    first consumer only counts them (the client's own speed); the second is the smallest
+    hand-rolled worker: it decodes each record (orjson) and awaits a no-op handler per record.
+    """
+    import orjson
+
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
     await _create_topic(bootstrap, topic)
-    body = b"x" * size
+    body = orjson.dumps({"type": "bench", "payload": "x" * size})
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_batch_size=65536)
     await producer.start()
     started = time.perf_counter()
@@ -53,29 +60,42 @@ async def bench_raw_aiokafka(bootstrap: str, count: int = 100_000, size: int = 1
     finally:
         await producer.stop()
     produce_s = time.perf_counter() - started
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"bench-{topic}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    started = time.perf_counter()
-    seen = 0
-    last_commit = started
-    try:
-        while seen < count:
-            batch = await consumer.getmany(timeout_ms=500)
-            seen += sum(len(records) for records in batch.values())
-            if time.perf_counter() - last_commit > 0.2:  # batched commits, as the adapter does
-                await consumer.commit()
-                last_commit = time.perf_counter()
-        await consumer.commit()
-    finally:
-        await consumer.stop()
-    consume_s = time.perf_counter() - started
-    return {"produce_per_s": count / produce_s, "consume_per_s": count / consume_s}
+
+    async def handle(doc: Any) -> None:
+        pass
+
+    async def consume(group: str, per_record: bool) -> float:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        started = time.perf_counter()
+        await consumer.start()
+        seen = 0
+        last_commit = started
+        try:
+            while seen < count:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    seen += len(records)
+                    if per_record:
+                        for record in records:
+                            await handle(orjson.loads(record.value))
+                if time.perf_counter() - last_commit > 0.2:  # batched commits, as the adapter does
+                    await consumer.commit()
+                    last_commit = time.perf_counter()
+            await consumer.commit()
+        finally:
+            await consumer.stop()
+        return time.perf_counter() - started
+
+    consume_s = await consume(f"bench-{topic}", per_record=False)
+    worker_s = await consume(f"bench-worker-{topic}", per_record=True)
+    return {"produce_per_s": count / produce_s, "consume_per_s": count / consume_s,
+            "worker_per_s": count / worker_s}
 
 
 async def bench_kafka_broker(bootstrap: str, count: int = 100_000, size: int = 100) -> dict[str, float]:
