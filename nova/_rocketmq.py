@@ -224,20 +224,37 @@ class RocketMQAdmin:
         self, addr: str, code: int, ext: Mapping[str, str] | None = None, body: bytes = b""
     ) -> tuple[int, str, dict[str, str], bytes]:
         """One request/response on a kept-open connection to ``addr`` (reopened once on failure)."""
-        header = {
-            "code": code,
-            "language": "PYTHON",
-            "version": 480,
-            "opaque": next(self._opaque),
-            "flag": 0,
-            "extFields": self._sign(dict(ext or {}), body),
-            "serializeTypeCurrentRPC": "JSON",
-        }
-        raw = json.dumps(header).encode()
-        frame = struct.pack(">ii", 4 + len(raw) + len(body), len(raw)) + raw + body
+        return (await self._call_many(addr, [(code, ext, body)]))[0]
+
+    async def _call_many(
+        self, addr: str, requests: Sequence[tuple[int, Mapping[str, str] | None, bytes]]
+    ) -> list[tuple[int, str, dict[str, str], bytes]]:
+        """Requests sent together on the connection to ``addr``, replies in request order.
+
+        One round trip for all of them: the broker answers each (matched by
+        ``opaque``), perhaps out of order.
+        """
+        frames = []
+        opaques = []
+        for code, ext, body in requests:
+            opaque = next(self._opaque)
+            header = {
+                "code": code,
+                "language": "PYTHON",
+                "version": 480,
+                "opaque": opaque,
+                "flag": 0,
+                "extFields": self._sign(dict(ext or {}), body),
+                "serializeTypeCurrentRPC": "JSON",
+            }
+            raw = json.dumps(header).encode()
+            frames.append(struct.pack(">ii", 4 + len(raw) + len(body), len(raw)) + raw + body)
+            opaques.append(opaque)
+        replies: dict[int, tuple[int, str, dict[str, str], bytes]] = {}
         lock = self._locks.setdefault(addr, asyncio.Lock())
         async with lock:
             for attempt in (1, 2):
+                replies.clear()
                 try:
                     async with asyncio.timeout(self.timeout):
                         conn = self._conns.get(addr)
@@ -245,19 +262,30 @@ class RocketMQAdmin:
                             host, _, port = addr.rpartition(":")
                             conn = self._conns[addr] = await asyncio.open_connection(host, int(port))
                         reader, writer = conn
-                        writer.write(frame)
+                        writer.write(b"".join(frames))
                         await writer.drain()
-                        (length,) = struct.unpack(">i", await reader.readexactly(4))
-                        data = await reader.readexactly(length)
+                        while len(replies) < len(frames):
+                            (length,) = struct.unpack(">i", await reader.readexactly(4))
+                            data = await reader.readexactly(length)
+                            header_len = struct.unpack(">i", data[:4])[0] & 0xFFFFFF
+                            reply = json.loads(data[4 : 4 + header_len])
+                            ext_out = {str(k): str(v) for k, v in (reply.get("extFields") or {}).items()}
+                            replies[int(reply.get("opaque", -1))] = (
+                                int(reply.get("code", -1)),
+                                str(reply.get("remark") or ""),
+                                ext_out,
+                                data[4 + header_len :],
+                            )
                     break
                 except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                     self._drop(addr)
                     if attempt == 2:
                         raise ConnectionError(f"cannot reach RocketMQ at {addr}: {exc!r}") from exc
-        header_len = struct.unpack(">i", data[:4])[0] & 0xFFFFFF
-        reply = json.loads(data[4 : 4 + header_len])
-        ext_out = {str(k): str(v) for k, v in (reply.get("extFields") or {}).items()}
-        return int(reply.get("code", -1)), str(reply.get("remark") or ""), ext_out, data[4 + header_len :]
+        try:
+            return [replies[opaque] for opaque in opaques]
+        except KeyError as exc:
+            self._drop(addr)  # out of step with the broker: start over on a new connection
+            raise ConnectionError(f"RocketMQ at {addr} answered a request nova did not send") from exc
 
     def _drop(self, addr: str) -> None:
         conn = self._conns.pop(addr, None)
@@ -298,16 +326,25 @@ class RocketMQAdmin:
         Pop consumption moves the group's offset on receive, so the difference is
         what the group has not received yet.
         """
-        written = received = 0
+        by_addr: dict[str, list[int]] = {}
         for addr, queue_id in await self._route(topic):
-            ext = {"topic": topic, "queueId": str(queue_id)}
-            code, remark, out, _ = await self._call_ext(addr, _GET_MAX_OFFSET, ext)
-            if code != 0:
-                raise self._refused(f"read the offsets of {topic}", code, remark)
-            high = int(out.get("offset", "0"))
-            code, remark, out, _ = await self._call_ext(addr, _QUERY_CONSUMER_OFFSET, {**ext, "consumerGroup": group})
-            written += high
-            received += min(int(out.get("offset", "0")), high) if code == 0 else 0
+            by_addr.setdefault(addr, []).append(queue_id)
+        written = received = 0
+        for addr, queue_ids in by_addr.items():
+            requests: list[tuple[int, Mapping[str, str] | None, bytes]] = []
+            for queue_id in queue_ids:
+                ext = {"topic": topic, "queueId": str(queue_id)}
+                requests.append((_GET_MAX_OFFSET, ext, b""))
+                requests.append((_QUERY_CONSUMER_OFFSET, {**ext, "consumerGroup": group}, b""))
+            replies = await self._call_many(addr, requests)
+            for (code, remark, high_out, _), (group_code, _, group_out, _) in zip(
+                replies[::2], replies[1::2], strict=True
+            ):
+                if code != 0:
+                    raise self._refused(f"read the offsets of {topic}", code, remark)
+                high = int(high_out.get("offset", "0"))
+                written += high
+                received += min(int(group_out.get("offset", "0")), high) if group_code == 0 else 0
         return written, received
 
     async def _namesrv_call(self, code: int, ext: Mapping[str, str] | None = None) -> tuple[int, str, bytes]:
@@ -798,8 +835,22 @@ class _Delivery:
         return f"<RocketMQ delivery topic={self.topic} id={self._native.message_id}>"
 
 
+#: Acks ride in AckMessage requests of up to this many entries...
+_ACK_BATCH = 64
+#: ...with at most this many requests in flight; acks made meanwhile wait and join bigger batches.
+_ACKS_IN_FLIGHT = 4
+_ACK_ATTEMPTS = 3
+_CODE_OK, _CODE_MULTIPLE_RESULTS = 20000, 30000
+
+
 class _Subscription:
-    """SimpleConsumers of one group, one per topic, so each topic has its own window."""
+    """SimpleConsumers of one group, one per topic, so each topic has its own window.
+
+    ``ack()`` returns at once: the delivery leaves the window and a background
+    task sends the acks in batches (one AckMessage request per topic carries
+    many receipt handles). An ack that never reaches the broker only means a
+    redelivery after ``consume_timeout``; ``close()`` sends the pending ones first.
+    """
 
     def __init__(self, broker: RocketMQBroker, topics: list[str], group: str, window: int) -> None:
         self._broker = broker
@@ -812,6 +863,12 @@ class _Subscription:
         self._held: dict[str, set[_Delivery]] = {t: set() for t in topics}
         self._buffered: dict[str, int] = dict.fromkeys(topics, 0)
         self._receive_base: dict[str, int | None] = dict.fromkeys(topics)
+        self._reads_running: dict[str, asyncio.Future[tuple[int, int]]] = {}
+        self._reads_queued: dict[str, asyncio.Future[tuple[int, int]]] = {}
+        self._ack_pending: list[_Delivery] = []
+        self._ack_wake = asyncio.Event()
+        self._ack_task: asyncio.Task[None] | None = None
+        self._acks_stop = False
         self._queue: asyncio.Queue[_Delivery | BaseException | None] = asyncio.Queue()
         self._room = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -828,8 +885,11 @@ class _Subscription:
                 self._consumers[topic] = await self._new_consumer(topic)
             for topic, consumer in self._consumers.items():
                 self._tasks.append(asyncio.create_task(self._pump(topic, consumer)))
+            self._ack_task = asyncio.create_task(self._ack_loop())
             self._tasks.append(asyncio.create_task(self._renew()))
         except BaseException as exc:
+            for task in [*self._tasks, *([self._ack_task] if self._ack_task else [])]:
+                task.cancel()
             await self._shutdown_consumers()
             if isinstance(exc, NovaError) or not isinstance(exc, Exception):
                 raise
@@ -880,7 +940,7 @@ class _Subscription:
                 if admin is not None:
                     # backlog() counts from here while the receive is in flight: the
                     # broker moves the group's offset before the messages reach us.
-                    self._receive_base[topic] = (await admin.offsets(topic, self.group))[1]
+                    self._receive_base[topic] = (await self._offsets(topic, fresh=False))[1]
                 messages = await self._receive(consumer, min(self.window - len(held), 32))
             except asyncio.CancelledError:
                 raise
@@ -983,20 +1043,142 @@ class _Subscription:
             return
         d._done = True
         held = self._held[d.topic]
+        if ack:
+            held.discard(d)
+            self._room.set()
+            if not self._closed.is_set():  # (else already given back at close)
+                self._ack_pending.append(d)
+                self._ack_wake.set()
+            return
         try:
             if self._closed.is_set():
                 return  # already given back at close
-            if ack:
-                await self._broker._run(d._consumer.ack, d._native)
-            else:
-                await self._change(d, 0)
+            await self._change(d, 0)
         except Exception as exc:
             d._done = False
-            raise self._broker._err(exc, "ack" if ack else "nack") from exc
+            raise self._broker._err(exc, "nack") from exc
         finally:
             if d._done:
                 held.discard(d)
                 self._room.set()
+
+    async def _ack_loop(self) -> None:
+        """Send pending acks in batches until close() has stopped it and none are left."""
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                if not self._ack_pending:
+                    if self._acks_stop:
+                        break
+                    self._ack_wake.clear()
+                    await self._ack_wake.wait()
+                    continue
+                while len(in_flight) >= _ACKS_IN_FLIGHT:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                pending, self._ack_pending = self._ack_pending, []
+                batches: dict[tuple[int, str], list[_Delivery]] = {}
+                for d in pending:
+                    batches.setdefault((id(d._consumer), d._native.topic), []).append(d)
+                for batch in batches.values():
+                    for i in range(0, len(batch), _ACK_BATCH):
+                        task = asyncio.create_task(self._send_acks(batch[i : i + _ACK_BATCH]))
+                        in_flight.add(task)
+                        task.add_done_callback(in_flight.discard)
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _send_acks(self, batch: list[_Delivery]) -> None:
+        """One AckMessage request for deliveries of one consumer and topic (retried a little)."""
+        from rocketmq.grpc_protocol import AckMessageRequest
+
+        consumer, first = batch[0]._consumer, batch[0]._native
+        namespace = self._broker.namespace
+        req = AckMessageRequest()
+        req.group.name = self.group
+        req.group.resource_namespace = namespace
+        req.topic.name = first.topic
+        req.topic.resource_namespace = namespace
+        for d in batch:
+            entry = req.entries.add()
+            entry.message_id = d._native.message_id
+            entry.receipt_handle = d._native.receipt_handle
+        for attempt in range(1, _ACK_ATTEMPTS + 1):
+            try:
+                fut = consumer.rpc_client.ack_message_async(
+                    first.endpoints, req, metadata=consumer.sign(), timeout=self._broker.request_timeout
+                )
+                res = await asyncio.wrap_future(fut)
+            except Exception as exc:  # noqa: BLE001 - retried, then logged: the broker redelivers
+                if attempt == _ACK_ATTEMPTS:
+                    log.warning(
+                        "RocketMQ did not take %d acks on %s; they will be redelivered: %s",
+                        len(batch),
+                        first.topic,
+                        self._broker._err(exc, "ack"),
+                    )
+                    return
+                await asyncio.sleep(0.2 * attempt)
+                continue
+            code = res.status.code
+            if code == _CODE_MULTIPLE_RESULTS:
+                failed = [e for e in res.entries if e.status.code != _CODE_OK]
+                if failed:
+                    log.warning(
+                        "RocketMQ refused %d of %d acks on %s (they will be redelivered): %s",
+                        len(failed),
+                        len(batch),
+                        first.topic,
+                        failed[0].status.message,
+                    )
+            elif code != _CODE_OK:
+                log.warning(
+                    "RocketMQ refused %d acks on %s (they will be redelivered): %s %s",
+                    len(batch),
+                    first.topic,
+                    code,
+                    res.status.message,
+                )
+            return
+
+    async def _offsets(self, topic: str, *, fresh: bool) -> tuple[int, int]:
+        """The admin's ``offsets`` of ``topic``, one read shared by the callers that wait for it.
+
+        ``fresh`` callers only share a read that starts after they asked (so a
+        task published before the call is counted); the others take any read
+        on its way.
+        """
+        read = self._reads_running.get(topic)
+        if read is None:
+            read = self._start_read(topic, None)
+        elif fresh:
+            read = self._reads_queued.get(topic) or self._start_read(topic, read)
+        return await asyncio.shield(read)
+
+    def _start_read(self, topic: str, after: asyncio.Future[tuple[int, int]] | None) -> asyncio.Future[tuple[int, int]]:
+        admin = self._broker._admin
+        assert admin is not None
+
+        async def read() -> tuple[int, int]:
+            if after is not None:
+                await asyncio.wait([after])
+                if self._reads_queued.get(topic) is task:
+                    del self._reads_queued[topic]
+                self._reads_running[topic] = task
+            return await admin.offsets(topic, self.group)
+
+        task = asyncio.ensure_future(read())
+        (self._reads_running if after is None else self._reads_queued)[topic] = task
+
+        def forget(done: asyncio.Future[tuple[int, int]]) -> None:
+            for reads in (self._reads_running, self._reads_queued):
+                if reads.get(topic) is done:
+                    del reads[topic]
+            if not done.cancelled():
+                done.exception()  # retrieved here; each caller still gets it raised
+
+        task.add_done_callback(forget)
+        return task
 
     def __aiter__(self) -> AsyncIterator[Delivery]:
         return self._iterate()
@@ -1022,7 +1204,7 @@ class _Subscription:
         if admin is None or self._closing or topic not in self._held:
             return local
         try:
-            written, received = await admin.offsets(topic, self.group)
+            written, received = await self._offsets(topic, fresh=True)
         except NovaError as exc:
             log.debug("RocketMQ backlog of %s unknown: %s", topic, exc)
             return local
@@ -1047,6 +1229,12 @@ class _Subscription:
             for task in pending:
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._acks_stop = True  # send what was acked before giving the rest back
+        self._ack_wake.set()
+        if self._ack_task is not None:
+            await asyncio.gather(self._ack_task, return_exceptions=True)
+        for read in [*self._reads_running.values(), *self._reads_queued.values()]:
+            read.cancel()
         unacked = [d for held in self._held.values() for d in held if not d._done]
         await asyncio.gather(*(self._give_back(d) for d in unacked))
         for held in self._held.values():
