@@ -187,11 +187,13 @@ class Worker(_BaseWorker):
         self.concurrency = concurrency
         self.buffers: dict[Priority, deque[tuple[Delivery, _Route]]] = {lvl: deque() for lvl in LEVELS}
         self.running = 0
-        self._work = asyncio.Event()
+        self._work = asyncio.Event()  # any delivery arrived (waiting for a higher level)
+        self._idle: deque[asyncio.Future[None]] = deque()  # runners waiting for any task
         self._runners: list[asyncio.Task[None]] = []
         self._current: dict[int, asyncio.Task[None]] = {}
         self._patience = 0
         self._strict = isinstance(tq.priority_policy, StrictPriority)
+        self._level_topics = {lvl: [ready_topic(tq.prefix, q, lvl) for q in self.queues] for lvl in LEVELS}
 
     async def start(self) -> None:
         await self._subscribe()
@@ -202,6 +204,17 @@ class Worker(_BaseWorker):
     def accept(self, delivery: Delivery, route: _Route) -> None:
         self.buffers[route.priority].append((delivery, route))
         self._work.set()
+        self._wake(1)
+
+    def _wake(self, runners: int | None) -> None:
+        """Wake that many idle runners (all when None): one per delivery, not a herd."""
+        idle = self._idle
+        while idle and (runners is None or runners > 0):
+            waiter = idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                if runners is not None:
+                    runners -= 1
 
     async def _runner(self, index: int) -> None:
         streak = 0
@@ -223,21 +236,16 @@ class Worker(_BaseWorker):
         """The next delivery by priority policy; None to look again."""
         buffers = self.buffers
         if not (buffers[Priority.HIGH] or buffers[Priority.NORMAL] or buffers[Priority.LOW]):
-            self._work.clear()
-            await self._work.wait()
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle.append(waiter)
+            await waiter
             return None
-        candidates = [lvl for lvl in LEVELS if buffers[lvl]]
-        if len(candidates) < len(LEVELS) and self._patience < 20:
-            # A level we hold nothing of may still have work waiting in the broker
-            # (not yet fetched): it counts as ready, so priority holds across topics.
-            # Strict priority only cares about empty levels above the best one we hold.
-            to_check = [lvl for lvl in LEVELS if not buffers[lvl] and (not self._strict or lvl > candidates[0])]
-            waiting = {lvl for lvl in to_check if await self._backlog(lvl)}
-            # Deliveries may have arrived during those awaits: look at the buffers again.
-            candidates = [lvl for lvl in LEVELS if buffers[lvl] or lvl in waiting]
-            if not candidates:
-                return None
-        level = self.tq.priority_policy.choose(candidates)
+        if self._strict:
+            level = await self._strict_level()
+        else:
+            level = await self._weighted_level()
+        if level is None:
+            return None
         if not buffers[level]:
             self._patience += 1
             self._work.clear()
@@ -247,11 +255,44 @@ class Worker(_BaseWorker):
         self._patience = 0
         return buffers[level].popleft()
 
+    async def _strict_level(self) -> Priority | None:
+        """The highest level with work, here or (not yet fetched) in the broker."""
+        buffers = self.buffers
+        held = next(lvl for lvl in LEVELS if buffers[lvl])
+        if held is Priority.HIGH or self._patience >= 20:
+            return held
+        # A level above the best one we hold may have work waiting in the broker: it wins.
+        waiting = None
+        for above in LEVELS:
+            if above is held:
+                break
+            if await self._backlog(above):
+                waiting = above
+                break
+        # Deliveries may have arrived during those awaits: look at the buffers again.
+        now_held = next((lvl for lvl in LEVELS if buffers[lvl]), None)
+        if waiting is not None and (now_held is None or now_held < waiting):
+            return waiting
+        return now_held
+
+    async def _weighted_level(self) -> Priority | None:
+        buffers = self.buffers
+        candidates = [lvl for lvl in LEVELS if buffers[lvl]]
+        if len(candidates) < len(LEVELS) and self._patience < 20:
+            # A level we hold nothing of may still have work waiting in the broker
+            # (not yet fetched): it counts as ready, so priority holds across topics.
+            waiting = {lvl for lvl in LEVELS if not buffers[lvl] and await self._backlog(lvl)}
+            # Deliveries may have arrived during those awaits: look at the buffers again.
+            candidates = [lvl for lvl in LEVELS if buffers[lvl] or lvl in waiting]
+            if not candidates:
+                return None
+        return self.tq.priority_policy.choose(candidates)
+
     async def _backlog(self, level: Priority) -> bool:
         """Whether the broker reports work of ``level`` not yet handed to us."""
         assert self.sub is not None
-        for q in self.queues:
-            if await self.sub.backlog(ready_topic(self.tq.prefix, q, level)) > 0:
+        for topic in self._level_topics[level]:
+            if await self.sub.backlog(topic) > 0:
                 return True
         return False
 
@@ -278,6 +319,7 @@ class Worker(_BaseWorker):
     async def stop(self, *, graceful: bool, timeout: float) -> None:
         self.stopping = True
         self._work.set()  # idle runners wake, see stopping, and end
+        self._wake(None)
         await self._stop_fetching()
         runners = list(self._runners)
         if runners and graceful:
