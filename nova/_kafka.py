@@ -12,7 +12,9 @@ How the broker contract maps onto Kafka:
 
 - **publish**: an idempotent producer with ``acks=all``; ``publish`` returns once
   every record is acknowledged, else raises ``EnqueueError`` from the cause.
-  Headers travel as Kafka headers (utf-8), ``key`` as the record key.
+  Messages are spread round robin over a topic's partitions and sent as one
+  record batch per partition. Headers travel as Kafka headers (utf-8), ``key``
+  as the record key (not used for partitioning: task ids buy no ordering).
 - **topics**: created with the admin client (``ensure_topics``; ``publish`` and
   ``subscribe`` also ensure the topics they touch, once per process), with
   ``partitions`` partitions and a replication factor of ``min(3, brokers)``
@@ -21,8 +23,9 @@ How the broker contract maps onto Kafka:
   the committed offset is the lowest one not yet acked, so out-of-order acks
   from concurrent handlers never commit past unfinished work. Commits are
   batched (every ``commit_interval_ms``, on partition revoke and on close).
-- **window**: at most ``window`` unacked deliveries per partition. A full
-  partition is ``pause()``d while the poll loop keeps calling ``getmany`` for
+- **window**: at most ``window`` unacked deliveries per partition. Fetching is
+  bounded apart: a partition with ``max(window, 4096)`` fetched records not yet
+  handed out is ``pause()``d while the poll loop keeps calling ``getmany`` for
   the others, so a delivery may stay unacked for as long as it likes without
   exceeding ``max_poll_interval_ms``. Pauses are re-applied after a rebalance.
 - **nack**: the record goes back to the front of its partition's local queue
