@@ -386,15 +386,14 @@ class TaskQueue:
 
     # -- recording ------------------------------------------------------------------
     # Three calls per task on the hot path: the sink buffers a tuple (no TaskEvent, no
-    # datetime) and writes in the background. Headers are copied (a handler may change
-    # them before the write); the payload travels only with the first step.
+    # datetime) and writes in the background. The payload travels only with the first step.
     def emit(self, task: Task, status: TaskStatus, *, error: str | None = None) -> None:
         sink = self._sink
         if sink is None:
             return
         assert task.id is not None
         sink.emit_step(task.id, task.type, task.queue, task.priority, status, task.attempt, error, task.eta,
-                       dict(task.headers), bytes(task.payload) if status in _FIRST_STEPS else None)
+                       task.headers, bytes(task.payload) if status in _FIRST_STEPS else None)
 
     def _emit_raw(self, task_id: str, task: Task, queue: str, priority: Priority, status: TaskStatus,
                   *, attempt: int, eta: datetime | None, error: str | None = None) -> None:
@@ -402,7 +401,7 @@ class TaskQueue:
         if sink is None:
             return
         sink.emit_step(task_id, task.type, queue, priority, status, attempt, error, eta,
-                       dict(task.headers), bytes(task.payload) if status in _FIRST_STEPS else None)
+                       task.headers, bytes(task.payload) if status in _FIRST_STEPS else None)
 
     @property
     def recording_stats(self) -> dict[str, int]:
