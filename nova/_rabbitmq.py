@@ -46,15 +46,16 @@ want one); the per-topic limit of a subscription is always its ``window``.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import re
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from nova._broker import Message
@@ -70,6 +71,9 @@ from nova._errors import (
 if TYPE_CHECKING:
     import aio_pika
     import aio_pika.abc
+    import aiormq
+    import aiormq.abc
+    from aiormq.abc import ChannelFrame
 
     from nova._clock import Clock
 
@@ -497,8 +501,24 @@ class RabbitMQBroker:
         sub = _RabbitSubscription(self, group)
         self._subscriptions.add(sub)
         try:
-            for topic in topics:
-                await sub._consume(connection, topic, self._consumed_queue(topic), window)
+            # Channels, qos and declares for all topics at once (one round trip, not
+            # three per topic); consumers then start in the given order.
+            opened = await asyncio.gather(
+                *(sub._open(connection, topic, self._consumed_queue(topic), window) for topic in topics),
+                return_exceptions=True,
+            )
+            consumers = []
+            for result in opened:
+                if isinstance(result, BaseException):
+                    raise result
+                consumers.append(result)
+            # basic.consume frames go out in the given order (highest priority first).
+            await asyncio.gather(
+                *(
+                    queue.consume(on_message, no_ack=False, consumer_tag=f"{group}.{uuid.uuid4().hex[:12]}")
+                    for queue, on_message in consumers
+                )
+            )
         except BaseException as exc:
             await sub.close()
             if isinstance(exc, Exception):
@@ -527,13 +547,13 @@ class _StaleLog:
         self.last = float("-inf")
         self.quiet = 0
 
-    def report(self, verb: str, topic: str) -> None:
+    def report(self, verb: str, topic: str, count: int = 1) -> None:
         now = time.monotonic()
         if now - self.last < self.every:
-            self.quiet += 1
+            self.quiet += count
             return
         more = f" (and {self.quiet} more since the last warning)" if self.quiet else ""
-        self.last, self.quiet = now, 0
+        self.last, self.quiet = now, count - 1
         log.warning(
             "cannot %s a delivery from %r: its channel closed (connection lost or subscription "
             "closed); RabbitMQ redelivers it%s",
@@ -546,18 +566,219 @@ class _StaleLog:
 _STALE_LOG = _StaleLog()
 
 
-class _RabbitDelivery:
-    __slots__ = ("_done", "_message", "body", "headers", "published_at", "topic")
+class _Settler:
+    """The acks and nacks of one AMQP channel, written once per event-loop turn.
 
-    def __init__(self, topic: str, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+    Delivery tags on a channel are consecutive (1, 2, 3, ...) and every tag up
+    to ``base`` is settled and on the wire. A run of settled tags starting at
+    ``base + 1`` goes out as ONE ``basic.ack(multiple=True)`` of its last tag:
+    it cannot ack a delivery whose handler has not finished, because it only
+    ever extends over tags we settled (a delivery still in a handler, or not
+    yet read, is a gap that stops the run). Tags settled above a gap go out
+    one by one, so a long handler never holds back the others' credit. Nacks
+    are written in tag order before any multiple ack that passes them.
+    """
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel, topic: str) -> None:
+        self.channel = channel
+        # aiormq's frame queue to the connection's writer (its basic_ack writes there too)
+        self.write_queue: asyncio.Queue[ChannelFrame] = cast("aiormq.Channel", channel).write_queue
         self.topic = topic
+        self.base = 0
+        #: settled tags above ``base`` already written, as sorted disjoint [first, last] runs
+        self.written: list[list[int]] = []
+        #: settled tags not yet written: tag -> requeue (False: ack, True: nack)
+        self.pending: dict[int, bool] = {}
+        self._scheduled = False
+        self._writer: asyncio.Task[None] | None = None
+
+    def settle(self, tag: int, requeue: bool) -> None:
+        self.pending[tag] = requeue
+        if not self._scheduled and self._writer is None:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._writer is not None:
+            return  # the running writer takes what is pending next
+        frame = self._take()
+        if frame is None:
+            return
+        try:
+            self.write_queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._writer = asyncio.get_running_loop().create_task(self._write(frame))
+
+    async def _write(self, frame: ChannelFrame | None) -> None:
+        try:
+            while frame is not None:
+                # The writer's queue is bounded; waiting for it can hang when the
+                # connection dies mid-call, and a frame lost that way only means a redelivery.
+                async with asyncio.timeout(SETTLE_TIMEOUT):
+                    await self.write_queue.put(frame)
+                frame = self._take()
+        except Exception as exc:  # unsettled means redelivered, never lost
+            if self.channel.is_closed or _is_connection_problem(exc):
+                _STALE_LOG.report("settle", self.topic)
+            else:
+                log.error("cannot settle deliveries from %r (RabbitMQ redelivers them)", self.topic, exc_info=True)
+        finally:
+            self._writer = None
+
+    async def drain(self) -> None:
+        """Write everything settled so far (before a fence or a channel close)."""
+        if self._writer is not None:
+            await asyncio.wait([self._writer])
+        await self._write(self._take())
+
+    def _take(self) -> ChannelFrame | None:
+        """Frames for every pending settle, in tag order, as one write (None: nothing)."""
+        if not self.pending:
+            return None
+        if self.channel.is_closed:
+            _STALE_LOG.report("settle", self.topic, len(self.pending))
+            self.pending.clear()
+            return None
+        from aiormq.abc import ChannelFrame
+        from pamqp import commands
+
+        frames: list[Any] = []
+        tags = sorted(self.pending)
+        ack_upto = 0
+        edge = self._advance(self.base)
+        i = 0
+        while i < len(tags) and tags[i] == edge + 1:
+            tag = tags[i]
+            if self.pending.pop(tag):
+                if ack_upto:
+                    frames.append(commands.Basic.Ack(delivery_tag=ack_upto, multiple=True))
+                    ack_upto = 0
+                frames.append(commands.Basic.Nack(delivery_tag=tag, multiple=False, requeue=True))
+            else:
+                ack_upto = tag
+            edge = self._advance(tag)
+            i += 1
+        if ack_upto:
+            frames.append(commands.Basic.Ack(delivery_tag=ack_upto, multiple=True))
+        self.base = edge
+        for tag in tags[i:]:
+            if self.pending.pop(tag):
+                frames.append(commands.Basic.Nack(delivery_tag=tag, multiple=False, requeue=True))
+            else:
+                frames.append(commands.Basic.Ack(delivery_tag=tag, multiple=False))
+            self._mark_written(tag)
+        return ChannelFrame.marshall(channel_number=self.channel.number, frames=frames)
+
+    def _advance(self, edge: int) -> int:
+        """Skip the written runs that continue ``edge``; the new edge."""
+        written = self.written
+        while written and written[0][0] == edge + 1:
+            edge = written.pop(0)[1]
+        return edge
+
+    def _mark_written(self, tag: int) -> None:
+        runs = self.written
+        if runs and runs[-1][1] + 1 == tag:  # the common case: in order
+            runs[-1][1] = tag
+            return
+        at = bisect.bisect_left(runs, [tag, tag])
+        runs.insert(at, [tag, tag])
+        if at + 1 < len(runs) and runs[at + 1][0] == tag + 1:
+            runs[at][1] = runs.pop(at + 1)[1]
+        if at > 0 and runs[at - 1][1] + 1 == tag:
+            runs[at - 1][1] = runs.pop(at)[1]
+
+
+class _Feed:
+    """One consumed topic of a subscription, and what we know of its queue.
+
+    ``backlog`` must say whether RabbitMQ holds ready messages of the topic
+    that this subscription has not received. A classic queue never keeps a
+    message ready while one of its consumers has credit (fewer unacked
+    deliveries than its prefetch): it sends it at once. So a ready message
+    means our consumer is at ``window`` *in the broker's view*, which counts
+    every delivery we hold (``held``) plus those whose settle the broker has
+    not processed yet (at most ``settled``: settles sent since the last
+    ``fence`` began; a fence is a passive declare on this consumer's own
+    channel, which RabbitMQ handles after the settles sent before it on that
+    channel) plus deliveries on the wire to us. Hence, after a fence found 0
+    ready: ``held + settled < window`` means nothing is ready in RabbitMQ
+    unless deliveries to us are on the wire, which a passive declare (ready
+    count only) never counted either. Only when that local test fails
+    (credit maybe exhausted, or no fence yet on this AMQP channel) is the
+    broker asked, and concurrent askers share one question.
+    """
+
+    __slots__ = ("channel", "fencing", "held", "queue_name", "ready", "settled", "settler", "topic",
+                 "underlay", "unyielded", "window")
+
+    def __init__(self, topic: str, queue_name: str, window: int, channel: aio_pika.abc.AbstractChannel) -> None:
+        self.topic = topic
+        self.queue_name = queue_name
+        self.window = window
+        self.channel = channel
+        #: the AMQP channel the counts below refer to (a robust channel reopens on a new one)
+        self.underlay: aiormq.abc.AbstractChannel | None = None
+        self.settler: _Settler | None = None
+        self.held = 0  # delivered on ``underlay`` and not yet settled
+        self.settled = 0  # settled on ``underlay`` since the last fence began
+        self.ready: int | None = None  # ready count found by the last fence; None: no fence on ``underlay``
+        self.unyielded = 0  # in the subscription's queue, not yet handed to the iterator
+        self.fencing: asyncio.Task[int] | None = None
+
+    def adopt(self, underlay: aiormq.abc.AbstractChannel) -> _Settler:
+        """The settler of ``underlay``; counts restart when it is a new AMQP channel."""
+        if underlay is not self.underlay or self.settler is None:
+            self.underlay = underlay
+            self.settler = _Settler(underlay, self.topic)
+            self.held = self.settled = 0
+            self.ready = None
+        return self.settler
+
+    def nothing_ready(self) -> bool:
+        """True when local knowledge proves RabbitMQ holds nothing ready for us (see the class doc)."""
+        underlay = self.underlay
+        return (
+            self.ready == 0
+            and underlay is not None
+            and not underlay.is_closed
+            and self.held + self.settled < self.window
+        )
+
+    async def fence(self) -> int:
+        """Ask RabbitMQ for the ready count, on the consumer's own channel (0 if unknown)."""
+        try:
+            underlay = await asyncio.wait_for(self.channel.get_underlay_channel(), 5)
+            settler = self.adopt(underlay)
+            await settler.drain()  # the settles counted below are on the wire before the declare
+            started = self.settled
+            result = await underlay.queue_declare(self.queue_name, passive=True, timeout=5)
+        except Exception:
+            log.debug("backlog(%r) unavailable", self.topic, exc_info=True)
+            return 0
+        ready = int(result.message_count or 0)
+        if self.underlay is underlay:
+            self.settled -= started
+            self.ready = ready
+        return ready
+
+
+class _RabbitDelivery:
+    __slots__ = ("_done", "_feed", "_message", "_settler", "body", "headers", "published_at", "topic")
+
+    def __init__(self, feed: _Feed, settler: _Settler | None, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self.topic = feed.topic
         self.body = message.body
-        raw = dict(message.headers or {})
-        stamp = raw.pop(PUBLISHED_AT_HEADER, None)
+        raw = message.headers
+        stamp = raw.get(PUBLISHED_AT_HEADER) if raw else None
         # "x-*" headers are RabbitMQ's own (x-death and friends after dead-lettering).
-        self.headers: Mapping[str, str] = {
-            k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in raw.items() if not k.startswith("x-")
-        }
+        self.headers: Mapping[str, str] = (
+            {k: (v if isinstance(v, str) else v.decode() if isinstance(v, bytes) else str(v))
+             for k, v in raw.items() if not k.startswith("x-")}
+            if raw
+            else {}
+        )
         published: float | None = None
         if stamp is not None:
             with contextlib.suppress(ValueError):
@@ -566,50 +787,46 @@ class _RabbitDelivery:
             published = message.timestamp.timestamp()
         self.published_at = published if published is not None else time.time()
         self._message = message
+        self._feed = feed
+        self._settler = settler  # None: it came on a channel already closed
         self._done = False
 
     def stale(self) -> bool:
         """True if the channel it came on is gone (the broker redelivers it)."""
         import aiormq.exceptions
 
+        if self._settler is None:
+            return True
         try:
             return self._message.channel.is_closed
         except aiormq.exceptions.ChannelInvalidStateError:
             return True
 
     async def ack(self) -> None:
-        await self._settle(requeue=None)
+        self._settle(requeue=False)
 
     async def nack(self) -> None:
-        await self._settle(requeue=True)
+        self._settle(requeue=True)
 
-    async def _settle(self, requeue: bool | None) -> None:
-        """Ack or requeue. On a delivery whose channel is gone (connection lost,
-        subscription closed) there is nothing to settle: RabbitMQ already put the
-        message back and redelivers it, so this logs a warning instead of raising
-        (at least once: the task may run again)."""
+    def _settle(self, requeue: bool) -> None:
+        """Ack or requeue: hand the tag to the channel's settler, which writes it
+        within this event-loop turn (see ``_Settler``). On a delivery whose channel
+        is gone (connection lost, subscription closed) there is nothing to settle:
+        RabbitMQ already put the message back and redelivers it, so this logs a
+        warning instead of raising (at least once: the task may run again)."""
         if self._done:
             return
         self._done = True
-        verb = "ack" if requeue is None else "nack"
-        try:
-            if not self.stale():
-                channel = self._message.channel
-                tag = self._message.delivery_tag
-                assert tag is not None
-                # wait=False: hand the frame to the writer and return. Waiting for the
-                # socket drain can hang forever when the connection dies mid-call, and
-                # a frame lost that way only means a redelivery.
-                if requeue is None:
-                    op = channel.basic_ack(tag, wait=False)
-                else:
-                    op = channel.basic_nack(tag, requeue=True, wait=False)
-                await asyncio.wait_for(op, SETTLE_TIMEOUT)
-                return
-        except Exception as exc:
-            if not (self.stale() or _is_connection_problem(exc)):
-                raise BrokerError(f"cannot {verb} a delivery from {self.topic!r}: {type(exc).__name__}: {exc}") from exc
-        _STALE_LOG.report(verb, self.topic)
+        feed, settler = self._feed, self._settler
+        if settler is not None and settler is feed.settler:
+            feed.held -= 1
+            feed.settled += 1
+        if settler is None or self.stale():
+            _STALE_LOG.report("nack" if requeue else "ack", self.topic)
+            return
+        tag = self._message.delivery_tag
+        assert tag is not None
+        settler.settle(tag, requeue)
 
     def __repr__(self) -> str:
         return f"<RabbitMQ delivery topic={self.topic!r} {len(self.body)} bytes>"
@@ -625,28 +842,35 @@ class _RabbitSubscription:
         self._broker = broker
         self._group = group
         self._queue: asyncio.Queue[_RabbitDelivery | object] = asyncio.Queue()
-        self._channels: list[aio_pika.abc.AbstractChannel] = []
-        self._topics: list[str] = []
+        self._feeds: dict[str, _Feed] = {}
         self._closed = False
 
-    async def _consume(
+    async def _open(
         self,
         connection: aio_pika.abc.AbstractRobustConnection,
         topic: str,
         queue_name: str,
         window: int,
-    ) -> None:
+    ) -> tuple[aio_pika.abc.AbstractQueue, Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]]:
+        """A channel for ``topic``, ready to consume: its queue and its message callback."""
         channel = await connection.channel(publisher_confirms=False)
-        self._channels.append(channel)
+        feed = _Feed(topic, queue_name, window, channel)
+        self._feeds[topic] = feed
         # global=False: the limit applies per consumer, i.e. per topic.
         await channel.set_qos(prefetch_count=window)
         queue = await channel.declare_queue(queue_name, durable=True)
+        put = self._queue.put_nowait
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            self._queue.put_nowait(_RabbitDelivery(topic, message))
+            underlay = message.channel
+            settler: _Settler | None = None
+            if underlay is feed.underlay or not underlay.is_closed:
+                settler = feed.adopt(underlay)
+                feed.held += 1
+            feed.unyielded += 1
+            put(_RabbitDelivery(feed, settler, message))
 
-        await queue.consume(on_message, no_ack=False, consumer_tag=f"{self._group}.{uuid.uuid4().hex[:12]}")
-        self._topics.append(topic)
+        return queue, on_message
 
     async def __aiter__(self) -> AsyncIterator[_RabbitDelivery]:
         while True:
@@ -655,15 +879,31 @@ class _RabbitSubscription:
                 self._queue.put_nowait(_STOP)
                 return
             assert isinstance(item, _RabbitDelivery)
+            feed = item._feed
+            feed.unyielded -= 1
             if item.stale():
+                if item._settler is not None and item._settler is feed.settler:
+                    feed.held -= 1
                 continue  # its channel died: RabbitMQ redelivers it on the new one
             yield item
 
     async def backlog(self, topic: str) -> int:
-        """Ready messages of ``topic`` in RabbitMQ (passive declare; 0 if unknown)."""
+        """Messages of ``topic`` waiting for this subscription: received but not yet
+        iterated, or ready in RabbitMQ (0 if unknown). Asks RabbitMQ only when
+        local knowledge cannot decide (see ``_Feed``)."""
         if self._closed:
             return 0
-        return await self._broker._queue_depth(topic)
+        feed = self._feeds.get(topic)
+        if feed is None:
+            return await self._broker._queue_depth(topic)
+        if feed.unyielded:
+            return feed.unyielded
+        if feed.nothing_ready():
+            return 0
+        if feed.fencing is None or feed.fencing.done():
+            feed.fencing = asyncio.get_running_loop().create_task(feed.fence())
+        # shield: a runner cancelled while waiting must not cancel the others' answer
+        return await asyncio.shield(feed.fencing)
 
     async def close(self) -> None:
         """Stop consuming; unacked deliveries go back to their queues. Idempotent."""
@@ -671,10 +911,14 @@ class _RabbitSubscription:
             return
         self._closed = True
         self._broker._subscriptions.discard(self)
-        for channel in self._channels:
+        for feed in self._feeds.values():
+            if feed.fencing is not None:
+                feed.fencing.cancel()
             with contextlib.suppress(Exception):
-                await channel.close()
-        self._channels.clear()
+                if feed.settler is not None:
+                    await feed.settler.drain()  # acks already given go out before the close
+            with contextlib.suppress(Exception):
+                await feed.channel.close()
         self._queue.put_nowait(_STOP)
 
 
