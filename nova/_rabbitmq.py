@@ -24,7 +24,11 @@ How the contract maps onto AMQP:
   at one topic: workers and the delay forwarder read different topics.)
 - a subscription opens one channel per topic with a per-consumer prefetch of
   ``window``, so a full topic never blocks the others; acks are manual and a
-  delivery may stay unacked for minutes. Beyond the server's
+  delivery may stay unacked for minutes. Settles are written once per
+  event-loop turn and a run of consecutive settled tags goes out as one
+  ``basic.ack(multiple=True)``, which never covers a delivery still being
+  handled (``_Settler``). ``backlog`` answers from the consumer's credit and
+  asks RabbitMQ (a passive declare) only when that cannot decide (``_Feed``). Beyond the server's
   ``consumer_timeout`` (RabbitMQ 3.10 default: 30 min) the broker closes the
   channel and redelivers; the adapter reopens it, so work goes on, but the
   task may run twice. Long-held delay tiers therefore want TTL queues

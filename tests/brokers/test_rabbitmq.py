@@ -359,6 +359,55 @@ async def test_backlog_counts_ready_messages(
     await sub.close()
 
 
+async def test_backlog_of_a_subscribed_topic_counts_what_waits_in_this_process_and_in_rabbitmq(
+    rabbitmq_brokers: Callable[..., RabbitMQBroker], rabbitmq_topics: Callable[[], str]
+) -> None:
+    topic, idle = rabbitmq_topics(), rabbitmq_topics()
+    broker = rabbitmq_brokers()
+    await broker.connect()
+    sub = await broker.subscribe([topic, idle], group="g", window=2)
+    await broker.publish([Message(topic, b"%d" % i) for i in range(5)])
+    # Nobody iterates: 2 deliveries wait in this process, 3 in RabbitMQ (our credit is used up).
+    await _wait_backlog(sub, topic, 2)
+    deliveries = aiter(sub)
+    first, second = await anext(deliveries), await anext(deliveries)
+    assert await sub.backlog(topic) == 3
+    assert await sub.backlog(idle) == 0
+    await first.ack()
+    await second.ack()  # credit returns: RabbitMQ sends 2 more, 1 stays ready
+    await _wait_backlog(sub, topic, 2)  # the 2 new ones, received, not yet iterated
+    assert [(await anext(deliveries)).body for _ in range(2)] == [b"2", b"3"]
+    assert await sub.backlog(topic) == 1
+    await sub.close()
+
+
+async def test_settles_are_batched_but_never_cover_an_unsettled_delivery(
+    rabbitmq_brokers: Callable[..., RabbitMQBroker], rabbitmq_topics: Callable[[], str]
+) -> None:
+    topic = rabbitmq_topics()
+    broker = rabbitmq_brokers()
+    await broker.connect()
+    await broker.publish([Message(topic, b"m%d" % i) for i in range(6)])
+    got = Collector(await broker.subscribe([topic], group="g", window=10), ack=False)
+    await got.wait(lambda: len(got.deliveries) == 6)
+    m = got.deliveries
+    # One event-loop turn, m0 and m5 still "running": acks and a nack around gaps.
+    await m[1].ack()
+    await m[2].ack()
+    await m[3].nack()
+    await m[4].ack()
+    await got.wait(lambda: len(got.deliveries) == 7)  # the nack gave m3 back at once
+    assert got.deliveries[6].body == b"m3"
+    await got.deliveries[6].ack()
+    await m[0].ack()  # closes the gap: one multiple ack up to m0's tag, never past m5
+    await got.stop()  # settles given before the close go out before it; m5 goes back
+    again = Collector(await broker.subscribe([topic], group="g", window=10), ack=True)
+    await broker.publish([Message(topic, b"marker")])
+    await again.wait(lambda: len(again.deliveries) == 2)
+    assert again.bodies() == [b"m5", b"marker"]
+    await again.stop()
+
+
 async def test_use_after_close_is_a_closed_error(rabbitmq_brokers: Callable[..., RabbitMQBroker]) -> None:
     broker = rabbitmq_brokers()
     await broker.connect()
