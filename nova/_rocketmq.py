@@ -835,6 +835,10 @@ class _Delivery:
         return f"<RocketMQ delivery topic={self.topic} id={self._native.message_id}>"
 
 
+#: Messages per receive (the proxy hands out at most 32)...
+_RECEIVE_BATCH = 32
+#: ...and receives in flight per topic while it has a backlog (the second overlaps the first's round trip).
+_RECEIVES_IN_FLIGHT = 2
 #: Acks ride in AckMessage requests of up to this many entries...
 _ACK_BATCH = 64
 #: ...with at most this many requests in flight; acks made meanwhile wait and join bigger batches.
@@ -862,7 +866,10 @@ class _Subscription:
         self._retired: list[Any] = []
         self._held: dict[str, set[_Delivery]] = {t: set() for t in topics}
         self._buffered: dict[str, int] = dict.fromkeys(topics, 0)
-        self._receive_base: dict[str, int | None] = dict.fromkeys(topics)
+        # per topic: the group's received offset read before each receive in flight
+        self._receive_bases: dict[str, list[int]] = {t: [] for t in topics}
+        self._reserved: dict[str, int] = dict.fromkeys(topics, 0)
+        self._busy: dict[str, asyncio.Event] = {t: asyncio.Event() for t in topics}
         self._reads_running: dict[str, asyncio.Future[tuple[int, int]]] = {}
         self._reads_queued: dict[str, asyncio.Future[tuple[int, int]]] = {}
         self._ack_pending: list[_Delivery] = []
@@ -883,8 +890,9 @@ class _Subscription:
             for topic in self.topics:
                 await self._broker._query_route(self._broker._producer, topic)
                 self._consumers[topic] = await self._new_consumer(topic)
-            for topic, consumer in self._consumers.items():
-                self._tasks.append(asyncio.create_task(self._pump(topic, consumer)))
+            for topic in self._consumers:
+                for lane in range(_RECEIVES_IN_FLIGHT):
+                    self._tasks.append(asyncio.create_task(self._pump(topic, lane)))
             self._ack_task = asyncio.create_task(self._ack_loop())
             self._tasks.append(asyncio.create_task(self._renew()))
         except BaseException as exc:
@@ -915,9 +923,9 @@ class _Subscription:
         result: list[Any] = await asyncio.wrap_future(fut)
         return result
 
-    async def _pump(self, topic: str, consumer: Any) -> None:
+    async def _pump(self, topic: str, lane: int) -> None:
         try:
-            await self._pump_loop(topic, consumer)
+            await self._pump_loop(topic, lane)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - handed to the consumer of the subscription
@@ -925,29 +933,44 @@ class _Subscription:
             err.__cause__ = exc
             self._queue.put_nowait(err)
 
-    async def _pump_loop(self, topic: str, consumer: Any) -> None:
+    async def _pump_loop(self, topic: str, lane: int) -> None:
+        """Receive into the window. Lane 0 always polls; the other lanes only help while
+        receives come back full, and leave failures to lane 0."""
         backoff = 0.2
         failures = 0
         held = self._held[topic]
+        busy = self._busy[topic]
+        bases = self._receive_bases[topic]
         while not self._closing:
-            while len(held) >= self.window and not self._closing:
+            if lane:
+                await busy.wait()
+            while len(held) + self._reserved[topic] >= self.window and not self._closing:
                 self._room.clear()
                 await self._room.wait()
             if self._closing:
                 break
+            count = min(self.window - len(held) - self._reserved[topic], _RECEIVE_BATCH)
+            self._reserved[topic] += count
+            consumer = self._consumers[topic]
+            base: list[int] = []
             try:
-                admin = self._broker._admin
-                if admin is not None:
+                if self._broker._admin is not None:
                     # backlog() counts from here while the receive is in flight: the
                     # broker moves the group's offset before the messages reach us.
-                    self._receive_base[topic] = (await self._offsets(topic, fresh=False))[1]
-                messages = await self._receive(consumer, min(self.window - len(held), 32))
+                    base.append((await self._offsets(topic, fresh=False))[1])
+                    bases.extend(base)
+                messages = await self._receive(consumer, count)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried or surfaced below
-                self._receive_base[topic] = None
+                if base:
+                    bases.remove(base[0])
                 if self._closing:
                     break
+                if lane:
+                    busy.clear()
+                    log.debug("RocketMQ receive on %s failed: %s", topic, exc)
+                    continue
                 text = str(exc)
                 if "group not found" in text.lower() or type(exc).__name__ == "NotFoundException":
                     self._queue.put_nowait(
@@ -979,9 +1002,16 @@ class _Subscription:
                         self._consumers[topic] = consumer
                         failures = 0
                 continue
+            finally:
+                self._reserved[topic] -= count
             backoff = 0.2
             failures = 0
-            self._receive_base[topic] = None  # (after the messages are counted in _buffered below)
+            if base:
+                bases.remove(base[0])  # (the messages are counted in _buffered below)
+            if len(messages) >= count:
+                busy.set()
+            else:
+                busy.clear()
             now = time.time()
             for native in messages:
                 delivery = self._wrap(topic, native, consumer, now)
@@ -1208,9 +1238,9 @@ class _Subscription:
         except NovaError as exc:
             log.debug("RocketMQ backlog of %s unknown: %s", topic, exc)
             return local
-        base = self._receive_base.get(topic)
-        if base is not None:
-            received = min(received, base)
+        bases = self._receive_bases.get(topic)
+        if bases:
+            received = min(received, *bases)
         return max(self._buffered.get(topic, 0), 0) + max(written - received, 0)
 
     async def close(self) -> None:
@@ -1219,6 +1249,8 @@ class _Subscription:
             return
         self._closing = True
         self._room.set()
+        for busy in self._busy.values():
+            busy.set()
         # Let in-flight receives finish (at most poll_seconds) so their messages go back too.
         pumps = self._tasks[:-1]
         renew = self._tasks[-1:] if self._tasks else []
