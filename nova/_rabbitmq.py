@@ -697,21 +697,32 @@ class _Settler:
 class _Feed:
     """One consumed topic of a subscription, and what we know of its queue.
 
-    ``backlog`` must say whether RabbitMQ holds ready messages of the topic
-    that this subscription has not received. A classic queue never keeps a
-    message ready while one of its consumers has credit (fewer unacked
-    deliveries than its prefetch): it sends it at once. So a ready message
-    means our consumer is at ``window`` *in the broker's view*, which counts
-    every delivery we hold (``held``) plus those whose settle the broker has
-    not processed yet (at most ``settled``: settles sent since the last
-    ``fence`` began; a fence is a passive declare on this consumer's own
-    channel, which RabbitMQ handles after the settles sent before it on that
-    channel) plus deliveries on the wire to us. Hence, after a fence found 0
-    ready: ``held + settled < window`` means nothing is ready in RabbitMQ
-    unless deliveries to us are on the wire, which a passive declare (ready
-    count only) never counted either. Only when that local test fails
-    (credit maybe exhausted, or no fence yet on this AMQP channel) is the
-    broker asked, and concurrent askers share one question.
+    ``backlog`` must say whether work of the topic waits for this
+    subscription: received but not yet iterated (``unyielded``, known here),
+    or ready in RabbitMQ. Asking RabbitMQ (a passive declare) costs a round
+    trip, and the engine asks before every pick, so it is asked only when
+    local knowledge cannot decide. Why local knowledge can:
+
+    - a classic queue never keeps a message ready while one of its consumers
+      has credit (fewer unacked deliveries than its prefetch, ``window``): it
+      sends the message at once. A ready message therefore means our consumer
+      is at ``window`` in the broker's view;
+    - the broker's count of our unacked deliveries is at most ``held``
+      (received, not settled) + ``settled`` (settles handed out since the last
+      fence began: the broker may not have processed them yet) + deliveries on
+      the wire to us;
+    - a fence is a passive declare on this consumer's own channel, after its
+      pending settles: RabbitMQ handles it after them, so ``settled`` restarts
+      from what was settled since, and ``ready`` is the count it returned;
+    - between fences ``held + settled`` never decreases (a settle moves one
+      from ``held`` to ``settled``), so if our credit may have run out since
+      the last fence, the local test fails until the next fence.
+
+    So after a fence found 0 ready, ``held + settled < window`` proves that
+    nothing is ready in RabbitMQ, except messages already on the wire to us
+    (they were never counted: a passive declare only counts ready ones).
+    Otherwise (no fence yet on this AMQP channel, ready found, credit maybe
+    used up) the broker is asked; concurrent askers share one question.
     """
 
     __slots__ = ("channel", "fencing", "held", "queue_name", "ready", "settled", "settler", "topic",
@@ -916,8 +927,7 @@ class _RabbitSubscription:
         self._closed = True
         self._broker._subscriptions.discard(self)
         for feed in self._feeds.values():
-            if feed.fencing is not None:
-                feed.fencing.cancel()
+            # (a fence in flight fails on the closed channel and answers 0)
             with contextlib.suppress(Exception):
                 if feed.settler is not None:
                     await feed.settler.drain()  # acks already given go out before the close
