@@ -40,7 +40,15 @@ from nova._errors import (
     ValidationError,
 )
 from nova._errors import ConnectionError as NovaConnectionError
-from nova._recording import STATUS_RANK, EventRow, TaskEvent, TaskRecord, TaskStatus, row_from_event
+from nova._recording import (
+    EVENT_FIELDS,
+    STATUS_RANK,
+    EventColumns,
+    TaskEvent,
+    TaskRecord,
+    TaskStatus,
+    columns_from_events,
+)
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -272,9 +280,20 @@ def _status(value: str) -> TaskStatus:
         return TaskStatus.UNKNOWN
 
 
+def _check_ranges(columns: EventColumns) -> None:
+    """Refuse integers the table's columns cannot hold (before any SQL)."""
+    for index, name, low, high in ((6, "version", _INT64_MIN, _INT64_MAX),
+                                   (3, "priority", _INT32_MIN, _INT32_MAX),
+                                   (7, "attempt", _INT32_MIN, _INT32_MAX)):
+        values = columns[index]
+        if min(values) < low or max(values) > high:
+            bad = next(v for v in values if not low <= v <= high)
+            raise ValueError(f"{name}={bad} does not fit the table's column")
+
+
 def _json_default(value: object) -> str:
     if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode()  # UnicodeDecodeError: the caller falls back to Native
+        return bytes(value).decode()  # not UTF-8: UnicodeDecodeError, and the caller uses Native
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
@@ -433,60 +452,54 @@ class ClickHouseTaskRecorder:
     async def record(self, events: Sequence[TaskEvent]) -> None:
         """Insert a batch of events in one INSERT (RecordingSink does the batching)."""
         try:
-            rows = [row_from_event(e) for e in events]
+            columns = columns_from_events(events)
         except (AttributeError, TypeError, ValueError) as exc:
             raise ValidationError(f"not a valid TaskEvent batch: {exc}") from exc
-        await self.record_rows(rows)
+        await self.record_columns(columns)
 
-    async def record_rows(self, rows: Sequence[EventRow]) -> None:
-        """Insert the sink's rows in one INSERT, as :meth:`record` would their TaskEvents.
+    async def record_columns(self, columns: EventColumns) -> None:
+        """Insert the sink's batch in one INSERT, as :meth:`record` would its TaskEvents.
 
-        The batch goes as one JSONColumns document (a C-speed dump of the columns,
-        which the engine parses with the GIL released); a batch JSON cannot carry
-        (a payload that is not UTF-8, a time before 1970) goes in clickhouse-connect's
-        Native format instead.
+        The batch goes as one JSONColumns document: a C-speed dump of the columns
+        (orjson when installed), which ClickHouse parses with the GIL released. A
+        batch JSON cannot carry exactly (a payload that is not UTF-8, a time before
+        1970) goes through clickhouse-connect's typed Native encoder instead.
         """
-        if not rows:
-            return
         try:
-            insert = self._json_insert(rows) or self._native_insert(rows)
+            if len(columns) != len(EVENT_FIELDS) or len({len(c) for c in columns}) != 1:
+                raise ValueError(f"expected {len(EVENT_FIELDS)} columns of one length")
+            if not columns[0]:
+                return
+            _check_ranges(columns)
+            insert = self._json_insert(columns) or self._native_insert(columns)
         except (AttributeError, TypeError, ValueError) as exc:
             raise ValidationError(f"not a valid TaskEvent batch: {exc}") from exc
         await self._run("insert", insert)
 
-    def _pivot(self, rows: Sequence[EventRow]) -> list[Sequence[Any]]:
-        """The rows as columns, in EventRow order, with the integers checked against the schema."""
-        columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
-        if len(columns) != len(_COLUMNS):
-            raise ValueError(f"an event row has {len(columns)} fields, not {len(_COLUMNS)}")
-        for index, name, low, high in ((6, "version", _INT64_MIN, _INT64_MAX),
-                                       (3, "priority", _INT32_MIN, _INT32_MAX),
-                                       (7, "attempt", _INT32_MIN, _INT32_MAX)):
-            values = columns[index]
-            if min(values) < low or max(values) > high:
-                bad = next(v for v in values if not low <= v <= high)
-                raise ValueError(f"{name}={bad} does not fit the table's column")
-        return columns
-
-    def _json_insert(self, rows: Sequence[EventRow]) -> Callable[[Client], None] | None:
+    def _json_insert(self, columns: EventColumns) -> Callable[[Client], None] | None:
         """An insert of the batch as JSONColumns, or None if JSON cannot carry it exactly."""
         (task_ids, types, queues, priorities, statuses, ats, versions, attempts, errors, etas, headers,
-         payloads) = self._pivot(rows)
-        eta_seconds = [None if e is None else _utc(e).timestamp() for e in etas]
-        if min(ats) < 0 or min((e for e in eta_seconds if e is not None), default=0.0) < 0:
-            return None  # DateTime64 text input has no times before 1970
+         payloads) = columns
+        # Epoch seconds as JSON numbers: DateTime64(3) keeps the first three decimals
+        # (a float's shortest repr is exact to the microsecond). Text input has no
+        # times before 1970, and tiny numbers may print as 1e-05.
+        eta_seconds = None if etas.count(None) == len(etas) else [
+            None if e is None else _utc(e).timestamp() for e in etas]
+        if min(ats) < 1 or min((e for e in eta_seconds or () if e is not None), default=1) < 1:
+            return None
         document: dict[str, Sequence[Any]] = {
-            # Epoch seconds as a float: DateTime64(3) keeps the first three decimals.
             "task_id": task_ids, "version": versions, "at": ats, "status": statuses, "queue": queues,
-            "type": types, "priority": priorities, "attempt": attempts, "error": errors, "eta": eta_seconds,
+            "type": types, "priority": priorities, "attempt": attempts, "error": errors,
         }
+        if eta_seconds is not None:  # else the column's default, NULL
+            document["eta"] = eta_seconds
         if any(headers):  # else the column's default, an empty map
             document["headers"] = [dict(h) for h in headers]
         if self._store_payload:
             document["payload"] = payloads
         try:
             body = _dump_json(document)
-        except (TypeError, ValueError):  # not UTF-8, a lone surrogate, ...: Native carries any bytes
+        except (TypeError, ValueError):  # a payload that is not UTF-8, ...: Native carries any bytes
             return None
         names = list(document)
 
@@ -495,19 +508,19 @@ class ClickHouseTaskRecorder:
 
         return insert
 
-    def _native_insert(self, rows: Sequence[EventRow]) -> Callable[[Client], None]:
-        """An insert of the batch through clickhouse-connect's typed Native encoder."""
+    def _native_insert(self, columns: EventColumns) -> Callable[[Client], None]:
+        """The batch through clickhouse-connect's typed Native encoder: any bytes, any time."""
         (task_ids, types, queues, priorities, statuses, ats, versions, attempts, errors, etas, headers,
-         payloads) = self._pivot(rows)
-        columns = [
+         payloads) = columns
+        native: list[Sequence[Any]] = [
             task_ids, versions, [datetime.fromtimestamp(a, UTC) for a in ats], statuses,
             queues, types, priorities, attempts, errors, [None if e is None else _utc(e) for e in etas],
             [dict(h) for h in headers],
-            payloads if self._store_payload else [None] * len(rows),
+            payloads if self._store_payload else [None] * len(task_ids),
         ]
 
         def insert(client: Client) -> None:
-            client.insert(self._table, columns, column_names=_COLUMN_NAMES, database=self._database,
+            client.insert(self._table, native, column_names=_COLUMN_NAMES, database=self._database,
                           column_type_names=_COLUMN_TYPES, column_oriented=True, settings=_INSERT_SETTINGS)
 
         return insert
