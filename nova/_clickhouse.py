@@ -22,6 +22,8 @@ the millisecond. Payloads are stored only with ``store_payload=True``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import json
 import re
 import threading
@@ -360,7 +362,9 @@ class ClickHouseTaskRecorder:
     ) -> ClickHouseTaskRecorder:
         """A recorder for ``chdb:///abs/path``, ``chdb://memory`` or ``http(s)://user:pass@host:port/db``.
 
-        Nothing connects until the first call; the URL and table are checked now.
+        Nothing connects until the first call; the URL and table are checked now,
+        and what chDB imports on its first connect is imported now too (~0.2 s of
+        Python imports that would otherwise hold the GIL while tasks run).
 
         >>> recorder = ClickHouseTaskRecorder.from_url("chdb:///tmp/nova-tasks")
         """
@@ -371,6 +375,8 @@ class ClickHouseTaskRecorder:
                 import chdb  # noqa: F401
             except ImportError as exc:
                 raise ImportError(f"chdb:// recording needs chdb: {EXTRA_HINT}") from exc
+            with contextlib.suppress(ImportError):  # chdb.connect() imports it (and numpy)
+                importlib.import_module("chdb.state")
         recorder = cls.__new__(cls)
         recorder._setup(None, target, table, store_payload, clock)
         return recorder
