@@ -12,8 +12,9 @@ How the broker contract maps onto Kafka:
 
 - **publish**: an idempotent producer with ``acks=all``; ``publish`` returns once
   every record is acknowledged, else raises ``EnqueueError`` from the cause.
-  Messages are spread round robin over a topic's partitions and sent as one
-  record batch per partition. Headers travel as Kafka headers (utf-8), ``key``
+  Messages are spread round robin over a topic's partitions; a call with many
+  messages for a partition builds its own record batch, small calls share the
+  producer's batches. Headers travel as Kafka headers (utf-8), ``key``
   as the record key (not used for partitioning: task ids buy no ordering).
 - **topics**: created with the admin client (``ensure_topics``; ``publish`` and
   ``subscribe`` also ensure the topics they touch, once per process), with
@@ -94,6 +95,16 @@ __all__ = ["KafkaAuth", "KafkaBroker", "KafkaSSL"]
 log = logging.getLogger("nova.kafka")
 
 _PREFETCH_RECORDS = 4096  # fetched, not yet delivered records per partition before pausing it
+_BATCH_MIN = 16  # messages for one partition in one publish call worth building a record batch for
+_MAX_BATCH_BYTES = 512 * 1024  # record batches stay well under Kafka's default message.max.bytes (1 MiB)
+
+
+def _key(message: Message) -> bytes | None:
+    return None if message.key is None else message.key.encode()
+
+
+def _headers(message: Message) -> list[tuple[str, bytes]]:
+    return [(k, v.encode()) for k, v in message.headers.items()]
 
 SecurityProtocol = Literal["SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -366,7 +377,7 @@ class KafkaBroker:
                 acks="all",
                 enable_idempotence=True,
                 max_request_size=max(1_048_576, (self.max_message_bytes or 0) + 65_536),
-                max_batch_size=65_536,
+                max_batch_size=_MAX_BATCH_BYTES,
             )
             admin = AIOKafkaAdminClient(**self._client_kwargs())
             try:
@@ -479,21 +490,24 @@ class KafkaBroker:
         first_error: BaseException | None = None
         try:
             for (topic, partition), group in (await self._by_partition(messages)).items():
-                builder = producer.create_batch()
-                count = 0
-                for message in group:
-                    record = {
-                        "timestamp": None,
-                        "key": None if message.key is None else message.key.encode(),
-                        "value": message.body,
-                        "headers": [(k, v.encode()) for k, v in message.headers.items()],
-                    }
-                    if builder.append(**record) is None:  # full: send it, start the next one
-                        batches.append((await producer.send_batch(builder, topic, partition=partition), count))
-                        builder, count = producer.create_batch(), 0
-                        builder.append(**record)  # a batch's first record always fits
-                    count += 1
-                batches.append((await producer.send_batch(builder, topic, partition=partition), count))
+                rest = group
+                if len(group) >= _BATCH_MIN and self._nothing_queued(topic, partition):
+                    # One record batch built here: far cheaper than a send() per record.
+                    # Only when nothing else waits for this partition: send_batch queues
+                    # behind a pending batch, and many concurrent callers would take turns.
+                    builder = producer.create_batch()
+                    count = 0
+                    for message in group:
+                        if builder.append(timestamp=None, key=_key(message), value=message.body,
+                                          headers=_headers(message)) is None:
+                            break  # full: the rest joins the producer's own batches
+                        count += 1
+                    batches.append((await producer.send_batch(builder, topic, partition=partition), count))
+                    rest = group[count:]
+                for message in rest:
+                    future = await producer.send(topic, value=message.body, key=_key(message),
+                                                 headers=_headers(message), partition=partition)
+                    batches.append((future, 1))
         except (kafka_errors.KafkaError, OSError) as exc:
             first_error = exc
         # Wait for every batch even after a failure, so none is left unobserved.
@@ -514,6 +528,14 @@ class KafkaBroker:
             raise EnqueueError(
                 f"Kafka did not acknowledge {failed or 'all'} of {len(messages)} message(s): {first_error!r}"
             ) from first_error
+
+    def _nothing_queued(self, topic: str, partition: int) -> bool:
+        """No batch for this partition is waiting in the producer (aiokafka internals: False
+        when they are not where expected, which only means the slower path)."""
+        try:
+            return not self._producer._message_accumulator._batches.get(aiokafka.TopicPartition(topic, partition))
+        except AttributeError:
+            return False
 
     async def _by_partition(self, messages: Sequence[Message]) -> dict[tuple[str, int], list[Message]]:
         """Spread messages over their topic's partitions, round robin, order kept per partition.

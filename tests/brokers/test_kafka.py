@@ -184,6 +184,21 @@ async def test_full_window_pauses_one_topic_while_others_flow(kafka_broker: Fact
     assert nxt.body == b"s2"
 
 
+async def test_concurrent_small_and_large_publishes_all_land(kafka_broker: Factory, kafka_name: Names) -> None:
+    # Large calls build their own record batch; many concurrent small calls must still
+    # share the producer's batches instead of queueing one batch each behind the others
+    # (which timed out after request_timeout_ms with thousands of callers).
+    broker = kafka_broker()
+    topic = kafka_name("t")
+    singles = [broker.publish([Message(topic, f"s{i}".encode())]) for i in range(3000)]
+    bulks = [broker.publish([Message(topic, f"b{j}-{i}".encode()) for i in range(500)]) for j in range(10)]
+    await asyncio.gather(*singles, *bulks)
+    sub = await broker.subscribe([topic], group=kafka_name("g"), window=10_000)
+    seen = {d.body for d in await take(sub, 8000)}
+    assert len(seen) == 8000
+    await sub.close()
+
+
 async def test_prefetch_is_bounded_and_resumes_as_records_are_taken(
     kafka_broker: Factory, kafka_name: Names, monkeypatch: pytest.MonkeyPatch
 ) -> None:
