@@ -121,10 +121,9 @@ class TaskRecorder(Protocol):
 
 
 # A TaskEvent as the sink buffers it: the same fields in the same order, with
-# ``status`` as its str value, ``at`` as epoch seconds (a float) and ``headers`` as
-# a tuple of (name, value) pairs:
+# ``at`` as epoch seconds (a float) and ``headers`` as a tuple of (name, value) pairs:
 # (task_id, type, queue, priority, status, at, version, attempt, error, eta, headers, payload)
-EventRow = tuple[str, str, str, int, str, float, int, int, "str | None", "datetime | None",
+EventRow = tuple[str, str, str, int, "TaskStatus", float, int, int, "str | None", "datetime | None",
                  tuple[tuple[str, str], ...], "bytes | None"]
 # A batch of EventRows stored by field: one list per EventRow field, all the same
 # length (``zip(*columns)`` gives the rows); what a columnar database takes.
@@ -136,7 +135,7 @@ EVENT_FIELDS = ("task_id", "type", "queue", "priority", "status", "at", "version
 def row_from_event(event: TaskEvent) -> EventRow:
     """The buffered form of ``event`` (a naive ``at`` means UTC)."""
     at = event.at if event.at.tzinfo is not None else event.at.replace(tzinfo=UTC)
-    return (event.task_id, event.type, event.queue, int(event.priority), TaskStatus(event.status).value,
+    return (event.task_id, event.type, event.queue, int(event.priority), TaskStatus(event.status),
             at.timestamp(), event.version, event.attempt, event.error, event.eta, tuple(event.headers.items()),
             event.payload)
 
@@ -347,9 +346,8 @@ class MemoryTaskRecorder:
         return None
 
 
-_STATUS_TEXT: Mapping[TaskStatus, str] = {s: s.value for s in TaskStatus}  # a plain str, not the member
 # After these the engine emits nothing more for a task (a retry is RETRYING, then PROCESSING).
-_TERMINAL_STEPS = frozenset({TaskStatus.COMPLETED.value, TaskStatus.FAILED.value})
+_TERMINAL_STEPS = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED})
 _WIDTH = len(EVENT_FIELDS)
 
 
@@ -420,15 +418,15 @@ class RecordingSink:
         """
         now = self._time()
         version = int(now * 1_000_000)
-        text = _STATUS_TEXT[status]
-        last = self._last_version.get(task_id)
+        last_versions = self._last_version
+        last = last_versions.get(task_id)
         if last is not None and version <= last:
             version = last + 1
-        if text in _TERMINAL_STEPS:
-            self._last_version.pop(task_id, None)
+        if status in _TERMINAL_STEPS:
+            last_versions.pop(task_id, None)
         else:
-            self._last_version[task_id] = version
-        row = (task_id, type_, queue, priority, text, now, version, attempt, error, eta,
+            last_versions[task_id] = version
+        row = (task_id, type_, queue, priority, status, now, version, attempt, error, eta,
                tuple(headers.items()) if headers else (), payload)
         buffered = len(self._fields)
         if 0 < buffered < self._room:  # the common case: the writer is awake, there is room
@@ -438,7 +436,7 @@ class RecordingSink:
         else:  # the first event (wake or start the writer), or one too many (drop it)
             self._push(row)
 
-    def _next_version(self, task_id: str, version: int, status: str) -> int:
+    def _next_version(self, task_id: str, version: int, status: TaskStatus) -> int:
         # Versions of one task's events strictly increase, even within one clock
         # instant (a virtual clock): a repeat is bumped past the task's last version.
         last = self._last_version.get(task_id)

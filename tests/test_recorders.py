@@ -14,6 +14,7 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -196,6 +197,41 @@ async def test_error_is_kept_when_later_events_carry_none(recorder: QueryableTas
     assert record is not None
     assert record.error == "boom"
     assert record.status is TaskStatus.PROCESSING
+
+
+async def test_times_before_1970_round_trip(recorder: QueryableTaskRecorder) -> None:
+    # ClickHouse's text input has no such times: the batch goes through the typed (Native) path
+    old = datetime(1969, 12, 31, 23, 59, 59, 998_500, tzinfo=UTC)
+    events = [event("t70", TaskStatus.QUEUED, 1, at=old, eta=old - timedelta(days=3650)),
+              event("t70", TaskStatus.COMPLETED, 2, at=old + timedelta(milliseconds=1))]
+    await recorder.record(events)
+    record = await recorder.get("t70")
+    assert record is not None
+    assert (ms(record.created_at), ms(record.completed_at), ms(record.eta)) == (
+        ms(old), ms(old + timedelta(milliseconds=1)), ms(old - timedelta(days=3650)))
+    assert [ms(e.at) for e in await recorder.history("t70")] == [ms(e.at) for e in events]
+
+
+async def test_the_text_and_the_typed_insert_store_the_same(make_recorder: MakeRecorder) -> None:
+    """A batch whose payload is not UTF-8 takes the typed path; the same events otherwise go as text."""
+    recorder = make_recorder(store_payload=True)
+
+    def lifecycle(task_id: str, payload: bytes) -> list[TaskEvent]:
+        return [
+            event(task_id, TaskStatus.QUEUED, 1, payload=payload, headers={"tenant": "ü", "k": ""},
+                  eta=at(9_999), at=T0 + timedelta(microseconds=1_999)),
+            event(task_id, TaskStatus.RETRYING, 2, attempt=2, error="E: \x00 \"quoted\"\n ✓"),
+            event(task_id, TaskStatus.COMPLETED, 3, attempt=3, priority=3, queue="other", type="x"),
+        ]
+
+    await recorder.record(lifecycle("text", b"utf-8 \xe2\x9c\x93"))
+    await recorder.record(lifecycle("typed", b"\xff\xfe"))
+    text, typed = await recorder.history("text"), await recorder.history("typed")
+    assert [replace(e, task_id="", payload=None) for e in text] == [
+        replace(e, task_id="", payload=None) for e in typed]
+    assert (text[0].payload, typed[0].payload) == (b"utf-8 \xe2\x9c\x93", b"\xff\xfe")
+    assert ms(text[0].at) == ms(T0 + timedelta(microseconds=1_999))
+    assert await recorder.get("text") == fold_events(text)
 
 
 async def test_unknown_task(recorder: QueryableTaskRecorder) -> None:
@@ -708,6 +744,53 @@ async def test_the_sink_feeds_clickhouse(tmp_path: Any) -> None:
     assert await recorder.counts() == {TaskStatus.COMPLETED: 50}
     await recorder.close()
 
+
+
+async def test_the_sink_writes_a_full_batch_at_once_and_the_rest_on_its_interval() -> None:
+    clock = VirtualClock()
+    recorder = MemoryTaskRecorder()
+    sink = RecordingSink(recorder, clock, batch_size=3, flush_interval=60)
+    for i in range(3):
+        sink.emit_step(f"b{i}", "email", "default", 2, TaskStatus.QUEUED, 1, None, None, {}, None)
+    assert await clock.run_until(lambda: sink.written == 3, within=timedelta(seconds=1))
+    started = clock.time()
+    sink.emit_step("b3", "email", "default", 2, TaskStatus.QUEUED, 1, None, None, {}, None)
+    assert not await clock.run_until(lambda: sink.written == 4, within=timedelta(seconds=59))
+    assert await clock.run_until(lambda: sink.written == 4, within=timedelta(seconds=2))
+    assert clock.time() - started >= 60
+    assert await recorder.counts() == {TaskStatus.QUEUED: 4}
+    await sink.close()
+
+
+async def test_the_sink_keeps_what_headers_were_when_emitted() -> None:
+    clock = VirtualClock()
+    recorder = MemoryTaskRecorder()
+    sink = RecordingSink(recorder, clock)
+    headers = {"tenant": "a"}
+    sink.emit_step("h1", "email", "default", 2, TaskStatus.QUEUED, 1, None, None, headers, b"p")
+    headers["tenant"] = "changed later"
+    await sink.close()
+    record = await recorder.get("h1")
+    assert record is not None
+    assert (record.headers, record.payload) == ({"tenant": "a"}, b"p")
+
+
+async def test_steps_at_one_instant_keep_their_order(make_recorder: MakeRecorder) -> None:
+    """Under a virtual clock a whole lifecycle can happen at one instant: versions still rise."""
+    recorder = make_recorder()
+    clock = VirtualClock()
+    sink = RecordingSink(recorder, clock)
+    steps = [(TaskStatus.QUEUED, 1, None), (TaskStatus.PROCESSING, 1, None),
+             (TaskStatus.RETRYING, 1, "boom"), (TaskStatus.PROCESSING, 2, None), (TaskStatus.COMPLETED, 2, None)]
+    for status, attempt, error in steps:
+        sink.emit_step("i1", "email", "default", 2, status, attempt, error, None, {}, None)
+    await sink.close()
+    history = await recorder.history("i1")
+    assert [(e.status, e.attempt, e.error) for e in history] == steps
+    assert [e.version for e in history] == sorted({e.version for e in history})
+    record = await recorder.get("i1")
+    assert record is not None
+    assert (record.status, record.retry_count, record.error) == (TaskStatus.COMPLETED, 1, "boom")
 
 
 # -- the engine records through the sink (S16) ---------------------------------------------------
