@@ -199,7 +199,7 @@ class RocketMQAdmin:
         self._opaque = itertools.count(1)
         self._conns: dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._routes: dict[str, tuple[float, list[tuple[str, int]]]] = {}
+        self._routes: dict[str, tuple[float, list[tuple[str, str, int]]]] = {}
 
     def __repr__(self) -> str:
         user = f", auth=({self._auth[0]!r}, '***')" if self._auth else ""
@@ -301,8 +301,8 @@ class RocketMQAdmin:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    async def _route(self, topic: str) -> list[tuple[str, int]]:
-        """(master broker address, queue id) pairs of ``topic``, cached briefly."""
+    async def _route(self, topic: str) -> list[tuple[str, str, int]]:
+        """(broker name, master broker address, queue id) of each queue of ``topic``, cached briefly."""
         cached = self._routes.get(topic)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
@@ -312,7 +312,7 @@ class RocketMQAdmin:
         info = json.loads(_FASTJSON_INT_KEY.sub(r'\1"\2":', body.decode()))
         masters = {b["brokerName"]: b.get("brokerAddrs", {}).get("0") for b in info.get("brokerDatas", [])}
         pairs = [
-            (masters[q["brokerName"]], i)
+            (q["brokerName"], masters[q["brokerName"]], i)
             for q in info.get("queueDatas", [])
             if masters.get(q["brokerName"])
             for i in range(int(q.get("readQueueNums", 0)))
@@ -326,26 +326,30 @@ class RocketMQAdmin:
         Pop consumption moves the group's offset on receive, so the difference is
         what the group has not received yet.
         """
-        by_addr: dict[str, list[int]] = {}
-        for addr, queue_id in await self._route(topic):
-            by_addr.setdefault(addr, []).append(queue_id)
-        written = received = 0
-        for addr, queue_ids in by_addr.items():
+        by_queue = await self.queue_offsets(topic, group)
+        return sum(w for w, _ in by_queue.values()), sum(r for _, r in by_queue.values())
+
+    async def queue_offsets(self, topic: str, group: str) -> dict[tuple[str, int], tuple[int, int]]:
+        """``offsets`` of each queue, keyed by (broker name, queue id); one round trip per broker."""
+        by_addr: dict[str, list[tuple[str, int]]] = {}
+        for name, addr, queue_id in await self._route(topic):
+            by_addr.setdefault(addr, []).append((name, queue_id))
+        out: dict[tuple[str, int], tuple[int, int]] = {}
+        for addr, queues in by_addr.items():
             requests: list[tuple[int, Mapping[str, str] | None, bytes]] = []
-            for queue_id in queue_ids:
+            for _, queue_id in queues:
                 ext = {"topic": topic, "queueId": str(queue_id)}
                 requests.append((_GET_MAX_OFFSET, ext, b""))
                 requests.append((_QUERY_CONSUMER_OFFSET, {**ext, "consumerGroup": group}, b""))
             replies = await self._call_many(addr, requests)
-            for (code, remark, high_out, _), (group_code, _, group_out, _) in zip(
-                replies[::2], replies[1::2], strict=True
+            for queue, (code, remark, high_out, _), (group_code, _, group_out, _) in zip(
+                queues, replies[::2], replies[1::2], strict=True
             ):
                 if code != 0:
                     raise self._refused(f"read the offsets of {topic}", code, remark)
                 high = int(high_out.get("offset", "0"))
-                written += high
-                received += min(int(group_out.get("offset", "0")), high) if group_code == 0 else 0
-        return written, received
+                out[queue] = (high, min(int(group_out.get("offset", "0")), high) if group_code == 0 else 0)
+        return out
 
     async def _namesrv_call(self, code: int, ext: Mapping[str, str] | None = None) -> tuple[int, str, bytes]:
         last: Exception | None = None
@@ -556,6 +560,8 @@ class RocketMQBroker:
         self._connect_lock = asyncio.Lock()
         self._known_topics: set[str] = set()
         self._known_groups: set[str] = set()
+        # topic -> (broker name, queue id) -> end offset after the messages this broker published
+        self._published: dict[str, dict[tuple[str, int], int]] = {}
         self._subscriptions: set[_Subscription] = set()
         self._closed = False
         # The client's *_async ack/renew methods are broken (asyncio futures made
@@ -713,7 +719,8 @@ class RocketMQBroker:
 
         try:
             futures = await self._run(submit)
-            await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            receipts = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            self._note_published(native, receipts)
         except Exception as exc:
             cause = self._err(exc, "publish")
             if "route" in str(exc):
@@ -727,6 +734,20 @@ class RocketMQBroker:
                 # the next publish starts from a fresh producer (see _Subscription._pump_loop)
                 await self._reset_producer(producer)
             raise EnqueueError(f"RocketMQ did not confirm the publish: {cause}") from exc
+
+    def _note_published(self, native: Sequence[Any], receipts: Sequence[Any]) -> None:
+        """Remember the end offset of each queue written to (see ``_Subscription._start_read``)."""
+        for message, receipt in zip(native, receipts, strict=True):
+            if message.delivery_timestamp:
+                continue  # timer messages sit in the timer's own topic until due
+            queue = receipt.message_queue
+            name = getattr(queue, "_MessageQueue__broker_name", None)
+            queue_id = getattr(queue, "_MessageQueue__queue_id", None)
+            offset = getattr(receipt, "offset", None)
+            if name is None or queue_id is None or offset is None:
+                return  # the client changed shape: rely on the broker's offsets alone
+            ends = self._published.setdefault(message.topic, {})
+            ends[(name, queue_id)] = max(ends.get((name, queue_id), 0), int(offset) + 1)
 
     async def _reset_producer(self, producer: Any) -> None:
         async with self._connect_lock:
@@ -1195,7 +1216,13 @@ class _Subscription:
                 if self._reads_queued.get(topic) is task:
                     del self._reads_queued[topic]
                 self._reads_running[topic] = task
-            return await admin.offsets(topic, self.group)
+            by_queue = await admin.queue_offsets(topic, self.group)
+            # The broker counts a message in its queue's max offset only once it has
+            # dispatched it (a moment after confirming the send): what this process
+            # published is counted from the send receipts already.
+            published = self._broker._published.get(topic, {})
+            written = sum(max(high, published.get(queue, 0)) for queue, (high, _) in by_queue.items())
+            return written, sum(received for _, received in by_queue.values())
 
         task = asyncio.ensure_future(read())
         (self._reads_running if after is None else self._reads_queued)[topic] = task

@@ -265,6 +265,32 @@ async def test_a_long_held_delivery_is_not_redelivered(
     assert rival.got == []
 
 
+async def test_acks_made_just_before_close_reach_the_broker(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
+) -> None:
+    broker = rocketmq_make(consume_timeout=timedelta(seconds=10))
+    topic, group = f"{rocketmq_prefix}_q_normal", f"{rocketmq_prefix}_g"
+    await broker.ensure_topics([topic])
+    # more acks than one AckMessage request carries
+    await broker.publish([Message(topic, f"m{i}".encode()) for i in range(150)])
+    sub = await broker.subscribe([topic], group=group, window=256)
+    got: list[bytes] = []
+    async with asyncio.timeout(PATIENCE):
+        async for d in sub:
+            await d.ack()
+            got.append(d.body)
+            if len(got) == 150:
+                break
+    await sub.close()  # (ack() returned at once; close sends any ack still pending)
+    assert sorted(got) == sorted(f"m{i}".encode() for i in range(150))
+    closed_at = time.time()
+    rival = Collector(await broker.subscribe([topic], group=group, window=256), ack=True)
+    # past the invisible deadline (10 s) with margin: an ack that never arrived would be back by now
+    await wait_for(lambda: time.time() > closed_at + 14, within=20)
+    assert rival.got == []
+    await rival.stop()
+
+
 async def test_broadcasting_gives_every_worker_every_task(
     rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
 ) -> None:
