@@ -122,8 +122,10 @@ class JsonCodec:
     content_type = "application/json"
     carries_envelope = True
 
+    _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # json.dumps builds one per call
+
     def encode(self, body: TaskBody) -> bytes:
-        return json.dumps(_json_doc(body), ensure_ascii=False, separators=(",", ":")).encode()
+        return self._encoder.encode(_json_doc(body)).encode()
 
     def decode(self, data: bytes) -> TaskBody:
         return _body_from_json(json.loads(data))
@@ -148,8 +150,9 @@ class SonicCodec:
         self._orjson = orjson
 
     def encode(self, body: TaskBody) -> bytes:
-        data: bytes = self._orjson.dumps(_json_doc(body))
-        return data
+        # A copy of exact size: orjson returns an over-allocated buffer shrunk in place, and
+        # keeping thousands of those alive (a batch in flight) made each dumps ~10x slower.
+        return memoryview(self._orjson.dumps(_json_doc(body))).tobytes()
 
     def decode(self, data: bytes) -> TaskBody:
         return _body_from_json(self._orjson.loads(data))
