@@ -83,13 +83,18 @@ def _payload_to_json(payload: bytes) -> dict[str, Any]:
         return {"payload": base64.b64encode(payload).decode("ascii"), "payload_encoding": "base64"}
 
 
+_NO_HEADERS: Any = object()
+
+
 def _body_from_json(doc: object) -> TaskBody:
     if not isinstance(doc, dict):
         raise ValueError("a JSON task must be an object")
-    type_, raw, headers = doc.get("type"), doc.get("payload", ""), doc.get("headers", {})
+    type_, raw, headers = doc.get("type"), doc.get("payload", ""), doc.get("headers", _NO_HEADERS)
     if not isinstance(type_, str) or not isinstance(raw, str):
         raise ValueError("a JSON task needs 'type' and 'payload' strings")
-    if not isinstance(headers, dict) or not all(
+    if headers is _NO_HEADERS:
+        headers = {}
+    elif not isinstance(headers, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
         raise ValueError("'headers' must map strings to strings")
