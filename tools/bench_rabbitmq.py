@@ -7,6 +7,10 @@ Both sides use the same settings: durable queue, persistent messages,
 publisher confirms with ``mandatory``, prefetch per consumer, manual acks.
 Publishing sends ``publish_batch`` messages at once and waits for all their
 confirms (nova's ``enqueue_batch`` / concurrent ``enqueue`` do the same).
+One difference on the consuming side: raw acks every message with its own
+``basic.ack`` (aio-pika's ``message.ack()``, as a plain aio-pika consumer
+does), while nova's adapter writes the settles of one event-loop turn
+together and acks a run of consecutive tags with one ``basic.ack(multiple)``.
 Three phases per side, each on a fresh queue:
 
 - enqueue: publish N with no consumer;
