@@ -34,6 +34,10 @@ an attribute for the engine's retry policy; RocketMQ's own redelivery limit
 (the group's ``retryMaxTimes``, after which the broker moves a message to
 ``%DLQ%<group>`` where nova never sees it) is set very high, so failed tasks
 reach nova's dead-letter queue instead.
+Acks: ``Delivery.ack()`` returns at once and a background task sends the acks
+of each topic in batches (one AckMessage request carries up to 64 receipt
+handles); ``close()`` sends the pending ones first. An ack that never reaches
+the broker means a redelivery after ``consume_timeout``, never a lost task.
 ``ConsumerModel.BROADCASTING`` gives each subscription its own group
 (``<group>-b<random>``), so every worker sees every task published while it runs.
 """
