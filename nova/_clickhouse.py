@@ -91,10 +91,10 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 _COLUMN_NAMES = [name for name, _ in _COLUMNS]
 _COLUMN_TYPES = [kind for _, kind in _COLUMNS]
 
-# A batch is a few thousand small rows: one thread parses and writes it (halves the
-# CPU an insert takes, which is what an in-process chDB competes with tasks for), and
-# the replacing merge is left to FINAL and background merges (reads never see a
-# duplicate either way).
+# A batch is tens of thousands of small rows: one thread parses and writes it (about
+# half the CPU of the default parallel parsing, and an in-process chDB competes with
+# tasks for CPU), and the replacing merge is left to FINAL and background merges
+# (reads never see a duplicate either way).
 _INSERT_SETTINGS = {"max_threads": 1, "input_format_parallel_parsing": 0, "optimize_on_insert": 0}
 
 _CREATE = """
