@@ -349,6 +349,7 @@ class MemoryTaskRecorder:
 # After these the engine emits nothing more for a task (a retry is RETRYING, then PROCESSING).
 _TERMINAL_STEPS = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED})
 _WIDTH = len(EVENT_FIELDS)
+_PRUNE_AT = 10_000  # remembered task versions before the sink forgets those the clock has passed
 
 
 class RecordingSink:
@@ -396,7 +397,8 @@ class RecordingSink:
         self._flush_interval = flush_interval
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._last_version: dict[str, int] = {}
+        self._last_version: dict[str, int] = {}  # latest version of tasks not finished here
+        self._prune_at = _PRUNE_AT
         self.dropped = 0
         self.written = 0
         self.failures = 0
@@ -426,6 +428,8 @@ class RecordingSink:
             last_versions.pop(task_id, None)
         else:
             last_versions[task_id] = version
+            if len(last_versions) > self._prune_at:
+                self._prune_versions(version)
         row = (task_id, type_, queue, priority, status, now, version, attempt, error, eta,
                tuple(headers.items()) if headers else (), payload)
         buffered = len(self._fields)
@@ -446,7 +450,20 @@ class RecordingSink:
             self._last_version.pop(task_id, None)
         else:
             self._last_version[task_id] = version
+            if len(self._last_version) > self._prune_at:
+                self._prune_versions(version)
         return version
+
+    def _prune_versions(self, now_version: int) -> None:
+        """Forget versions the clock has passed: a later event gets a higher one anyway.
+
+        Without this a process that only enqueues (its tasks complete elsewhere) would keep
+        one entry per task forever. On a clock that stands still nothing can be forgotten,
+        so the next prune waits for twice as many entries (amortised O(1) per event).
+        """
+        kept = {task: v for task, v in self._last_version.items() if v >= now_version}
+        self._last_version = kept
+        self._prune_at = max(_PRUNE_AT, 2 * len(kept))
 
     def _push(self, row: Sequence[Any]) -> None:
         buffered = len(self._fields)

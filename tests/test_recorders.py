@@ -775,6 +775,18 @@ async def test_the_sink_keeps_what_headers_were_when_emitted() -> None:
     assert (record.headers, record.payload) == ({"tenant": "a"}, b"p")
 
 
+async def test_the_sink_forgets_versions_of_tasks_that_finish_elsewhere() -> None:
+    """A producer only emits QUEUED; it must not remember every task it ever sent."""
+    clock = VirtualClock()
+    sink = RecordingSink(MemoryTaskRecorder(), clock, max_buffer=100_000, batch_size=100_000)
+    for i in range(30_000):
+        sink.emit_step(f"p{i}", "email", "default", 2, TaskStatus.QUEUED, 1, None, None, {}, None)
+        if i % 1000 == 999:
+            await clock.advance(0.001)
+    assert len(sink._last_version) <= 10_001  # not 30,000
+    await sink.close()
+
+
 async def test_steps_at_one_instant_keep_their_order(make_recorder: MakeRecorder) -> None:
     """Under a virtual clock a whole lifecycle can happen at one instant: versions still rise."""
     recorder = make_recorder()
