@@ -68,9 +68,22 @@ async def test_s4_competing_workers_share_the_work_exactly_once(
     producer = make_queue()
     results = await producer.enqueue_batch([nova.Task("t", str(i).encode()) for i in range(60)])
     a, b = Seen(backend.clock), Seen(backend.clock)
+    b_working = asyncio.Event()
+
+    async def handle_a(task: nova.Task) -> None:
+        if backend.shares_work:
+            # The first worker holds its window until the second has work, so sharing is
+            # tested without depending on which worker is faster to start.
+            await b_working.wait()
+        a.add(task)
+
+    async def handle_b(task: nova.Task) -> None:
+        b.add(task)
+        b_working.set()
+
     wa, wb = make_queue(), make_queue()
-    await wa.start(a.handler, prefetch=4, concurrency=2)
-    await wb.start(b.handler, prefetch=4, concurrency=2)
+    await wa.start(handle_a, prefetch=4, concurrency=2)
+    await wb.start(handle_b, prefetch=4, concurrency=2)
     await backend.wait_for(lambda: len(a) + len(b) == 60)
     handled = a.ids + b.ids
     assert sorted(handled) == sorted(r.id for r in results)  # each exactly once
