@@ -38,6 +38,30 @@ async def _create_topic(bootstrap: str, topic: str) -> None:
         await admin.close()
 
 
+async def _warm_up(bootstrap: str) -> None:
+    """One group joins and commits once, untimed: a fresh broker creates its offsets topic
+    (50 partitions) on the first group, which would otherwise land in whichever run is first."""
+    topic = f"bench-warm-{uuid.uuid4().hex[:8]}"
+    await _create_topic(bootstrap, topic)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"warm")
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=topic, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        deadline = time.perf_counter() + 60
+        while not await consumer.getmany(timeout_ms=500):
+            if time.perf_counter() > deadline:
+                raise TimeoutError("the warm-up record was not consumed within 60 s")
+        await consumer.commit()
+    finally:
+        await consumer.stop()
+
+
 async def bench_raw_aiokafka(bootstrap: str, count: int = 100_000, size: int = 100) -> dict[str, float]:
     """Produce ``count`` records, then consume them twice with manual commits.
 
@@ -49,6 +73,7 @@ async def bench_raw_aiokafka(bootstrap: str, count: int = 100_000, size: int = 1
 
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
     await _create_topic(bootstrap, topic)
+    await _warm_up(bootstrap)
     body = orjson.dumps({"type": "bench", "payload": "x" * size})
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_batch_size=65536)
     await producer.start()
