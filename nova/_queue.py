@@ -261,8 +261,9 @@ class TaskQueue:
             raise EnqueueError(f"the broker did not take {len(messages)} task(s): {exc!r}") from exc
         if self._sink is not None:
             status = TaskStatus.PENDING if eta is not None else TaskStatus.QUEUED
+            step = self._sink.emit_step
             for result, task in zip(results, tasks, strict=True):
-                self._emit_raw(result.id, task, queue, level, status, attempt=1, eta=result.eta)
+                step(result.id, task.type, queue, level, status, 1, None, result.eta, task.headers, bytes(task.payload))
         return results
 
     def _eta(self, process_in: timedelta | float | None, process_at: datetime | None) -> float | None:
@@ -385,23 +386,16 @@ class TaskQueue:
         return self._worker
 
     # -- recording ------------------------------------------------------------------
-    # Three calls per task on the hot path: the sink buffers a tuple (no TaskEvent, no
-    # datetime) and writes in the background. The payload travels only with the first step.
+    # Three steps per task on the hot path (QUEUED in enqueue_batch, PROCESSING and
+    # COMPLETED here): the sink buffers plain fields and writes in the background.
     def emit(self, task: Task, status: TaskStatus, *, error: str | None = None) -> None:
+        """Record a step a consumer took (the payload travels only with QUEUED/PENDING,
+        which ``enqueue_batch`` records)."""
         sink = self._sink
-        if sink is None:
-            return
-        assert task.id is not None
-        sink.emit_step(task.id, task.type, task.queue, task.priority, status, task.attempt, error, task.eta,
-                       task.headers, bytes(task.payload) if status in _FIRST_STEPS else None)
-
-    def _emit_raw(self, task_id: str, task: Task, queue: str, priority: Priority, status: TaskStatus,
-                  *, attempt: int, eta: datetime | None, error: str | None = None) -> None:
-        sink = self._sink
-        if sink is None:
-            return
-        sink.emit_step(task_id, task.type, queue, priority, status, attempt, error, eta,
-                       task.headers, bytes(task.payload) if status in _FIRST_STEPS else None)
+        if sink is not None:
+            assert task.id is not None  # a consumed task always carries its id
+            sink.emit_step(task.id, task.type, task.queue, task.priority, status, task.attempt, error,
+                           task.eta, task.headers, None)
 
     @property
     def recording_stats(self) -> dict[str, int]:
@@ -414,5 +408,3 @@ class TaskQueue:
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
-
-_FIRST_STEPS = (TaskStatus.QUEUED, TaskStatus.PENDING)

@@ -82,7 +82,7 @@ def validate_task(task: object) -> Task:
         )
     if type(task.headers) is not dict and not isinstance(task.headers, Mapping):
         raise ValidationError(f"Task.headers must be a mapping of str to str, got {type(task.headers).__name__}")
-    for name, value in task.headers.items():
+    for name, value in task.headers.items() if task.headers else ():
         if not isinstance(name, str) or not name:
             raise ValidationError(f"header name {name!r} must be a non-empty str")
         if name.lower().startswith(RESERVED_HEADER_PREFIX):
