@@ -99,6 +99,18 @@ _BATCH_MIN = 16  # messages for one partition in one publish call worth building
 _MAX_BATCH_BYTES = 512 * 1024  # record batches stay well under Kafka's default message.max.bytes (1 MiB)
 
 
+def _decode_headers(raw: Any) -> dict[str, str]:
+    """Kafka header values as text; bytes that are not UTF-8 are replaced, not fatal."""
+    if not raw:
+        return {}
+    try:
+        return {k: v.decode() for k, v in raw}
+    except UnicodeDecodeError:
+        return {k: v.decode("utf-8", "replace") for k, v in raw}
+    except AttributeError:  # a header without a value (None)
+        return {k: (v or b"").decode("utf-8", "replace") for k, v in raw}
+
+
 def _key(message: Message) -> bytes | None:
     return None if message.key is None else message.key.encode()
 
@@ -601,7 +613,7 @@ class KafkaDelivery:
         self.partition: int = record.partition
         self.offset: int = record.offset
         self.key: str | None = None if record.key is None else record.key.decode("utf-8", "replace")
-        self.headers: Mapping[str, str] = {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
+        self.headers: Mapping[str, str] = _decode_headers(record.headers)
         self.published_at: float = record.timestamp / 1000
 
     @property

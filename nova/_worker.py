@@ -257,8 +257,8 @@ class Worker(_BaseWorker):
 
     async def _strict_level(self) -> Priority | None:
         """The highest level with work, here or (not yet fetched) in the broker."""
-        buffers = self.buffers
-        held = next(lvl for lvl in LEVELS if buffers[lvl])
+        held = self._best_held()
+        assert held is not None  # _pick saw a delivery and nothing awaited since
         if held is Priority.HIGH or self._patience >= 20:
             return held
         # A level above the best one we hold may have work waiting in the broker: it wins.
@@ -270,10 +270,18 @@ class Worker(_BaseWorker):
                 waiting = above
                 break
         # Deliveries may have arrived during those awaits: look at the buffers again.
-        now_held = next((lvl for lvl in LEVELS if buffers[lvl]), None)
+        now_held = self._best_held()
         if waiting is not None and (now_held is None or now_held < waiting):
             return waiting
         return now_held
+
+    def _best_held(self) -> Priority | None:
+        buffers = self.buffers
+        if buffers[Priority.HIGH]:
+            return Priority.HIGH
+        if buffers[Priority.NORMAL]:
+            return Priority.NORMAL
+        return Priority.LOW if buffers[Priority.LOW] else None
 
     async def _weighted_level(self) -> Priority | None:
         buffers = self.buffers

@@ -625,3 +625,12 @@ async def test_busy_partition_moves_when_needed_and_old_delivery_knows(
         await d.ack()
     await first.close()
     await second.close()
+
+
+def test_header_values_decode_leniently() -> None:
+    from nova._kafka import _decode_headers
+
+    assert _decode_headers([("a", b"x"), ("b", b"caf\xc3\xa9")]) == {"a": "x", "b": "café"}
+    assert _decode_headers([("a", b"x"), ("b", b"\xff")]) == {"a": "x", "b": "\ufffd"}
+    assert _decode_headers([("a", b"x"), ("c", None)]) == {"a": "x", "c": ""}
+    assert _decode_headers(None) == {} and _decode_headers(()) == {}
