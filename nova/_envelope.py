@@ -25,7 +25,7 @@ from nova._codecs import CodecRegistry, MessageCodec, TaskBody
 from nova._errors import DecodeError
 from nova._task import Priority, Task
 
-__all__ = ["H", "decode_task", "encode_headers", "shared_headers", "task_headers"]
+__all__ = ["H", "decode_task", "shared_headers", "task_headers"]
 
 
 class H:
@@ -63,26 +63,6 @@ _PRIORITY_STR = {Priority.HIGH: "3", Priority.NORMAL: "2", Priority.LOW: "1"}
 _PRIORITY_OF = {"3": Priority.HIGH, "2": Priority.NORMAL, "1": Priority.LOW}
 _ID, _TYPE, _QUEUE, _PRIORITY, _ATTEMPT = H.ID, H.TYPE, H.QUEUE, H.PRIORITY, H.ATTEMPT
 _CONTENT_TYPE, _ENQUEUED_AT, _ETA, _HEADERS, _ERROR = H.CONTENT_TYPE, H.ENQUEUED_AT, H.ETA, H.HEADERS, H.ERROR
-
-
-def encode_headers(
-    *,
-    task_id: str,
-    body: TaskBody,
-    codec: MessageCodec,
-    queue: str,
-    priority: Priority,
-    attempt: int,
-    enqueued_at: float,
-    eta: float | None,
-    error: str | None = None,
-) -> dict[str, str]:
-    """All nova headers of one task (``shared_headers`` + ``task_headers``)."""
-    headers = task_headers(shared_headers(codec=codec, queue=queue, priority=priority, attempt=attempt,
-                                          enqueued_at=enqueued_at, eta=eta), task_id, body, codec)
-    if error is not None:
-        headers[_ERROR] = error[:MAX_ERROR_CHARS]
-    return headers
 
 
 def shared_headers(

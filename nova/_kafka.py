@@ -498,7 +498,7 @@ class KafkaBroker:
         except BrokerError as exc:
             raise EnqueueError(f"cannot publish: {exc}") from exc
         producer = self._producer
-        batches: list[tuple[asyncio.Future[Any], int]] = []  # (future, records in the batch)
+        pending: list[tuple[asyncio.Future[Any], int]] = []  # (ack future, records it covers)
         first_error: BaseException | None = None
         try:
             for (topic, partition), group in (await self._by_partition(messages)).items():
@@ -514,18 +514,18 @@ class KafkaBroker:
                                           headers=_headers(message)) is None:
                             break  # full: the rest joins the producer's own batches
                         count += 1
-                    batches.append((await producer.send_batch(builder, topic, partition=partition), count))
+                    pending.append((await producer.send_batch(builder, topic, partition=partition), count))
                     rest = group[count:]
                 for message in rest:
                     future = await producer.send(topic, value=message.body, key=_key(message),
                                                  headers=_headers(message), partition=partition)
-                    batches.append((future, 1))
+                    pending.append((future, 1))
         except (kafka_errors.KafkaError, OSError) as exc:
             first_error = exc
-        # Wait for every batch even after a failure, so none is left unobserved.
-        results = await asyncio.gather(*(future for future, _ in batches), return_exceptions=True)
+        # Wait for every ack even after a failure, so none is left unobserved.
+        results = await asyncio.gather(*(future for future, _ in pending), return_exceptions=True)
         failed = 0
-        for result, (_, count) in zip(results, batches, strict=True):
+        for result, (_, count) in zip(results, pending, strict=True):
             if isinstance(result, BaseException):
                 first_error = first_error or result
                 failed += count

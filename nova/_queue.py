@@ -407,4 +407,3 @@ class TaskQueue:
 
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
-

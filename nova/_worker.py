@@ -204,17 +204,15 @@ class Worker(_BaseWorker):
     def accept(self, delivery: Delivery, route: _Route) -> None:
         self.buffers[route.priority].append((delivery, route))
         self._work.set()
-        self._wake(1)
+        self._wake_one()
 
-    def _wake(self, runners: int | None) -> None:
-        """Wake that many idle runners (all when None): one per delivery, not a herd."""
-        idle = self._idle
-        while idle and (runners is None or runners > 0):
-            waiter = idle.popleft()
+    def _wake_one(self) -> None:
+        """Wake one idle runner per delivery, not all of them (a herd that mostly sleeps again)."""
+        while self._idle:
+            waiter = self._idle.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                if runners is not None:
-                    runners -= 1
+                return
 
     async def _runner(self, index: int) -> None:
         streak = 0
@@ -326,8 +324,11 @@ class Worker(_BaseWorker):
 
     async def stop(self, *, graceful: bool, timeout: float) -> None:
         self.stopping = True
-        self._work.set()  # idle runners wake, see stopping, and end
-        self._wake(None)
+        self._work.set()  # runners waiting for a higher level wake, see stopping, and end
+        for waiter in self._idle:  # and so do idle ones
+            if not waiter.done():
+                waiter.set_result(None)
+        self._idle.clear()
         await self._stop_fetching()
         runners = list(self._runners)
         if runners and graceful:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import nova
 from nova._codecs import CodecRegistry
-from nova._envelope import decode_task, encode_headers
+from nova._envelope import decode_task, shared_headers, task_headers
 from tests.fuzzing import FUZZ_SCALE
 
 text = st.text(min_size=0, max_size=40)
@@ -27,8 +27,8 @@ CODECS = [nova.JsonCodec(), nova.SonicCodec(), nova.BlobCodec(), nova.ProtobufCo
 @settings(max_examples=150 * FUZZ_SCALE, deadline=None)
 def test_round_trip_through_the_envelope(codec: nova.MessageCodec, body: nova.TaskBody) -> None:
     data = codec.encode(body)
-    headers = encode_headers(task_id="id-1", body=body, codec=codec, queue="q", priority=nova.Priority.LOW,
-                             attempt=2, enqueued_at=1.5, eta=2.25)
+    shared = shared_headers(codec=codec, queue="q", priority=nova.Priority.LOW, attempt=2, enqueued_at=1.5, eta=2.25)
+    headers = task_headers(shared, "id-1", body, codec)
     task = decode_task(CodecRegistry(nova.JsonCodec()), data, headers)
     assert (task.type, task.payload, dict(task.headers)) == (body.type, body.payload, dict(body.headers))
     assert (task.id, task.queue, task.priority, task.attempt) == ("id-1", "q", nova.Priority.LOW, 2)
