@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from nova._clock import Clock
 
-__all__ = ["Broker", "DelayTierAware", "Delivery", "Message", "Subscription"]
+__all__ = ["Broker", "DelayTierAware", "Delivery", "InstantBacklog", "Message", "Subscription"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,3 +166,16 @@ class DelayTierAware(Protocol):
     """
 
     def declare_delay_tiers(self, tiers: Mapping[str, float]) -> None: ...
+
+
+@runtime_checkable
+class InstantBacklog(Protocol):
+    """Optional: a subscription that can usually answer ``backlog`` without awaiting.
+
+    The single-task worker asks for the backlog of the levels above the one it
+    holds on every pick (strict priority), so a synchronous answer saves a
+    coroutine per task. ``backlog_nowait`` returns what ``backlog`` would, or
+    None when the answer needs the broker (the worker then awaits ``backlog``).
+    """
+
+    def backlog_nowait(self, topic: str) -> int | None: ...

@@ -51,9 +51,18 @@ def ms_ceil(ts: float) -> str:
 
 
 def from_ms(value: str | None) -> datetime | None:
+    global _last_from_ms
     if value is None:
         return None
-    return datetime.fromtimestamp(int(value) / 1000, UTC)
+    last = _last_from_ms  # one tuple: safe to read while another thread replaces it
+    if value == last[0]:  # tasks enqueued together share it; a datetime costs ~0.5 us
+        return last[1]
+    at = datetime.fromtimestamp(int(value) / 1000, UTC)
+    _last_from_ms = (value, at)
+    return at
+
+
+_last_from_ms: tuple[str | None, datetime | None] = (None, None)  # datetimes are immutable
 
 
 MAX_ERROR_CHARS = 2000

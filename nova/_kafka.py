@@ -601,26 +601,46 @@ class KafkaBroker:
 class KafkaDelivery:
     """One consumed record. ``partition`` and ``offset`` say where it came from."""
 
-    __slots__ = ("_record", "_settled", "_state", "_sub", "headers", "key", "offset", "partition",
-                 "published_at", "topic")  # fmt: skip
+    __slots__ = ("_headers", "_record", "_settled", "_state", "_sub", "topic")
 
     def __init__(self, sub: KafkaSubscription, state: _PartitionState, record: Any) -> None:
         self._sub = sub
         self._state = state
         self._record = record
         self._settled = False
+        self._headers: dict[str, str] | None = None
         self.topic: str = record.topic
-        self.partition: int = record.partition
-        self.offset: int = record.offset
-        self.key: str | None = None if record.key is None else record.key.decode("utf-8", "replace")
-        self.headers: Mapping[str, str] = _decode_headers(record.headers)
-        self.published_at: float = record.timestamp / 1000
+
+    # Read from the record when asked: the engine only reads topic, headers and body.
+    @property
+    def partition(self) -> int:
+        return int(self._record.partition)
+
+    @property
+    def offset(self) -> int:
+        return int(self._record.offset)
+
+    @property
+    def key(self) -> str | None:
+        key: bytes | None = self._record.key
+        return None if key is None else key.decode("utf-8", "replace")
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = _decode_headers(self._record.headers)
+        return headers
+
+    @property
+    def published_at(self) -> float:
+        return float(self._record.timestamp) / 1000
 
     @property
     def owned(self) -> bool:
         """False once a rebalance gave this record's partition to another member, which
         will deliver it again: a holder (like the delay forwarder) should nack and drop it."""
-        return self._sub._parts.get(self._state.tp) is self._state
+        return self._state.current
 
     @property
     def body(self) -> bytes:
@@ -631,13 +651,13 @@ class KafkaDelivery:
         """Done: the offset may be committed once everything below it is done too."""
         if not self._settled:
             self._settled = True
-            self._sub._settle(self, done=True)
+            self._sub._settle(self._state, self._record, done=True)
 
     async def nack(self) -> None:
         """Give it back: this member delivers it again (the offset stays uncommitted)."""
         if not self._settled:
             self._settled = True
-            self._sub._settle(self, done=False)
+            self._sub._settle(self._state, self._record, done=False)
 
     def __repr__(self) -> str:
         return f"KafkaDelivery(topic={self.topic!r}, partition={self.partition}, offset={self.offset})"
@@ -654,24 +674,30 @@ class _Entry:
 
 
 class _PartitionState:
+    __slots__ = ("assigned", "buffer", "commit_to", "committed", "current", "entries", "fetch", "held",
+                 "order", "paused", "retry", "tp")  # fmt: skip
+
     def __init__(self, tp: Any) -> None:
         self.tp = tp
         self.assigned = True
+        self.current = True  # False once dropped from the subscription (its acks do nothing)
         self.paused = False
+        self.fetch: Any = None  # aiokafka's fetch state (position, highwater), set on assignment
         self.buffer: deque[Any] = deque()  # fetched, never delivered, in offset order
         self.retry: dict[int, Any] = {}  # nacked records to deliver again, by offset
         self.entries: dict[int, _Entry] = {}  # delivered offsets not yet below the commit point
+        self.order: deque[int] = deque()  # the same offsets, lowest first
         self.held = 0  # deliveries a handler holds (the window counts these)
         self.commit_to: int | None = None  # everything below is done
         self.committed: int | None = None
 
     def advance(self) -> None:
-        # dicts keep insertion order and first deliveries are in offset order.
-        while self.entries:
-            offset, entry = next(iter(self.entries.items()))
-            if not entry.done:
-                return
-            del self.entries[offset]
+        # A deque, not the dict's first key: a dict used as a FIFO leaves a trail of
+        # deleted slots that every "first key" lookup walks again.
+        order, entries = self.order, self.entries
+        while order and entries[order[0]].done:
+            offset = order.popleft()
+            del entries[offset]
             self.commit_to = offset + 1
 
 
@@ -798,6 +824,7 @@ class KafkaSubscription:
         self._end_offsets: dict[Any, int] = {}
         self._end_offsets_at = 0.0
         self._by_topic: dict[str, list[_PartitionState]] = {}  # backlog() reads it per task
+        self._states: list[_PartitionState] = []  # _parts' values, for _take
         # Fetched records kept per partition before pausing it: several fetches' worth, so
         # the next fetch is in flight long before the handlers run dry (a pause at one window
         # left them idle for a fetch round trip, up to fetch_max_wait_ms, every few thousand).
@@ -859,21 +886,28 @@ class KafkaSubscription:
             await self._wake.wait()
 
     def _take(self) -> KafkaDelivery | None:
-        states = list(self._parts.values())
-        for i in range(len(states)):
-            state = states[(self._rotation + i) % len(states)]
-            if not state.assigned or state.held >= self.window:
+        states = self._states
+        count = len(states)
+        window = self.window
+        start = self._rotation if self._rotation < count else 0  # the assignment may have shrunk
+        for i in range(count):
+            index = start + i
+            if index >= count:
+                index -= count
+            state = states[index]
+            if not (state.buffer or state.retry) or state.held >= window or not state.assigned:
                 continue
             record, entry = self._next_record(state)
             if record is None or entry is None:
                 continue
-            self._rotation = (self._rotation + i + 1) % max(len(states), 1)
+            self._rotation = index + 1
             entry.held = True
             state.held += 1
             if self._broker.auto_commit:  # at-most-once: done as soon as it is handed out
                 entry.done = True
                 state.advance()
-            self._update_pause(state)
+            if state.paused:
+                self._update_pause(state)
             return KafkaDelivery(self, state, record)
         return None
 
@@ -887,13 +921,13 @@ class KafkaSubscription:
         if state.buffer:
             record = state.buffer.popleft()
             entry = state.entries[record.offset] = _Entry()
+            state.order.append(record.offset)
             return record, entry
         return None, None
 
-    def _settle(self, delivery: KafkaDelivery, *, done: bool) -> None:
-        state = delivery._state
-        entry = state.entries.get(delivery.offset)
-        if self._parts.get(state.tp) is not state or entry is None or not entry.held:
+    def _settle(self, state: _PartitionState, record: Any, *, done: bool) -> None:
+        entry = state.entries.get(record.offset)
+        if not state.current or entry is None or not entry.held:
             return  # the partition moved to another member, which delivers it again
         entry.held = False
         state.held -= 1
@@ -901,8 +935,8 @@ class KafkaSubscription:
             entry.done = True
             state.advance()
         elif not entry.done:
-            state.retry[delivery.offset] = delivery._record
-        self._update_pause(state)
+            state.retry[record.offset] = record
+            self._update_pause(state)
         self._wake.set()
 
     def _update_pause(self, state: _PartitionState) -> None:
@@ -1002,7 +1036,7 @@ class KafkaSubscription:
         log.debug("group %s assigned %s", self.group, sorted(assigned))
         for tp in list(self._parts):
             if tp not in assigned:
-                del self._parts[tp]
+                self._parts.pop(tp).current = False
         for tp in assigned:
             state = self._parts.get(tp)
             if state is None:
@@ -1012,10 +1046,12 @@ class KafkaSubscription:
                 # gone (aiokafka resets it), so re-apply it.
                 state.assigned = True
                 state.committed = None
+                state.fetch = None  # a new assignment has new fetch states
                 self._update_pause(state)
         self._by_topic = {}
         for tp, state in self._parts.items():
             self._by_topic.setdefault(tp.topic, []).append(state)
+        self._states = list(self._parts.values())
         self._generation = int(getattr(self._consumer._coordinator, "generation", -1))
         self._assigned.set()
         self._wake.set()
@@ -1027,36 +1063,53 @@ class KafkaSubscription:
 
     # --- public ---------------------------------------------------------------------------------
 
-    async def backlog(self, topic: str) -> int:
-        """Records of ``topic`` in Kafka not yet delivered to this member (best effort).
+    def backlog_nowait(self, topic: str) -> int | None:
+        """Records of ``topic`` in Kafka not yet delivered to this member (best effort), from
+        what the member already knows; None if a partition's position must be asked first.
 
-        Answers from what the member already knows without yielding to the event loop
-        (the caller compares it with deliveries it holds, and a yield would let one move
-        from here to there unseen); end offsets are refreshed in the background.
+        End offsets are refreshed in the background (highwater marks from fetches go stale
+        while a partition is paused).
         """
         states = self._by_topic.get(topic)
         if not states or self._closing:
             return 0
         now = time.monotonic()
         if now - self._end_offsets_at > 0.25 and self._refresh_task is None:
-            # Highwater marks from fetches go stale while a partition is paused.
             self._end_offsets_at = now
             self._refresh_task = asyncio.get_running_loop().create_task(self._refresh_end_offsets())
         total = 0
         for state in states:
             if not state.assigned:
                 continue
+            fetch = state.fetch
+            if fetch is None:
+                fetch = state.fetch = self._fetch_state(state.tp)
+            if fetch is None or not fetch.has_valid_position:
+                return None
+            end = max(fetch.highwater or 0, self._end_offsets.get(state.tp, 0))
+            total += len(state.buffer) + len(state.retry) + max(0, end - int(fetch.position))
+        return total
+
+    async def backlog(self, topic: str) -> int:
+        """Records of ``topic`` in Kafka not yet delivered to this member (best effort).
+
+        Answers from what the member already knows without yielding to the event loop
+        (the caller compares it with deliveries it holds, and a yield would let one move
+        from here to there unseen), unless a partition has no position yet.
+        """
+        known = self.backlog_nowait(topic)
+        if known is not None:
+            return known
+        total = 0
+        for state in self._by_topic.get(topic, ()):
+            if not state.assigned:
+                continue
             total += len(state.buffer) + len(state.retry)
-            tp_state = self._fetch_state(state.tp)
-            if tp_state is not None and tp_state.has_valid_position:
-                position = int(tp_state.position)
-                fetched_high = tp_state.highwater or 0
-            else:
-                try:
-                    position = int(await asyncio.wait_for(self._consumer.position(state.tp), 1))
-                except (kafka_errors.KafkaError, TimeoutError, AssertionError):
-                    continue
-                fetched_high = self._consumer.highwater(state.tp) or 0
+            try:
+                position = int(await asyncio.wait_for(self._consumer.position(state.tp), 1))
+            except (kafka_errors.KafkaError, TimeoutError, AssertionError):
+                continue
+            fetched_high = self._consumer.highwater(state.tp) or 0
             total += max(0, max(fetched_high, self._end_offsets.get(state.tp, 0)) - position)
         return total
 
@@ -1093,12 +1146,13 @@ class KafkaSubscription:
                     await task
         await self._commit(limit_s=10.0)
         for state in self._parts.values():
-            state.assigned = False
+            state.assigned = state.current = False
         try:
             await asyncio.wait_for(self._consumer.stop(), 15)
         except (kafka_errors.KafkaError, TimeoutError) as exc:
             log.warning("kafka consumer %s did not stop cleanly: %r", self.group, exc)
         self._parts.clear()
+        self._states = []
         self._broker._subscriptions.discard(self)
 
 

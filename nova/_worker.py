@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nova._aggregators import Aggregator
-from nova._broker import Delivery, Message, Subscription
+from nova._broker import Delivery, InstantBacklog, Message, Subscription
 from nova._clock import wait_with_timeout
 from nova._codecs import BlobCodec
 from nova._envelope import MAX_ERROR_CHARS, H, decode_task, ms_ceil
@@ -194,9 +194,12 @@ class Worker(_BaseWorker):
         self._patience = 0
         self._strict = isinstance(tq.priority_policy, StrictPriority)
         self._level_topics = {lvl: [ready_topic(tq.prefix, q, lvl) for q in self.queues] for lvl in LEVELS}
+        self._backlog_now: Callable[[str], int | None] | None = None
 
     async def start(self) -> None:
         await self._subscribe()
+        if self._strict and isinstance(self.sub, InstantBacklog):
+            self._backlog_now = self.sub.backlog_nowait
         loop = asyncio.get_running_loop()
         self._runners = [loop.create_task(self._runner(i), name=f"nova-runner-{i}")
                          for i in range(self.concurrency)]
@@ -217,9 +220,11 @@ class Worker(_BaseWorker):
     async def _runner(self, index: int) -> None:
         streak = 0
         while not self.stopping:
-            picked = await self._pick()
+            picked = self._pick_now()
             if picked is None:
-                continue
+                picked = await self._pick()
+                if picked is None:
+                    continue
             self.running += 1
             try:
                 await self._run(*picked)
@@ -229,6 +234,26 @@ class Worker(_BaseWorker):
             if streak >= 64:  # a handler that never suspends must not starve the event loop
                 streak = 0
                 await asyncio.sleep(0)
+
+    def _pick_now(self) -> tuple[Delivery, _Route] | None:
+        """What ``_pick`` would pick under strict priority, when that needs no await (the
+        common case: the subscription answers backlogs at once); None to ask ``_pick``."""
+        backlog_now = self._backlog_now
+        if backlog_now is None:
+            return None
+        held = self._best_held()
+        if held is None:
+            return None
+        if held is not Priority.HIGH and self._patience < 20:
+            for above in LEVELS:
+                if above is held:
+                    break
+                for topic in self._level_topics[above]:
+                    waiting = backlog_now(topic)
+                    if waiting is None or waiting > 0:
+                        return None  # unknown, or a higher level to wait for: _pick decides
+        self._patience = 0
+        return self.buffers[held].popleft()
 
     async def _pick(self) -> tuple[Delivery, _Route] | None:
         """The next delivery by priority policy; None to look again."""
