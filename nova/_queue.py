@@ -260,10 +260,7 @@ class TaskQueue:
         except Exception as exc:
             raise EnqueueError(f"the broker did not take {len(messages)} task(s): {exc!r}") from exc
         if self._sink is not None:
-            status = TaskStatus.PENDING if eta is not None else TaskStatus.QUEUED
-            step = self._sink.emit_step
-            for result, task in zip(results, tasks, strict=True):
-                step(result.id, task.type, queue, level, status, 1, None, result.eta, task.headers, bytes(task.payload))
+            self._sink.emit_published(results, tasks, TaskStatus.PENDING if eta is not None else TaskStatus.QUEUED)
         return results
 
     def _eta(self, process_in: timedelta | float | None, process_at: datetime | None) -> float | None:
@@ -357,10 +354,15 @@ class TaskQueue:
     async def _start_worker(self, worker: Worker | BatchWorker) -> None:
         self._worker = worker
         await self._connect()
+        starts = [worker.start()]
         if self._forwarder is None:
             self._forwarder = DelayForwarder(self.router)
-            await self._forwarder.start()
-        await worker.start()
+            starts.append(self._forwarder.start())
+        # Both join consumer groups (a broker round trip or several each): side by side.
+        # Whatever did start is stopped by stop(), as if they had started one after the other.
+        for outcome in await asyncio.gather(*starts, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def stop(self, *, graceful: bool = True, timeout: timedelta | None = None) -> None:
         """Stop consuming. Graceful: wait for running handlers (up to ``timeout``,
@@ -393,9 +395,7 @@ class TaskQueue:
         which ``enqueue_batch`` records)."""
         sink = self._sink
         if sink is not None:
-            assert task.id is not None  # a consumed task always carries its id
-            sink.emit_step(task.id, task.type, task.queue, task.priority, status, task.attempt, error,
-                           task.eta, task.headers, None)
+            sink.emit_task(task, status, error)
 
     @property
     def recording_stats(self) -> dict[str, int]:

@@ -27,6 +27,7 @@ from nova._clock import SystemClock, wait_with_timeout
 
 if TYPE_CHECKING:
     from nova._clock import Clock
+    from nova._task import Result, Task
 
 __all__ = [
     "EVENT_FIELDS",
@@ -69,7 +70,8 @@ class TaskEvent:
 
     ``at`` is when it happened (aware UTC, from the engine's clock). ``version``
     increases with every event of the same task from one engine (it is
-    ``at`` in microseconds, bumped if equal), so the latest row wins.
+    ``at`` in microseconds, bumped past the engine's previous one if not higher),
+    so the latest row wins.
     """
 
     task_id: str
@@ -346,10 +348,7 @@ class MemoryTaskRecorder:
         return None
 
 
-# After these the engine emits nothing more for a task (a retry is RETRYING, then PROCESSING).
-_TERMINAL_STEPS = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED})
 _WIDTH = len(EVENT_FIELDS)
-_PRUNE_AT = 10_000  # remembered task versions before the sink forgets those the clock has passed
 
 
 class RecordingSink:
@@ -397,8 +396,9 @@ class RecordingSink:
         self._flush_interval = flush_interval
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._last_version: dict[str, int] = {}  # latest version of tasks not finished here
-        self._prune_at = _PRUNE_AT
+        # The highest version given out. Every step gets a higher one, so a task's versions
+        # strictly increase even within one clock instant (a virtual clock), with no per-task state.
+        self._version = 0
         self.dropped = 0
         self.written = 0
         self.failures = 0
@@ -406,7 +406,8 @@ class RecordingSink:
     def emit(self, event: TaskEvent) -> None:
         """Queue one event; never raises, never waits."""
         row = row_from_event(event)
-        version = self._next_version(event.task_id, event.version, row[4])
+        version = event.version if event.version > self._version else self._version + 1
+        self._version = version
         self._push((*row[:6], version, *row[7:]))
 
     def emit_step(self, task_id: str, type_: str, queue: str, priority: int, status: TaskStatus,
@@ -414,22 +415,14 @@ class RecordingSink:
                   payload: bytes | None) -> None:
         """Queue one lifecycle step happening now (by the sink's clock); never raises, never waits.
 
-        The engine's path (three calls per task), so it is :meth:`emit` inlined: no
-        TaskEvent, no datetime. ``headers`` are copied now; ``payload`` is kept
-        as given (bytes do not change).
+        :meth:`emit` inlined: no TaskEvent, no datetime. ``headers`` are copied now;
+        ``payload`` is kept as given (bytes do not change).
         """
         now = self._time()
         version = int(now * 1_000_000)
-        last_versions = self._last_version
-        last = last_versions.get(task_id)
-        if last is not None and version <= last:
-            version = last + 1
-        if status in _TERMINAL_STEPS:
-            last_versions.pop(task_id, None)
-        else:
-            last_versions[task_id] = version
-            if len(last_versions) > self._prune_at:
-                self._prune_versions(version)
+        if version <= self._version:
+            version = self._version + 1
+        self._version = version
         row = (task_id, type_, queue, priority, status, now, version, attempt, error, eta,
                tuple(headers.items()) if headers else (), payload)
         buffered = len(self._fields)
@@ -440,30 +433,52 @@ class RecordingSink:
         else:  # the first event (wake or start the writer), or one too many (drop it)
             self._push(row)
 
-    def _next_version(self, task_id: str, version: int, status: TaskStatus) -> int:
-        # Versions of one task's events strictly increase, even within one clock
-        # instant (a virtual clock): a repeat is bumped past the task's last version.
-        last = self._last_version.get(task_id)
-        if last is not None and version <= last:
-            version = last + 1
-        if status in _TERMINAL_STEPS:
-            self._last_version.pop(task_id, None)
-        else:
-            self._last_version[task_id] = version
-            if len(self._last_version) > self._prune_at:
-                self._prune_versions(version)
-        return version
+    def emit_task(self, task: Task, status: TaskStatus, error: str | None = None) -> None:
+        """Queue a step a consumer takes on ``task`` now (the engine's path, twice per task).
 
-    def _prune_versions(self, now_version: int) -> None:
-        """Forget versions the clock has passed: a later event gets a higher one anyway.
-
-        Without this a process that only enqueues (its tasks complete elsewhere) would keep
-        one entry per task forever. On a clock that stands still nothing can be forgotten,
-        so the next prune waits for twice as many entries (amortised O(1) per event).
+        :meth:`emit_step` with the fields read off the task; no payload (it travels with QUEUED).
         """
-        kept = {task: v for task, v in self._last_version.items() if v >= now_version}
-        self._last_version = kept
-        self._prune_at = max(_PRUNE_AT, 2 * len(kept))
+        now = self._time()
+        version = int(now * 1_000_000)
+        if version <= self._version:
+            version = self._version + 1
+        self._version = version
+        headers = task.headers
+        row = (task.id, task.type, task.queue, task.priority, status, now, version, task.attempt, error,
+               task.eta, tuple(headers.items()) if headers else (), None)
+        buffered = len(self._fields)
+        if 0 < buffered < self._room:  # the common case: the writer is awake, there is room
+            self._extend(row)
+            if buffered + _WIDTH == self._batch_fields:
+                self._full.set()
+        else:  # the first event (wake or start the writer), or one too many (drop it)
+            self._push(row)
+
+    def emit_published(self, results: Sequence[Result], tasks: Sequence[Task], status: TaskStatus) -> None:
+        """Queue the QUEUED (or PENDING) step of tasks one confirmed publish just took (the engine's path).
+
+        They became queued at one instant: one time and one version for all (versions
+        only need to rise per task).
+        """
+        now = self._time()
+        version = int(now * 1_000_000)
+        if version <= self._version:
+            version = self._version + 1
+        self._version = version
+        buffered = len(self._fields)
+        if buffered > 0 and buffered + len(tasks) * _WIDTH <= self._room:  # as in emit_step
+            extend = self._extend
+            for result, task in zip(results, tasks, strict=True):
+                headers = task.headers
+                extend((result.id, task.type, result.queue, result.priority, status, now, version, 1, None,
+                        result.eta, tuple(headers.items()) if headers else (), bytes(task.payload)))
+            if buffered < self._batch_fields <= len(self._fields):
+                self._full.set()
+        else:
+            for result, task in zip(results, tasks, strict=True):
+                headers = task.headers
+                self._push((result.id, task.type, result.queue, result.priority, status, now, version, 1, None,
+                            result.eta, tuple(headers.items()) if headers else (), bytes(task.payload)))
 
     def _push(self, row: Sequence[Any]) -> None:
         buffered = len(self._fields)

@@ -775,16 +775,52 @@ async def test_the_sink_keeps_what_headers_were_when_emitted() -> None:
     assert (record.headers, record.payload) == ({"tenant": "a"}, b"p")
 
 
-async def test_the_sink_forgets_versions_of_tasks_that_finish_elsewhere() -> None:
-    """A producer only emits QUEUED; it must not remember every task it ever sent."""
+async def test_versions_rise_per_task_on_a_standing_clock_with_no_per_task_state() -> None:
+    """A producer only emits QUEUED (its tasks finish elsewhere): the sink keeps no state per
+    task, yet every task's versions strictly increase, even when the clock stands still."""
     clock = VirtualClock()
-    sink = RecordingSink(MemoryTaskRecorder(), clock, max_buffer=100_000, batch_size=100_000)
+    recorder = MemoryTaskRecorder()
+    sink = RecordingSink(recorder, clock, max_buffer=100_000, batch_size=100_000)
     for i in range(30_000):
         sink.emit_step(f"p{i}", "email", "default", 2, TaskStatus.QUEUED, 1, None, None, {}, None)
-        if i % 1000 == 999:
-            await clock.advance(0.001)
-    assert len(sink._last_version) <= 10_001  # not 30,000
+    grown = [name for name, value in vars(sink).items()
+             if name != "_fields" and isinstance(value, dict | set | list) and len(value) > 10]
+    assert grown == []  # the buffer aside, nothing grows with the number of tasks
+    for status in (TaskStatus.PROCESSING, TaskStatus.COMPLETED):
+        for i in range(0, 30_000, 1000):
+            sink.emit_step(f"p{i}", "email", "default", 2, status, 1, None, None, {}, None)
     await sink.close()
+    for i in range(0, 30_000, 1000):
+        versions = [e.version for e in await recorder.history(f"p{i}")]
+        assert len(versions) == 3
+        assert versions == sorted(set(versions))
+    record = await recorder.get("p0")
+    assert record is not None
+    assert record.status is TaskStatus.COMPLETED
+
+
+async def test_a_published_batch_is_queued_at_one_instant_and_overflow_is_counted() -> None:
+    from nova._task import Priority, Result, Task
+
+    clock = VirtualClock()
+    recorder = MemoryTaskRecorder()
+    sink = RecordingSink(recorder, clock, max_buffer=5)
+    sink.emit_step("t0", "email", "default", 2, TaskStatus.QUEUED, 1, None, None, {}, None)
+    tasks = [Task("email", b"p%d" % i, headers={"n": str(i)} if i % 2 else {}) for i in range(6)]
+    results = [Result(f"t{i + 1}", "mail", Priority.HIGH, None) for i in range(6)]
+    sink.emit_published(results, tasks, TaskStatus.QUEUED)  # room for 4 of them
+    sink.emit_published(results[:2], tasks[:2], TaskStatus.QUEUED)  # no room: both dropped
+    assert sink.dropped == 4
+    await sink.close()
+    assert sink.written == 5
+    records = [await recorder.get(f"t{i}") for i in range(1, 7)]
+    kept = [r for r in records if r is not None]
+    assert [(r.queue, r.priority, r.headers, r.payload) for r in kept] == [
+        ("mail", Priority.HIGH, {"n": str(i)} if i % 2 else {}, b"p%d" % i) for i in range(4)]
+    assert len({(r.version, r.updated_at) for r in kept}) == 1
+    t0 = await recorder.get("t0")
+    assert t0 is not None
+    assert kept[0].version > t0.version
 
 
 async def test_steps_at_one_instant_keep_their_order(make_recorder: MakeRecorder) -> None:
