@@ -663,14 +663,10 @@ class KafkaDelivery:
         return f"KafkaDelivery(topic={self.topic!r}, partition={self.partition}, offset={self.offset})"
 
 
-class _Entry:
-    """A delivered offset: ``held`` while a handler has it, ``done`` once acked."""
-
-    __slots__ = ("done", "held")
-
-    def __init__(self) -> None:
-        self.done = False
-        self.held = True
+# What became of a delivered offset (values of _PartitionState.entries).
+_HELD = 1  # a handler has it
+_DONE = 2  # acked (or, with auto_commit, handed out)
+_BACK = 0  # nacked, or handed out before a rebalance: to deliver again
 
 
 class _PartitionState:
@@ -685,7 +681,7 @@ class _PartitionState:
         self.fetch: Any = None  # aiokafka's fetch state (position, highwater), set on assignment
         self.buffer: deque[Any] = deque()  # fetched, never delivered, in offset order
         self.retry: dict[int, Any] = {}  # nacked records to deliver again, by offset
-        self.entries: dict[int, _Entry] = {}  # delivered offsets not yet below the commit point
+        self.entries: dict[int, int] = {}  # delivered offsets not yet below the commit point
         self.order: deque[int] = deque()  # the same offsets, lowest first
         self.held = 0  # deliveries a handler holds (the window counts these)
         self.commit_to: int | None = None  # everything below is done
@@ -695,7 +691,7 @@ class _PartitionState:
         # A deque, not the dict's first key: a dict used as a FIFO leaves a trail of
         # deleted slots that every "first key" lookup walks again.
         order, entries = self.order, self.entries
-        while order and entries[order[0]].done:
+        while order and entries[order[0]] == _DONE:
             offset = order.popleft()
             del entries[offset]
             self.commit_to = offset + 1
@@ -897,14 +893,13 @@ class KafkaSubscription:
             state = states[index]
             if not (state.buffer or state.retry) or state.held >= window or not state.assigned:
                 continue
-            record, entry = self._next_record(state)
-            if record is None or entry is None:
+            record = self._next_record(state)
+            if record is None:
                 continue
             self._rotation = index + 1
-            entry.held = True
             state.held += 1
             if self._broker.auto_commit:  # at-most-once: done as soon as it is handed out
-                entry.done = True
+                state.entries[record.offset] = _DONE
                 state.advance()
             if state.paused:
                 self._update_pause(state)
@@ -912,30 +907,38 @@ class KafkaSubscription:
         return None
 
     @staticmethod
-    def _next_record(state: _PartitionState) -> tuple[Any, _Entry | None]:
+    def _next_record(state: _PartitionState) -> Any:
+        """The next record to hand out (marked held), nacked ones first; None if none."""
+        entries = state.entries
         while state.retry:  # nacked records first, lowest offset first
             record = state.retry.pop(min(state.retry))
-            entry = state.entries.get(record.offset)
-            if entry is not None and not entry.done and not entry.held:
-                return record, entry
+            if entries.get(record.offset) == _BACK:
+                entries[record.offset] = _HELD
+                return record
         if state.buffer:
             record = state.buffer.popleft()
-            entry = state.entries[record.offset] = _Entry()
+            entries[record.offset] = _HELD
             state.order.append(record.offset)
-            return record, entry
-        return None, None
+            return record
+        return None
 
     def _settle(self, state: _PartitionState, record: Any, *, done: bool) -> None:
-        entry = state.entries.get(record.offset)
-        if not state.current or entry is None or not entry.held:
+        if not state.current:
             return  # the partition moved to another member, which delivers it again
-        entry.held = False
+        if self._broker.auto_commit:  # already done when handed out; only the window is freed
+            state.held -= 1
+            self._wake.set()
+            return
+        offset = record.offset
+        if state.entries.get(offset) != _HELD:
+            return  # settled already
         state.held -= 1
         if done:
-            entry.done = True
+            state.entries[offset] = _DONE
             state.advance()
-        elif not entry.done:
-            state.retry[record.offset] = record
+        else:
+            state.entries[offset] = _BACK
+            state.retry[offset] = record
             self._update_pause(state)
         self._wake.set()
 
@@ -984,7 +987,7 @@ class KafkaSubscription:
                     entry = state.entries.get(record.offset)
                     if entry is None:
                         state.buffer.append(record)
-                    elif not entry.done and not entry.held:
+                    elif entry == _BACK:
                         state.retry[record.offset] = record  # re-fetched after a rebalance
                     woke = True
                 self._update_pause(state)

@@ -354,10 +354,15 @@ class TaskQueue:
     async def _start_worker(self, worker: Worker | BatchWorker) -> None:
         self._worker = worker
         await self._connect()
+        starts = [worker.start()]
         if self._forwarder is None:
             self._forwarder = DelayForwarder(self.router)
-            await self._forwarder.start()
-        await worker.start()
+            starts.append(self._forwarder.start())
+        # Both join consumer groups (a broker round trip or several each): side by side.
+        # Whatever did start is stopped by stop(), as if they had started one after the other.
+        for outcome in await asyncio.gather(*starts, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def stop(self, *, graceful: bool = True, timeout: timedelta | None = None) -> None:
         """Stop consuming. Graceful: wait for running handlers (up to ``timeout``,
