@@ -511,8 +511,12 @@ class RecordingSink:
     def _take(self) -> EventColumns:
         """The oldest batch_size buffered events, out of the buffer, as columns."""
         size = self._batch_fields
-        batch = self._fields[:size]
-        del self._fields[:size]
+        # The batch keeps the buffer's list and a new buffer gets what is past it: copying
+        # (and deleting) the batch's fields out of the buffer cost the event loop ~1 ms a batch.
+        batch = self._fields
+        self._fields = batch[size:]
+        self._extend = self._fields.extend
+        del batch[size:]
         return tuple(batch[field::_WIDTH] for field in range(_WIDTH))
 
     async def _write(self, batch: EventColumns) -> None:
