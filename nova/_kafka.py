@@ -821,6 +821,11 @@ class KafkaSubscription:
         self._end_offsets_at = 0.0
         self._by_topic: dict[str, list[_PartitionState]] = {}  # backlog() reads it per task
         self._states: list[_PartitionState] = []  # _parts' values, for _take
+        # backlog_nowait's answers until something they count changes: records fetched, handed
+        # out or given back, own sends, end offsets, assignment. (A partition's highwater can
+        # also move in aiokafka's fetcher, but records past it come through _poll, and a paused
+        # partition has a full buffer: its answer is not 0 either way.)
+        self._known_backlog: dict[str, int] = {}
         # Fetched records kept per partition before pausing it: several fetches' worth, so
         # the next fetch is in flight long before the handlers run dry (a pause at one window
         # left them idle for a fetch round trip, up to fetch_max_wait_ms, every few thousand).
@@ -898,6 +903,7 @@ class KafkaSubscription:
                 continue
             self._rotation = index + 1
             state.held += 1
+            self._known_backlog.pop(record.topic, None)
             if self._broker.auto_commit:  # at-most-once: done as soon as it is handed out
                 state.entries[record.offset] = _DONE
                 state.advance()
@@ -939,6 +945,7 @@ class KafkaSubscription:
         else:
             state.entries[offset] = _BACK
             state.retry[offset] = record
+            self._known_backlog.pop(record.topic, None)
             self._update_pause(state)
         self._wake.set()
 
@@ -979,17 +986,25 @@ class KafkaSubscription:
                 log.debug("fetched %s", {tp: len(r) for tp, r in batch.items()})
             for tp, records in batch.items():
                 state = self._parts.get(tp)
-                if state is None or not state.assigned:
+                if state is None or not state.assigned or not records:
                     continue
-                for record in records:
-                    if state.commit_to is not None and record.offset < state.commit_to:
-                        continue
-                    entry = state.entries.get(record.offset)
-                    if entry is None:
-                        state.buffer.append(record)
-                    elif entry == _BACK:
-                        state.retry[record.offset] = record  # re-fetched after a rebalance
+                self._known_backlog.pop(tp.topic, None)
+                first = records[0].offset
+                if (not state.order or first > state.order[-1]) and (
+                    state.commit_to is None or first >= state.commit_to
+                ):  # the common case: all new (past every delivered offset and the commit point)
+                    state.buffer.extend(records)
                     woke = True
+                else:
+                    for record in records:
+                        if state.commit_to is not None and record.offset < state.commit_to:
+                            continue
+                        entry = state.entries.get(record.offset)
+                        if entry is None:
+                            state.buffer.append(record)
+                        elif entry == _BACK:
+                            state.retry[record.offset] = record  # re-fetched after a rebalance
+                        woke = True
                 self._update_pause(state)
             if woke:
                 self._wake.set()
@@ -1025,6 +1040,7 @@ class KafkaSubscription:
 
     async def _on_revoked(self, revoked: Any) -> None:
         await self._commit(limit_s=10.0, only=set(revoked))
+        self._known_backlog.clear()
         for tp in revoked:
             state = self._parts.get(tp)
             if state is not None:
@@ -1055,6 +1071,7 @@ class KafkaSubscription:
         for tp, state in self._parts.items():
             self._by_topic.setdefault(tp.topic, []).append(state)
         self._states = list(self._parts.values())
+        self._known_backlog.clear()
         self._generation = int(getattr(self._consumer._coordinator, "generation", -1))
         self._assigned.set()
         self._wake.set()
@@ -1063,6 +1080,7 @@ class KafkaSubscription:
         for tp, state in self._parts.items():
             if tp.partition == partition and tp.topic == topic and state.assigned:
                 self._end_offsets[tp] = max(end, self._end_offsets.get(tp, 0))
+                self._known_backlog.pop(topic, None)
 
     # --- public ---------------------------------------------------------------------------------
 
@@ -1073,6 +1091,9 @@ class KafkaSubscription:
         End offsets are refreshed in the background (highwater marks from fetches go stale
         while a partition is paused).
         """
+        known = self._known_backlog.get(topic)
+        if known is not None and not self._closing:
+            return known
         states = self._by_topic.get(topic)
         if not states or self._closing:
             return 0
@@ -1091,6 +1112,7 @@ class KafkaSubscription:
                 return None
             end = max(fetch.highwater or 0, self._end_offsets.get(state.tp, 0))
             total += len(state.buffer) + len(state.retry) + max(0, end - int(fetch.position))
+        self._known_backlog[topic] = total
         return total
 
     async def backlog(self, topic: str) -> int:
@@ -1130,6 +1152,7 @@ class KafkaSubscription:
                 fresh = await asyncio.wait_for(self._consumer.end_offsets(tps), 5)
                 for tp, end in fresh.items():
                     self._end_offsets[tp] = max(end, self._end_offsets.get(tp, 0))
+                self._known_backlog.clear()
         except Exception as exc:  # noqa: BLE001 - best effort: the next call tries again
             log.debug("kafka end offsets refresh failed: %r", exc)
         finally:
