@@ -46,6 +46,24 @@ class Message:
     deliver_at: float | None = None
 
 
+_set_message_fields = tuple(
+    getattr(Message, name).__set__ for name in ("topic", "body", "headers", "key", "deliver_at")
+)
+
+
+def new_message(topic: str, body: bytes, headers: Mapping[str, str], key: str | None) -> Message:
+    """``Message(topic, body, headers, key)`` for the enqueue hot path: fills the slots
+    directly (a frozen dataclass's ``__init__`` sets each through ``object.__setattr__``)."""
+    message = object.__new__(Message)
+    set_topic, set_body, set_headers, set_key, set_deliver_at = _set_message_fields
+    set_topic(message, topic)
+    set_body(message, body)
+    set_headers(message, headers)
+    set_key(message, key)
+    set_deliver_at(message, None)
+    return message
+
+
 @runtime_checkable
 class Delivery(Protocol):
     """A message handed to a subscription; it stays unacked until ack/nack."""

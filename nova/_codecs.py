@@ -51,12 +51,12 @@ class TaskBody:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-# TaskBody(...) without the frozen dataclass's __init__ (~0.3 us instead of ~0.55 us): the
-# built-in decoders' hot path fills the slots directly.
 _set_type, _set_payload, _set_headers = (getattr(TaskBody, name).__set__ for name in ("type", "payload", "headers"))
 
 
-def _task_body(type_: str, payload: bytes, headers: Mapping[str, str]) -> TaskBody:
+def new_task_body(type_: str, payload: bytes, headers: Mapping[str, str]) -> TaskBody:
+    """``TaskBody(...)`` for the hot paths (~0.3 us instead of ~0.55 us): fills the slots
+    directly (a frozen dataclass's ``__init__`` sets each through ``object.__setattr__``)."""
     body = object.__new__(TaskBody)
     _set_type(body, type_)
     _set_payload(body, payload)
@@ -103,7 +103,7 @@ def _body_from_json(doc: object) -> TaskBody:
     if type(doc) is dict and len(doc) == 2:  # the common shape: {"type": ..., "payload": <utf-8 text>}
         type_, raw = doc.get("type"), doc.get("payload")
         if type(type_) is str and type(raw) is str:
-            return _task_body(type_, raw.encode(), {})
+            return new_task_body(type_, raw.encode(), {})
     if not isinstance(doc, dict):
         raise ValueError("a JSON task must be an object")
     type_, raw, headers = doc.get("type"), doc.get("payload", ""), doc.get("headers", _NO_HEADERS)
@@ -125,7 +125,7 @@ def _body_from_json(doc: object) -> TaskBody:
         payload = raw.encode("utf-8")
     else:
         raise ValueError(f"unknown payload_encoding {encoding!r}")
-    return _task_body(type_, payload, headers)
+    return new_task_body(type_, payload, headers)
 
 
 def _json_doc(body: TaskBody) -> dict[str, Any]:
@@ -190,7 +190,7 @@ class BlobCodec:
         return bytes(body.payload)
 
     def decode(self, data: bytes) -> TaskBody:
-        return _task_body("", bytes(data), {})
+        return new_task_body("", bytes(data), {})
 
 
 class ProtobufCodec:

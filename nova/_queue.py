@@ -19,9 +19,9 @@ from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 from nova._aggregators import Aggregator
-from nova._broker import Broker, DelayTierAware, Message
+from nova._broker import Broker, DelayTierAware, Message, new_message
 from nova._clock import Clock, SystemClock
-from nova._codecs import CodecRegistry, MessageCodec, MessageFormat, TaskBody, codec_for
+from nova._codecs import CodecRegistry, MessageCodec, MessageFormat, codec_for, new_task_body
 from nova._delay import DelayForwarder, DelayTiers, Router
 from nova._envelope import shared_headers, task_headers
 from nova._errors import (
@@ -36,7 +36,7 @@ from nova._errors import (
 from nova._naming import ready_topic, validate_group, validate_prefix, validate_queue, worker_group
 from nova._policies import PriorityPolicy, RetryPolicy, StrictPriority
 from nova._recording import RecordingSink, TaskRecorder, TaskStatus
-from nova._task import Priority, Result, Task, coerce_priority, validate_task
+from nova._task import Priority, Result, Task, coerce_priority, new_result, validate_task
 from nova._worker import BatchHandler, BatchWorker, Handler, Worker
 
 __all__ = ["TaskQueue"]
@@ -305,13 +305,13 @@ class TaskQueue:
         for task in tasks:
             validate_task(task)
             task_id = task.id or new_task_id()
-            body = TaskBody(task.type, bytes(task.payload), task.headers)
+            body = new_task_body(task.type, bytes(task.payload), task.headers)
             data = codec.encode(body)
             if len(data) > limit:
                 size = len(data)
                 raise PayloadTooLarge(size, self.max_payload_size if size > self.max_payload_size else limit)
-            messages.append(Message(topic, data, task_headers(shared, task_id, body, codec), task_id))
-            results.append(Result(task_id, queue, level, due))
+            messages.append(new_message(topic, data, task_headers(shared, task_id, body, codec), task_id))
+            results.append(new_result(task_id, queue, level, due))
         return messages, results
 
     # -- consuming ------------------------------------------------------------------

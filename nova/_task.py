@@ -64,6 +64,20 @@ class Result:
     eta: datetime | None  # None: ready now
 
 
+_set_result_fields = tuple(getattr(Result, name).__set__ for name in ("id", "queue", "priority", "eta"))
+
+
+def new_result(id: str, queue: str, priority: Priority, eta: datetime | None) -> Result:  # noqa: A002
+    """``Result(...)`` for the enqueue hot path: fills the slots directly."""
+    result = object.__new__(Result)
+    set_id, set_queue, set_priority, set_eta = _set_result_fields
+    set_id(result, id)
+    set_queue(result, queue)
+    set_priority(result, priority)
+    set_eta(result, eta)
+    return result
+
+
 _BYTES_LIKE = (bytes, bytearray, memoryview)  # a tuple: isinstance on a union is several times slower
 
 
