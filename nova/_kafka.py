@@ -95,6 +95,8 @@ __all__ = ["KafkaAuth", "KafkaBroker", "KafkaSSL"]
 log = logging.getLogger("nova.kafka")
 
 _PREFETCH_RECORDS = 4096  # fetched, not yet delivered records per partition before pausing it
+_LONG_POLL_MS = 100  # how long a fetch waits at the broker for records to arrive
+_SHORT_POLL_MS = 10  # the same while one of the member's partitions is paused (see _poll_wait)
 _BATCH_MIN = 16  # messages for one partition in one publish call worth building a record batch for
 _MAX_BATCH_BYTES = 512 * 1024  # record batches stay well under Kafka's default message.max.bytes (1 MiB)
 
@@ -842,7 +844,7 @@ class KafkaSubscription:
             heartbeat_interval_ms=b.heartbeat_interval_ms,
             max_poll_interval_ms=b.max_poll_interval_ms,
             # Short long-polls: a resumed partition is fetched again within 100 ms.
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=_LONG_POLL_MS,
             # Sticky first; round-robin only if another kind of client shares the group.
             partition_assignment_strategy=(_StickyAssignor(self), RoundRobinPartitionAssignor),
         )
@@ -959,9 +961,26 @@ class KafkaSubscription:
         if full and not state.paused:
             self._consumer.pause(state.tp)
             state.paused = True
+            self._poll_wait()
         elif not full and state.paused:
             self._consumer.resume(state.tp)
             state.paused = False
+            self._poll_wait()
+
+    def _poll_wait(self) -> None:
+        """Short long-polls while a partition is paused.
+
+        aiokafka keeps one fetch in flight per broker. While a partition is paused that fetch
+        asks only for the others, and when they have nothing new the broker holds it for the
+        whole fetch_max_wait_ms; a partition resumed meanwhile waits for it to come back. At
+        100 ms that left the handlers idle once per pause (the last records of the buffer
+        take less), so fetches wait 10 ms while one is paused (aiokafka internals: nothing
+        changes if they are not where expected).
+        """
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
+            paused = any(state.paused for state in self._states)
+            fetcher._fetch_max_wait_ms = _SHORT_POLL_MS if paused else _LONG_POLL_MS
 
     # --- background -----------------------------------------------------------------------------
 
@@ -1049,6 +1068,7 @@ class KafkaSubscription:
                 state.paused = False
                 state.buffer.clear()
                 state.retry.clear()
+        self._poll_wait()
 
     async def _on_assigned(self, assigned: Any) -> None:
         assigned = set(assigned)

@@ -218,12 +218,16 @@ async def test_prefetch_is_bounded_and_resumes_as_records_are_taken(
     await eventually(paused)
     # One fetch may overshoot the bound, then fetching stops: far from all 40 records.
     assert 3 <= len(state.buffer) < 40
+    # While paused, the other fetches come back quickly so a resume is not kept waiting.
+    fetcher = sub._consumer._fetcher
+    assert fetcher._fetch_max_wait_ms == kafka_module._SHORT_POLL_MS
     got = []
     for _ in range(40):
         (delivery,) = await take(sub)
         got.append(delivery.body)
         await delivery.ack()
     assert got == [f"m{i}".encode() + big for i in range(40)]  # resumed as the buffer drained
+    assert not state.paused and fetcher._fetch_max_wait_ms == kafka_module._LONG_POLL_MS
     await sub.close()
 
 
