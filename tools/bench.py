@@ -203,13 +203,21 @@ async def nova_real(name: str, n: int) -> dict[str, float]:
     broker = _make_broker(name)
     slots = (8, timedelta(seconds=8))
     try:
-        def queue() -> nova.TaskQueue:
-            return nova.TaskQueue(broker, topic_prefix="bench-" + uuid.uuid4().hex[:8], group_id="bench",
+        def queue(prefix: str | None = None, group: str = "bench") -> nova.TaskQueue:
+            return nova.TaskQueue(broker, topic_prefix=prefix or "bench-" + uuid.uuid4().hex[:8], group_id=group,
                                   delay_slots=slots, message_format=nova.MessageFormat.SONIC)
+
+        async def noop(task: nova.Task) -> None:
+            pass
 
         for mode in ("single", "batch"):
             q = queue()
-            await q.enqueue(nova.Task("warm-up", PAYLOAD))  # creates the topics outside the timing
+            await q.enqueue(nova.Task("warm-up", PAYLOAD))
+            # Every topic of the queue (ready, dead-letter, delay tiers) exists before the timing,
+            # as the raw client's topic does: a consumer of another group starts and stops once.
+            warm = queue(q.prefix, group="bench-warm-up")
+            await warm.start(noop)
+            await warm.stop()
             start = time.perf_counter()
             await enqueue_all(q, n)
             out[f"produce_{mode}"] = n / (time.perf_counter() - start)
