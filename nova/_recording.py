@@ -481,6 +481,29 @@ class RecordingSink:
                 self._push((result.id, task.type, result.queue, result.priority, status, now, version, 1, None,
                             result.eta, tuple(headers.items()) if headers else (), bytes(task.payload)))
 
+    def emit_tasks(self, tasks: Sequence[Task], status: TaskStatus) -> None:
+        """Queue the same step of tasks a batch handler takes together (the batch worker's path).
+
+        One instant for all of them, as :meth:`emit_published`: one time and one version.
+        """
+        now = self._time()
+        version = int(now * 1_000_000)
+        if version <= self._version:
+            version = self._version + 1
+        self._version = version
+        rows = [(task.id, task.type, task.queue, task.priority, status, now, version, task.attempt, None,
+                 task.eta, tuple(task.headers.items()) if task.headers else (), None) for task in tasks]
+        buffered = len(self._fields)
+        if buffered > 0 and buffered + len(rows) * _WIDTH <= self._room:  # as in emit_step
+            extend = self._extend
+            for row in rows:
+                extend(row)
+            if buffered < self._batch_fields <= len(self._fields):
+                self._full.set()
+        else:
+            for row in rows:
+                self._push(row)
+
     def _push(self, row: Sequence[Any]) -> None:
         buffered = len(self._fields)
         if buffered >= self._room:

@@ -68,6 +68,10 @@ class _BaseWorker:
         self._pull_task: asyncio.Task[None] | None = None
         self.stopping = False
         self.handled = 0
+        # The recorder's steps, called straight on the sink (None: no recorder, no call).
+        sink = tq._sink
+        self.record = sink.emit_task if sink is not None else None
+        self.record_all = sink.emit_tasks if sink is not None else None
 
     async def _subscribe(self) -> None:
         dlq_topics = [ready_topic(self.tq.prefix, dead_letter_queue(q), lvl)
@@ -147,8 +151,8 @@ class _BaseWorker:
             headers[H.ATTEMPT] = str(task.attempt + 1)
             headers[H.ETA] = ms_ceil(eta)
             message = tq.router.route(delivery.topic, delivery.body, headers, task.id, eta)
-            if await self._publish_then_ack(delivery, message):
-                tq.emit(task, TaskStatus.RETRYING, error=error)
+            if await self._publish_then_ack(delivery, message) and self.record is not None:
+                self.record(task, TaskStatus.RETRYING, error)
             return
         dlq = dead_letter_queue(route.queue)
         headers[H.QUEUE] = dlq
@@ -156,7 +160,8 @@ class _BaseWorker:
         if await self._publish_then_ack(delivery, message):
             log.warning("task %s (%s) failed %d times and went to %s: %s",
                         task.id, task.type, task.attempt, dlq, error)
-            tq.emit(task, TaskStatus.FAILED, error=error)
+            if self.record is not None:
+                self.record(task, TaskStatus.FAILED, error)
 
     async def _stop_fetching(self) -> None:
         """No more deliveries enter the buffers (what was fetched stays unacked)."""
@@ -331,13 +336,14 @@ class Worker(_BaseWorker):
         task = self.decode(delivery, route)
         if task is None:
             return
-        tq = self.tq
-        tq.emit(task, TaskStatus.PROCESSING)
+        record = self.record
+        if record is not None:
+            record(task, TaskStatus.PROCESSING)
         try:
             if self.is_async:
                 await self.handler(task)  # type: ignore[misc]
             else:
-                await tq.clock.run_sync(functools.partial(self.handler, task))
+                await self.tq.clock.run_sync(functools.partial(self.handler, task))
         except asyncio.CancelledError:
             raise  # stopped without grace: not acked, the broker redelivers
         except Exception as exc:  # noqa: BLE001 - any handler error is a task failure
@@ -345,7 +351,8 @@ class Worker(_BaseWorker):
             return
         await delivery.ack()
         self.handled += 1
-        tq.emit(task, TaskStatus.COMPLETED)
+        if record is not None:
+            record(task, TaskStatus.COMPLETED)
 
     async def stop(self, *, graceful: bool, timeout: float) -> None:
         self.stopping = True
@@ -429,8 +436,8 @@ class BatchWorker(_BaseWorker):
         self.first_at = self.tq.clock.time() if self.buffer else None
         tasks = [task for _, task, _ in batch]
         tq = self.tq
-        for task in tasks:
-            tq.emit(task, TaskStatus.PROCESSING)
+        if self.record_all is not None:
+            self.record_all(tasks, TaskStatus.PROCESSING)
         try:
             if self.is_async:
                 await self.handler(tasks)  # type: ignore[misc]
@@ -442,9 +449,10 @@ class BatchWorker(_BaseWorker):
             for delivery, task, route in batch:
                 await self.fail(delivery, task, route, exc)
             return
-        for delivery, task, _ in batch:
+        for delivery, _, _ in batch:
             await delivery.ack()
-            tq.emit(task, TaskStatus.COMPLETED)
+        if self.record_all is not None:
+            self.record_all(tasks, TaskStatus.COMPLETED)
         self.batches += 1
         self.handled += len(batch)
 

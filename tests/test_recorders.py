@@ -886,3 +886,37 @@ async def test_a_task_queue_records_every_lifecycle_step(make_recorder: MakeReco
         assert history[0].status is TaskStatus.QUEUED
         assert history[-1].status is record.status
         assert record == fold_events(history)
+
+
+async def test_a_batch_worker_records_each_task_of_its_batches(make_recorder: MakeRecorder) -> None:
+    import nova
+    from nova.sim import SimBroker
+
+    recorder = make_recorder()
+    clock = VirtualClock()
+    broker = SimBroker(clock=clock, seed=2)
+    retry = nova.RetryPolicy(max_retries=1, backoff=nova.ConstantBackoff(timedelta(seconds=1)))
+    queue = nova.TaskQueue(broker, recorder=recorder, retry=retry)
+    seen: list[list[str]] = []
+
+    async def handle(tasks: list[nova.Task]) -> None:
+        seen.append([t.type for t in tasks])
+        if any(t.type == "bad" for t in tasks) and tasks[0].attempt == 1:
+            raise RuntimeError("first try of a batch with a bad one")
+
+    good = await queue.enqueue_batch([nova.Task("good", b"%d" % i) for i in range(3)])
+    bad = await queue.enqueue(nova.Task("bad", b"x"))
+    await queue.start_batch(handle, nova.CountAggregator(4))
+    await clock.advance(timedelta(seconds=30))
+    await queue.stop()
+
+    assert seen[0] == ["good", "good", "good", "bad"] and len(seen) == 2  # failed once, retried as one batch
+    assert queue.recording_stats["dropped"] == 0
+    for result in [*good, bad]:
+        history = await recorder.history(result.id)
+        assert [e.status for e in history] == [TaskStatus.QUEUED, TaskStatus.PROCESSING, TaskStatus.RETRYING,
+                                               TaskStatus.PROCESSING, TaskStatus.COMPLETED]
+        versions = [e.version for e in history]
+        assert versions == sorted(set(versions))  # strictly increasing per task
+        record = await recorder.get(result.id)
+        assert record is not None and record.status is TaskStatus.COMPLETED and record.retry_count == 1
