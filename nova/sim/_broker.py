@@ -144,10 +144,14 @@ class SimSubscription:
             self.broker._requeue([delivery._record])
         self.broker._pump(topic)
 
-    async def backlog(self, topic: str) -> int:
+    def backlog_nowait(self, topic: str) -> int:
         """Ready in the topic, plus delivered to this subscription but not yet iterated."""
         state = self.broker._topics.get(topic)
         return (len(state.ready) if state else 0) + self._unyielded.get(topic, 0)
+
+    async def backlog(self, topic: str) -> int:
+        """Ready in the topic, plus delivered to this subscription but not yet iterated."""
+        return self.backlog_nowait(topic)
 
     async def close(self) -> None:
         """Leave: unacked deliveries go back to the head of their topics now."""
