@@ -416,28 +416,18 @@ class RecordingSink:
                   payload: bytes | None) -> None:
         """Queue one lifecycle step happening now (by the sink's clock); never raises, never waits.
 
-        :meth:`emit` inlined: no TaskEvent, no datetime. ``headers`` are copied now;
-        ``payload`` is kept as given (bytes do not change).
+        :meth:`emit` without a TaskEvent. ``headers`` are copied now; ``payload`` is kept
+        as given (bytes do not change).
         """
-        now = self._time()
-        version = int(now * 1_000_000)
-        if version <= self._version:
-            version = self._version + 1
-        self._version = version
-        row = (task_id, type_, queue, priority, status, now, version, attempt, error, eta,
-               tuple(headers.items()) if headers else (), payload)
-        buffered = len(self._fields)
-        if 0 < buffered < self._room:  # the common case: the writer is awake, there is room
-            self._extend(row)
-            if buffered + _WIDTH == self._batch_fields:
-                self._full.set()
-        else:  # the first event (wake or start the writer), or one too many (drop it)
-            self._push(row)
+        now, version = self._stamp()
+        self._append_rows([(task_id, type_, queue, priority, status, now, version, attempt, error, eta,
+                            tuple(headers.items()) if headers else (), payload)])
 
     def emit_task(self, task: Task, status: TaskStatus, error: str | None = None) -> None:
         """Queue a step a consumer takes on ``task`` now (the engine's path, twice per task).
 
-        :meth:`emit_step` with the fields read off the task; no payload (it travels with QUEUED).
+        :meth:`emit_step` with the fields read off the task and no payload (it travels with
+        QUEUED); :meth:`_stamp` and :meth:`_append_rows` written out, one call instead of three.
         """
         now = self._time()
         version = int(now * 1_000_000)
@@ -461,46 +451,44 @@ class RecordingSink:
         They became queued at one instant: one time and one version for all (versions
         only need to rise per task).
         """
-        now = self._time()
-        version = int(now * 1_000_000)
-        if version <= self._version:
-            version = self._version + 1
-        self._version = version
-        buffered = len(self._fields)
-        if buffered > 0 and buffered + len(tasks) * _WIDTH <= self._room:  # as in emit_step
-            extend = self._extend
-            for result, task in zip(results, tasks, strict=True):
-                headers = task.headers
-                extend((result.id, task.type, result.queue, result.priority, status, now, version, 1, None,
-                        result.eta, tuple(headers.items()) if headers else (), bytes(task.payload)))
-            if buffered < self._batch_fields <= len(self._fields):
-                self._full.set()
-        else:
-            for result, task in zip(results, tasks, strict=True):
-                headers = task.headers
-                self._push((result.id, task.type, result.queue, result.priority, status, now, version, 1, None,
-                            result.eta, tuple(headers.items()) if headers else (), bytes(task.payload)))
+        now, version = self._stamp()
+        self._append_rows([
+            (result.id, task.type, result.queue, result.priority, status, now, version, 1, None, result.eta,
+             tuple(task.headers.items()) if task.headers else (), bytes(task.payload))
+            for result, task in zip(results, tasks, strict=True)
+        ])
 
     def emit_tasks(self, tasks: Sequence[Task], status: TaskStatus) -> None:
         """Queue the same step of tasks a batch handler takes together (the batch worker's path).
 
         One instant for all of them, as :meth:`emit_published`: one time and one version.
         """
+        now, version = self._stamp()
+        self._append_rows([
+            (task.id, task.type, task.queue, task.priority, status, now, version, task.attempt, None, task.eta,
+             tuple(task.headers.items()) if task.headers else (), None)
+            for task in tasks
+        ])
+
+    def _stamp(self) -> tuple[float, int]:
+        """Now by the sink's clock, and a version above every one given so far: one counter
+        for the process, so a task's versions rise even within one clock instant."""
         now = self._time()
         version = int(now * 1_000_000)
         if version <= self._version:
             version = self._version + 1
         self._version = version
-        rows = [(task.id, task.type, task.queue, task.priority, status, now, version, task.attempt, None,
-                 task.eta, tuple(task.headers.items()) if task.headers else (), None) for task in tasks]
+        return now, version
+
+    def _append_rows(self, rows: Sequence[Sequence[Any]]) -> None:
         buffered = len(self._fields)
-        if buffered > 0 and buffered + len(rows) * _WIDTH <= self._room:  # as in emit_step
+        if buffered > 0 and buffered + len(rows) * _WIDTH <= self._room:  # the writer is awake, there is room
             extend = self._extend
             for row in rows:
                 extend(row)
             if buffered < self._batch_fields <= len(self._fields):
                 self._full.set()
-        else:
+        else:  # the first events (wake or start the writer), or too many (dropped and counted)
             for row in rows:
                 self._push(row)
 
