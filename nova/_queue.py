@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -352,17 +353,32 @@ class TaskQueue:
             validate_queue(q)
 
     async def _start_worker(self, worker: Worker | BatchWorker) -> None:
-        self._worker = worker
-        await self._connect()
-        starts = [worker.start()]
-        if self._forwarder is None:
-            self._forwarder = DelayForwarder(self.router)
-            starts.append(self._forwarder.start())
-        # Both join consumer groups (a broker round trip or several each): side by side.
-        # Whatever did start is stopped by stop(), as if they had started one after the other.
-        for outcome in await asyncio.gather(*starts, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        self._worker = worker  # taken at once: a second start() meanwhile is refused
+        forwarder = None
+        try:
+            await self._connect()
+            joins = [worker.join()]
+            if self._forwarder is None:
+                forwarder = self._forwarder = DelayForwarder(self.router)
+                joins.append(forwarder.start())
+            # Both join consumer groups (a broker round trip or several each): side by side.
+            # Handlers run only once both have joined, so a failed start() handled nothing.
+            outcomes = await asyncio.gather(*joins, return_exceptions=True)
+            failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+            if failure is not None:
+                raise failure
+            worker.run()
+        except BaseException:
+            # Nothing half-started keeps consuming (what it fetched goes back to the broker),
+            # and start() may be called again.
+            with contextlib.suppress(Exception):
+                await worker.stop(graceful=False, timeout=0)
+            if forwarder is not None:
+                with contextlib.suppress(Exception):
+                    await forwarder.stop()
+                self._forwarder = None
+            self._worker = None
+            raise
 
     async def stop(self, *, graceful: bool = True, timeout: timedelta | None = None) -> None:
         """Stop consuming. Graceful: wait for running handlers (up to ``timeout``,

@@ -201,10 +201,14 @@ class Worker(_BaseWorker):
         self._level_topics = {lvl: [ready_topic(tq.prefix, q, lvl) for q in self.queues] for lvl in LEVELS}
         self._backlog_now: Callable[[str], int | None] | None = None
 
-    async def start(self) -> None:
+    async def join(self) -> None:
+        """Subscribe: deliveries start filling the buffers; nothing runs until :meth:`run`."""
         await self._subscribe()
         if self._strict and isinstance(self.sub, InstantBacklog):
             self._backlog_now = self.sub.backlog_nowait
+
+    def run(self) -> None:
+        """Start the runners."""
         loop = asyncio.get_running_loop()
         self._runners = [loop.create_task(self._runner(i), name=f"nova-runner-{i}")
                          for i in range(self.concurrency)]
@@ -390,8 +394,12 @@ class BatchWorker(_BaseWorker):
         self._loop_task: asyncio.Task[None] | None = None
         self.batches = 0
 
-    async def start(self) -> None:
+    async def join(self) -> None:
+        """Subscribe: deliveries start filling the buffer; no batch is handed over until :meth:`run`."""
         await self._subscribe()
+
+    def run(self) -> None:
+        """Start handing batches to the handler."""
         self._loop_task = asyncio.get_running_loop().create_task(self._flush_loop(), name="nova-batch")
 
     def accept(self, delivery: Delivery, route: _Route) -> None:

@@ -123,3 +123,33 @@ async def test_router_uses_the_largest_tier_that_fits() -> None:
     tiny = router.route("p_q_normal", b"", {}, None, now + 0.1)
     assert tiny.topic == "p__delay03" and float(tiny.headers[H.HOLD_UNTIL]) == now + 0.1
     await broker.close()
+
+
+async def test_a_start_that_fails_leaves_nothing_consuming_and_may_be_retried() -> None:
+    class ForwarderRefused(SimBroker):
+        refuse = True
+
+        async def subscribe(self, topics, *, group, window):  # type: ignore[no-untyped-def]
+            if self.refuse and group.endswith("__forwarder"):
+                raise nova.ConnectionError("the forwarder's group cannot be joined")
+            return await super().subscribe(topics, group=group, window=window)
+
+    clock = VirtualClock()
+    broker = ForwarderRefused(clock=clock)
+    queue = nova.TaskQueue(broker)
+    handled: list[str] = []
+
+    async def handle(task: nova.Task) -> None:
+        handled.append(task.type)
+
+    await queue.enqueue(nova.Task("early", b""))
+    with pytest.raises(nova.ConnectionError, match="forwarder"):
+        await queue.start(handle)
+    assert queue.worker is None
+    await clock.advance(timedelta(seconds=5))
+    assert handled == []  # the worker that did join was stopped: the task waits
+    broker.refuse = False
+    await queue.start(handle)  # and start() can be called again
+    await clock.advance(timedelta(seconds=5))
+    assert handled == ["early"]
+    await queue.stop()
