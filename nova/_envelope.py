@@ -12,6 +12,9 @@
     nova-hold-until    epoch seconds a delay-tier message is held until
     nova-headers       the user's headers as JSON (only for codecs without an envelope)
     nova-error         the last error (retries and dead letters)
+
+How headers sit in a broker's message is the adapter's business: RabbitMQ and RocketMQ
+keep one property per header; Kafka packs them all into one ``nova`` header (JSON).
 """
 
 from __future__ import annotations

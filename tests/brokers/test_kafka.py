@@ -10,6 +10,7 @@ Waits are conditions with deadlines, never fixed sleeps for the code under test.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -640,3 +641,52 @@ def test_header_values_decode_leniently() -> None:
     assert _decode_headers([("a", b"x"), ("b", b"\xff")]) == {"a": "x", "b": "\ufffd"}
     assert _decode_headers([("a", b"x"), ("c", None)]) == {"a": "x", "c": ""}
     assert _decode_headers(None) == {} and _decode_headers(()) == {}
+
+
+def test_headers_travel_packed_in_one_kafka_header() -> None:
+    from nova._kafka import _decode_headers, _headers
+
+    headers = {"nova-id": "t1", "nova-type": "email", "nova-queue": "défaut"}
+    (packed,) = _headers(Message("t", b"", headers))
+    assert packed[0] == "nova" and json.loads(packed[1]) == headers  # the wire format
+    assert _decode_headers([packed]) == headers
+    assert _headers(Message("t", b"")) == []
+    # Another producer's headers next to the packed one are kept; nova's win a clash.
+    assert _decode_headers([packed, ("trace", b"abc"), ("nova-id", b"other")]) == {**headers, "trace": "abc"}
+    # A "nova" header that is not a JSON object of strings is an ordinary header.
+    for odd in (b"not json", b'["a"]', b'{"nova-id": 1}', None):
+        assert _decode_headers([("nova", odd)]) == {"nova": (odd or b"").decode()}
+
+
+async def test_a_record_with_plain_kafka_headers_is_a_task(
+    kafka_broker: Factory, kafka_name: Names, kafka_env: dict[str, str]
+) -> None:
+    """Records another producer wrote with one Kafka header per nova header decode as tasks."""
+    import aiokafka
+
+    import nova
+
+    prefix = kafka_name("p")
+    queue = nova.TaskQueue(kafka_broker(), topic_prefix=prefix)
+    await queue.enqueue(nova.Task("first", b"1"))  # creates the topics
+    producer = aiokafka.AIOKafkaProducer(bootstrap_servers=kafka_env["NOVA_KAFKA_BOOTSTRAP"])
+    await producer.start()
+    try:
+        headers = {"nova-id": "plain-1", "nova-type": "second", "nova-priority": "2", "nova-attempt": "1",
+                   "nova-content-type": "application/json"}
+        await producer.send_and_wait(f"{prefix}_default_normal", b'{"type":"second","payload":"2"}',
+                                     headers=[(k, v.encode()) for k, v in headers.items()])
+    finally:
+        await producer.stop()
+    seen: list[tuple[str | None, str, bytes]] = []
+
+    async def handle(task: nova.Task) -> None:
+        seen.append((task.id, task.type, task.payload))
+
+    async def both() -> bool:
+        return len(seen) == 2
+
+    await queue.start(handle)
+    await eventually(both)
+    await queue.stop()
+    assert seen[1] == ("plain-1", "second", b"2") and seen[0][1:] == ("first", b"1")
