@@ -523,11 +523,11 @@ class KafkaBroker:
         """
         if self._closed:
             raise ClosedError("KafkaBroker is closed; create a new one")
-        topics = {message.topic for message in messages}
+        topics = list(dict.fromkeys(message.topic for message in messages))
         if any(message.deliver_at is not None for message in messages):
             raise ValidationError("KafkaBroker has no native delay (native_delay_max is None)")
         try:
-            await self.ensure_topics(list(topics))
+            await self.ensure_topics(topics)
         except BrokerError as exc:
             raise EnqueueError(f"cannot publish: {exc}") from exc
         producer = self._producer
@@ -583,33 +583,21 @@ class KafkaBroker:
             return False
 
     async def _by_partition(
-        self, messages: Sequence[Message], topics: set[str]
-    ) -> Mapping[tuple[str, int], Sequence[Message]]:
+        self, messages: Sequence[Message], topics: Sequence[str]
+    ) -> dict[tuple[str, int], Sequence[Message]]:
         """Spread messages over their topic's partitions, round robin, order kept per partition.
 
         Keys are task ids (unique), so hashing them buys no ordering; one record batch per
         partition per call is what makes a batch publish cheap.
         """
-        if len(topics) == 1:  # the common case (one enqueue_batch call): slices, no loop
-            (topic,) = topics
+        groups: dict[tuple[str, int], Sequence[Message]] = {}
+        for topic in topics:
+            same = messages if len(topics) == 1 else [m for m in messages if m.topic == topic]
             ids = sorted(await self._producer.partitions_for(topic))
             turn = self._turns.get(topic, 0)
-            self._turns[topic] = turn + len(messages)
-            count = len(ids)
-            return {
-                (topic, ids[(turn + first) % count]): messages[first::count]
-                for first in range(min(count, len(messages)))
-            }
-        groups: dict[tuple[str, int], list[Message]] = {}
-        partitions: dict[str, list[int]] = {}
-        for message in messages:
-            topic = message.topic
-            known = partitions.get(topic)
-            if known is None:
-                known = partitions[topic] = sorted(await self._producer.partitions_for(topic))
-            turn = self._turns.get(topic, 0)
-            self._turns[topic] = turn + 1
-            groups.setdefault((topic, known[turn % len(known)]), []).append(message)
+            self._turns[topic] = turn + len(same)
+            for first in range(min(len(ids), len(same))):  # every len(ids)-th message, from `first`
+                groups[topic, ids[(turn + first) % len(ids)]] = same[first::len(ids)]
         return groups
 
     # --- subscribe ------------------------------------------------------------------------------
@@ -711,7 +699,7 @@ class KafkaDelivery:
 # What became of a delivered offset (values of _PartitionState.entries).
 _HELD = 1  # a handler has it
 _DONE = 2  # acked (or, with auto_commit, handed out)
-_BACK = 0  # nacked, or handed out before a rebalance: to deliver again
+_BACK = 0  # nacked: to deliver again
 
 
 class _PartitionState:

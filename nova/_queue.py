@@ -405,14 +405,8 @@ class TaskQueue:
 
     # -- recording ------------------------------------------------------------------
     # Three steps per task on the hot path (QUEUED in enqueue_batch, PROCESSING and
-    # COMPLETED here): the sink buffers plain fields and writes in the background.
-    def emit(self, task: Task, status: TaskStatus, *, error: str | None = None) -> None:
-        """Record a step a consumer took (the payload travels only with QUEUED/PENDING,
-        which ``enqueue_batch`` records). Workers call the sink directly."""
-        sink = self._sink
-        if sink is not None:
-            sink.emit_task(task, status, error)
-
+    # COMPLETED in the workers, which call the sink directly): the sink buffers plain
+    # fields and writes in the background.
     @property
     def recording_stats(self) -> dict[str, int]:
         """Events written, dropped and failed writes of the recorder (zeros without one)."""

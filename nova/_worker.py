@@ -73,7 +73,8 @@ class _BaseWorker:
         self.record = sink.emit_task if sink is not None else None
         self.record_all = sink.emit_tasks if sink is not None else None
 
-    async def _subscribe(self) -> None:
+    async def join(self) -> None:
+        """Subscribe: deliveries start filling the buffers; no handler runs until ``run()``."""
         dlq_topics = [ready_topic(self.tq.prefix, dead_letter_queue(q), lvl)
                       for q in self.queues for lvl in LEVELS]
         await self.tq.broker.ensure_topics([*self.routes, *dlq_topics])
@@ -202,8 +203,7 @@ class Worker(_BaseWorker):
         self._backlog_now: Callable[[str], int | None] | None = None
 
     async def join(self) -> None:
-        """Subscribe: deliveries start filling the buffers; nothing runs until :meth:`run`."""
-        await self._subscribe()
+        await super().join()
         if self._strict and isinstance(self.sub, InstantBacklog):
             self._backlog_now = self.sub.backlog_nowait
 
@@ -393,10 +393,6 @@ class BatchWorker(_BaseWorker):
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self.batches = 0
-
-    async def join(self) -> None:
-        """Subscribe: deliveries start filling the buffer; no batch is handed over until :meth:`run`."""
-        await self._subscribe()
 
     def run(self) -> None:
         """Start handing batches to the handler."""
