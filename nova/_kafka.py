@@ -80,7 +80,7 @@ try:
     import orjson
     from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-    from aiokafka.conn import create_conn  # type: ignore[import-untyped]
+    from aiokafka.conn import AIOKafkaConnection  # type: ignore[import-untyped]
     from aiokafka.coordinator.assignors.roundrobin import (  # type: ignore[import-untyped]
         RoundRobinPartitionAssignor,
     )
@@ -445,15 +445,18 @@ class KafkaBroker:
             kw = self._client_kwargs()
             del kw["bootstrap_servers"]
             kw["request_timeout_ms"] = int(self.connect_timeout_s * 1000)
+            conn = AIOKafkaConnection(host, port, **kw)
             try:
-                conn = await asyncio.wait_for(create_conn(host, port, **kw), self.connect_timeout_s)
+                await asyncio.wait_for(conn.connect(), self.connect_timeout_s)
             except (OSError, kafka_errors.KafkaError, TimeoutError) as exc:
                 errors.append((server, exc))
                 if _is_auth_failure(exc):
                     break  # the same credentials will be refused everywhere
                 continue
-            conn.close()
-            return
+            else:
+                return
+            finally:
+                await _closed(conn)
         server, error = errors[-1]
         raise self._translate(error, f"cannot connect to Kafka at {server}") from error
 
@@ -1278,6 +1281,19 @@ def _is_auth_failure(exc: BaseException) -> bool:
         exc,
         _ssl.SSLError | kafka_errors.SaslAuthenticationFailed | kafka_errors.UnsupportedSaslMechanismError,
     )
+
+
+async def _closed(conn: Any) -> None:
+    """Close a probe connection and wait (up to a second) until its socket is closed.
+
+    A TLS connection closes only after its close_notify exchange: left to finish in the
+    background, its socket outlives a caller that stops the event loop right after a
+    refused connect (an "unclosed transport" when collected later)."""
+    closing = conn.close()
+    if conn._protocol is None or closing is None:  # no socket was ever opened
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(closing), 1.0)
 
 
 async def _quietly(awaitable: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -64,6 +65,17 @@ async def committed(bootstrap: str, group: str, topic: str) -> int | None:
         if tp.topic == topic and tp.partition == 0:
             return int(meta.offset)
     return None
+
+
+def open_sockets() -> int:
+    """How many sockets this process holds open (Linux: /proc/self/fd)."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue  # closed while we looked
+    return count
 
 
 def bodies(deliveries: list[KafkaDelivery]) -> list[bytes]:
@@ -392,10 +404,11 @@ async def test_wrong_password_is_refused_quickly_and_clearly(
         )
     else:
         broker = kafka_broker(kafka_env["NOVA_KAFKA_SASL_BOOTSTRAP"], auth=auth)
-    started = time.monotonic()
+    sockets, started = open_sockets(), time.monotonic()
     with pytest.raises(errors.AuthenticationError) as info:
         await broker.connect()
     assert time.monotonic() - started < 10
+    assert open_sockets() == sockets  # the refused connection is closed, not left closing
     text = str(info.value)
     assert kafka_env["NOVA_KAFKA_USER"] in text and mechanism in text and "password" in text
     assert wrong not in text and wrong not in repr(info.value.__cause__) and wrong not in repr(broker)
@@ -407,10 +420,11 @@ async def test_untrusted_certificate_is_refused_quickly_and_clearly(
 ) -> None:
     other_ca = str(Path(kafka_env["NOVA_KAFKA_CA_FILE"]).with_name("other-ca.pem"))
     broker = kafka_broker(kafka_env["NOVA_KAFKA_SSL_BOOTSTRAP"], ssl=KafkaSSL(ca_file=other_ca))
-    started = time.monotonic()
+    sockets, started = open_sockets(), time.monotonic()
     with pytest.raises(errors.AuthenticationError, match="not trusted") as info:
         await broker.connect()
     assert time.monotonic() - started < 10
+    assert open_sockets() == sockets
     assert "other-ca.pem" in str(info.value)
     assert info.value.__cause__ is not None
 
@@ -419,10 +433,11 @@ async def test_plaintext_client_on_tls_listener_fails_within_the_connect_timeout
     kafka_broker: Factory, kafka_env: dict[str, str]
 ) -> None:
     broker = kafka_broker(kafka_env["NOVA_KAFKA_SSL_BOOTSTRAP"], connect_timeout_s=2.0)
-    started = time.monotonic()
+    sockets, started = open_sockets(), time.monotonic()
     with pytest.raises(errors.ConnectionError, match="PLAINTEXT"):
         await broker.connect()
     assert time.monotonic() - started < 10
+    assert open_sockets() == sockets
 
 
 async def test_unreachable_broker_is_a_connection_error(kafka_broker: Factory) -> None:
