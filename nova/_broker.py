@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from nova._clock import Clock
 
-__all__ = ["Broker", "DelayTierAware", "Delivery", "InstantBacklog", "Message", "Subscription"]
+__all__ = ["Broker", "DelayTierAware", "Delivery", "InstantBacklog", "InstantDeliveries", "Message",
+           "Subscription"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,3 +198,16 @@ class InstantBacklog(Protocol):
     """
 
     def backlog_nowait(self, topic: str) -> int | None: ...
+
+
+@runtime_checkable
+class InstantDeliveries(Protocol):
+    """Optional: a subscription that can hand over what it already holds without awaiting.
+
+    After each delivery its iterator yields, the engine takes the ones that are
+    ready with ``take_nowait`` (one call each instead of a coroutine step each).
+    It returns what the iterator would yield next, or None when that needs a
+    wait (or the subscription is closing); the engine then iterates again.
+    """
+
+    def take_nowait(self) -> Delivery | None: ...

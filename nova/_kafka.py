@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from nova._broker import Delivery, Message
+from nova._envelope import H
 from nova._errors import (
     AuthenticationError,
     BrokerError,
@@ -134,9 +135,51 @@ def _unpack(value: bytes | None) -> dict[str, str] | None:
         packed = orjson.loads(value or b"")
     except orjson.JSONDecodeError:
         return None
-    if type(packed) is not dict or not all(type(v) is str for v in packed.values()):
+    if type(packed) is not dict:
+        return None
+    try:
+        "".join(packed.values())  # every value a string (the keys of a JSON object are)
+    except TypeError:
         return None
     return packed
+
+
+_ID = H.ID
+_ID_KEY = b'"nova-id"'
+_ID_FIRST = b'{"nova-id":"'  # how nova's packed header begins: the id comes first (see task_headers)
+
+
+class _PackedHeaders:
+    """Decodes packed headers, parsing once per run of records that differ only in the id.
+
+    The tasks of one ``enqueue_batch`` share every header but their id, which nova
+    writes first: ``{"nova-id":"<id>",<rest>``. When a record's ``<rest>`` is the
+    previous one's and its id is plain (letters and digits, as nova's own ids),
+    its headers are that parse with the new id; anything else is parsed. One per
+    subscription.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[bytes, dict[str, str]] | None = None  # (<rest>, its headers but the id)
+
+    def decode(self, raw: Any) -> dict[str, str]:
+        if raw and len(raw) == 1 and raw[0][0] == _PACKED:
+            value: bytes = raw[0][1] or b""
+            end = value.find(b'"', 12) if value.startswith(_ID_FIRST) else -1
+            raw_id, rest = value[12:end], value[end + 1 :]
+            if end > 12 and raw_id.isalnum():
+                last = self._last
+                if last is not None and last[0] == rest:
+                    return {_ID: raw_id.decode("ascii"), **last[1]}
+                headers = _decode_headers(raw)
+                if headers.get(_ID) == raw_id.decode("ascii") and _ID_KEY not in rest:
+                    others = dict(headers)
+                    del others[_ID]
+                    self._last = (rest, others)
+                return headers
+        return _decode_headers(raw)
 
 
 def _decode_plain(raw: Any) -> dict[str, str]:
@@ -665,7 +708,7 @@ class KafkaDelivery:
     def headers(self) -> Mapping[str, str]:
         headers = self._headers
         if headers is None:
-            headers = self._headers = _decode_headers(self._record.headers)
+            headers = self._headers = self._sub._packed.decode(self._record.headers)
         return headers
 
     @property
@@ -862,6 +905,7 @@ class KafkaSubscription:
         # also move in aiokafka's fetcher, but records past it come through _poll, and a paused
         # partition has a full buffer: its answer is not 0 either way.)
         self._known_backlog: dict[str, int] = {}
+        self._packed = _PackedHeaders()
         # Fetched records kept per partition before pausing it: several fetches' worth, so
         # the next fetch is in flight long before the handlers run dry (a pause at one window
         # left them idle for a fetch round trip, up to fetch_max_wait_ms, every few thousand).
@@ -921,6 +965,10 @@ class KafkaSubscription:
                 raise self._error
             self._wake.clear()
             await self._wake.wait()
+
+    def take_nowait(self) -> KafkaDelivery | None:
+        """The next delivery if one is fetched and the window allows it (see InstantDeliveries)."""
+        return None if self._closing else self._take()
 
     def _take(self) -> KafkaDelivery | None:
         states = self._states

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nova._aggregators import Aggregator
-from nova._broker import Delivery, InstantBacklog, Message, Subscription
+from nova._broker import Delivery, InstantBacklog, InstantDeliveries, Message, Subscription
 from nova._clock import wait_with_timeout
 from nova._codecs import BlobCodec
 from nova._envelope import MAX_ERROR_CHARS, H, decode_task, ms_ceil
@@ -46,6 +46,10 @@ def is_async_callable(fn: object) -> bool:
     while isinstance(fn, functools.partial):
         fn = fn.func
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+
+
+def _nothing() -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +86,18 @@ class _BaseWorker:
         self._pull_task = asyncio.get_running_loop().create_task(self._pull(self.sub), name="nova-pull")
 
     async def _pull(self, sub: Subscription) -> None:
+        take_nowait = sub.take_nowait if isinstance(sub, InstantDeliveries) else _nothing
+        routes, accept = self.routes, self.accept
         try:
-            async for delivery in sub:
-                route = self.routes.get(delivery.topic)
-                if route is None:
-                    await delivery.nack()
-                    continue
-                self.accept(delivery, route)
+            async for first in sub:
+                delivery: Delivery | None = first
+                while delivery is not None:  # and whatever else is ready, without a step each
+                    route = routes.get(delivery.topic)
+                    if route is None:
+                        await delivery.nack()
+                    else:
+                        accept(delivery, route)
+                    delivery = take_nowait()
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -116,16 +116,23 @@ class SimSubscription:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[SimDelivery]:
-        pending = self._pending
         while self.alive:
-            if not pending:
-                self._arrived.clear()
-                await self._arrived.wait()
+            item = self.take_nowait()
+            if item is not None:
+                yield item
                 continue
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    def take_nowait(self) -> SimDelivery | None:
+        """The next pushed delivery, if there is one (see nova._broker.InstantDeliveries)."""
+        pending = self._pending
+        while self.alive and pending:
             item = pending.popleft()
             self._unyielded[item.topic] -= 1
             if not item._done:
-                yield item
+                return item
+        return None
 
     def _push(self, record: _Record) -> None:
         delivery = SimDelivery(record, self)

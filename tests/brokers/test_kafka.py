@@ -21,6 +21,8 @@ from typing import Any
 
 import aiokafka.admin as aiokafka_admin  # type: ignore[import-untyped]
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nova._errors as errors
 from nova._broker import Message
@@ -669,8 +671,49 @@ def test_headers_travel_packed_in_one_kafka_header() -> None:
     # Another producer's headers next to the packed one are kept; nova's win a clash.
     assert _decode_headers([packed, ("trace", b"abc"), ("nova-id", b"other")]) == {**headers, "trace": "abc"}
     # A "nova" header that is not a JSON object of strings is an ordinary header.
-    for odd in (b"not json", b'["a"]', b'{"nova-id": 1}', None):
+    for odd in (b"not json", b'["a"]', b'{"nova-id": 1}', b'{"a": "x", "b": null}', None):
         assert _decode_headers([("nova", odd)]) == {"nova": (odd or b"").decode()}
+
+
+def test_packed_headers_of_one_batch_are_parsed_once_and_decode_the_same() -> None:
+    from nova._kafka import _decode_headers, _headers, _PackedHeaders
+
+    def packed(headers: dict[str, str]) -> list[tuple[str, bytes]]:
+        return _headers(Message("t", b"", headers))
+
+    shared = {"nova-type": "email", "nova-queue": "q", "nova-priority": "2"}
+    decoder = _PackedHeaders()
+    first = decoder.decode(packed({"nova-id": "a1", **shared}))
+    assert decoder.decode(packed({"nova-id": "b2", **shared})) == {"nova-id": "b2", **shared}
+    assert list(decoder.decode(packed({"nova-id": "c3", **shared}))) == list(first)  # the id stays first
+    # Whatever the previous record was, each decodes as it would alone.
+    odd = [
+        {"nova-id": "d4", **shared, "nova-attempt": "2"},  # another rest
+        {"nova-id": "e-5", **shared},  # not a plain id
+        {"nova-id": "caf\u00e9", **shared},
+        {"nova-id": 'x"y', **shared},
+        {"nova-id": "f6", **shared},
+    ]
+    for headers in odd:
+        assert decoder.decode(packed(headers)) == headers
+    # A second "nova-id" after the first (not nova's writing; the last one wins) is never cached.
+    twice = [("nova", b'{"nova-id":"g7","nova-type":"email","nova-id":"g7"}')]
+    again = [("nova", b'{"nova-id":"h8","nova-type":"email","nova-id":"g7"}')]
+    assert decoder.decode(twice) == _decode_headers(twice)
+    assert decoder.decode(again) == _decode_headers(again) == {"nova-id": "g7", "nova-type": "email"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a1", "b2", "c", "9\u00e9", "d\"", ""]), st.sampled_from([0, 1, 2])),
+                max_size=12))
+def test_packed_headers_decode_as_a_full_parse_would(records: list[tuple[str, int]]) -> None:
+    from nova._kafka import _decode_headers, _PackedHeaders
+
+    rests = [b',"nova-type":"t"}', b',"nova-type":"u","nova-attempt":"2"}', b"}"]
+    decoder = _PackedHeaders()
+    for task_id, rest in records:
+        raw = [("nova", b'{"nova-id":"' + task_id.encode() + b'"' + rests[rest])]
+        assert decoder.decode(raw) == _decode_headers(raw)
 
 
 async def test_a_record_with_plain_kafka_headers_is_a_task(
