@@ -155,31 +155,35 @@ class _PackedHeaders:
     The tasks of one ``enqueue_batch`` share every header but their id, which nova
     writes first: ``{"nova-id":"<id>",<rest>``. When a record's ``<rest>`` is the
     previous one's and its id is plain (letters and digits, as nova's own ids),
-    its headers are that parse with the new id; anything else is parsed. One per
-    subscription.
+    its headers are a copy of that parse with the new id; anything else is
+    parsed. One per subscription.
     """
 
     __slots__ = ("_last",)
 
     def __init__(self) -> None:
-        self._last: tuple[bytes, dict[str, str]] | None = None  # (<rest>, its headers but the id)
+        self._last: tuple[bytes, dict[str, str]] | None = None  # (<rest>, a parse of a record with it)
 
     def decode(self, raw: Any) -> dict[str, str]:
-        if raw and len(raw) == 1 and raw[0][0] == _PACKED:
-            value: bytes = raw[0][1] or b""
-            end = value.find(b'"', 12) if value.startswith(_ID_FIRST) else -1
-            raw_id, rest = value[12:end], value[end + 1 :]
-            if end > 12 and raw_id.isalnum():
-                last = self._last
-                if last is not None and last[0] == rest:
-                    return {_ID: raw_id.decode("ascii"), **last[1]}
-                headers = _decode_headers(raw)
-                if headers.get(_ID) == raw_id.decode("ascii") and _ID_KEY not in rest:
-                    others = dict(headers)
-                    del others[_ID]
-                    self._last = (rest, others)
-                return headers
-        return _decode_headers(raw)
+        if not raw or len(raw) != 1 or raw[0][0] != _PACKED:
+            return _decode_headers(raw)
+        value: bytes = raw[0][1] or b""
+        end = value.find(b'"', 12) if value.startswith(_ID_FIRST) else -1
+        if end <= 12:
+            return _decode_headers(raw)
+        raw_id = value[12:end]
+        if not raw_id.isalnum():
+            return _decode_headers(raw)
+        last = self._last
+        if last is not None and len(value) - len(last[0]) == end + 1 and value.endswith(last[0]):
+            headers = last[1].copy()
+            headers[_ID] = raw_id.decode("ascii")  # the id's key stays first
+            return headers
+        headers = _decode_headers(raw)
+        rest = value[end + 1 :]
+        if headers.get(_ID) == raw_id.decode("ascii") and _ID_KEY not in rest:
+            self._last = (rest, dict(headers))
+        return headers
 
 
 def _decode_plain(raw: Any) -> dict[str, str]:
