@@ -562,7 +562,34 @@ class KafkaBroker:
                 if code not in (0, _TOPIC_ALREADY_EXISTS):
                     error = kafka_errors.for_code(code)
                     raise BrokerError(f"cannot create topic {topic!r}: {error.__name__} ({entry[2:]})")
+            await self._await_leaders(missing)
             self._known_topics.update(missing)
+
+    async def _await_leaders(self, topics: list[str], within: float = 10.0) -> None:
+        """Wait (up to ``within`` seconds) until the metadata shows a leader for every partition
+        of freshly created topics. A client that asks sooner is told the topic is unknown and
+        aiokafka logs it as an error ("Topic ... not found in cluster metadata") before retrying."""
+        deadline = time.monotonic() + within
+        pause = 0.005
+        while topics:
+            try:
+                described = await self._admin.describe_topics(topics)
+            except (kafka_errors.KafkaError, OSError) as exc:
+                log.debug("describing new topics failed: %r", exc)
+                described = []
+            ready = {
+                entry["topic"]
+                for entry in described
+                if entry["error_code"] == 0 and entry["partitions"]
+                and all(part["leader"] >= 0 for part in entry["partitions"])
+            }
+            topics = [t for t in topics if t not in ready]
+            if topics and time.monotonic() + pause > deadline:
+                log.debug("topics %s have no leader yet after %g s", topics, within)
+                return
+            if topics:
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 0.2)
 
     # --- publish --------------------------------------------------------------------------------
 

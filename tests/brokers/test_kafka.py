@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -264,6 +265,29 @@ async def test_unacked_delivery_held_past_max_poll_interval_keeps_membership(
     assert nxt.body == b"next"  # and "held" is not redelivered
     await nxt.ack()
     await sub.close()
+
+
+async def test_created_topics_have_leaders_before_they_are_used(
+    kafka_broker: Factory, kafka_name: Names, kafka_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = kafka_broker()
+    topics = [kafka_name(f"fresh{i}") for i in range(6)]
+    with caplog.at_level(logging.WARNING, logger="aiokafka"):
+        await broker.ensure_topics(topics)
+        admin = aiokafka_admin.AIOKafkaAdminClient(bootstrap_servers=kafka_env["NOVA_KAFKA_BOOTSTRAP"])
+        await admin.start()
+        try:
+            described = await admin.describe_topics(topics)
+        finally:
+            await admin.close()
+        sub = await broker.subscribe(topics, group=kafka_name("g"), window=4)
+        await sub.close()
+    assert sorted(t["topic"] for t in described) == sorted(topics)
+    assert all(t["error_code"] == 0 and t["partitions"][0]["leader"] >= 0 for t in described)
+    # aiokafka logs an error for a topic it is told is unknown ("not found in cluster metadata"),
+    # or a partition without a leader. (A fresh broker's first group join logs its own warning.)
+    about_ours = [r.getMessage() for r in caplog.records if any(t in r.getMessage() for t in topics)]
+    assert about_ours == []
 
 
 async def test_backlog_counts_undelivered_records(kafka_broker: Factory, kafka_name: Names) -> None:
