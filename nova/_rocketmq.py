@@ -725,6 +725,8 @@ class RocketMQBroker:
             futures = await self._run(submit)
             receipts = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
             self._note_published(native, receipts)
+            if log.isEnabledFor(logging.DEBUG):
+                _log_timer_sends(native, receipts)
         except Exception as exc:
             cause = self._err(exc, "publish")
             if "route" in str(exc):
@@ -826,6 +828,25 @@ def _precise_timestamps(producer: Any) -> None:
         return req
 
     producer._Producer__send_req = send_req
+
+
+def _log_timer_sends(native: Sequence[Any], receipts: Sequence[Any]) -> None:
+    """Debug trail of timer messages: when each was confirmed and when it is due.
+
+    With the receive side's record (``_Subscription._wrap``) it tells a late
+    timer (the broker held it) from a late receive (nothing polled).
+    """
+    now = time.time()
+    for message, receipt in zip(native, receipts, strict=True):
+        due = getattr(message, "_nova_due", None)
+        if due is not None:
+            log.debug(
+                "timer message %s sent to %s, due in %.3f s (at %.3f)",
+                getattr(receipt, "message_id", "?"),
+                message.topic,
+                due - now,
+                due,
+            )
 
 
 def _shutdown_quietly(client: Any) -> None:
@@ -1054,6 +1075,14 @@ class _Subscription:
         # Timer messages are stored again when due, so their store time is the due time.
         stored = None if native.delivery_timestamp else getattr(native, "_Message__store_timestamp", None)
         stamp = stored or native.born_timestamp or now * 1000
+        if native.delivery_timestamp and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "timer message %s received on %s by %s, %.3f s after it was due",
+                native.message_id,
+                topic,
+                self.group,
+                now - native.delivery_timestamp / 1000.0,
+            )
         return _Delivery(
             topic=topic,
             body=bytes(native.body or b""),

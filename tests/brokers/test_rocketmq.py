@@ -11,6 +11,7 @@ when the harness was started with ACL (``NOVA_ROCKETMQ_ACCESS_KEY`` is set).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -192,8 +193,9 @@ async def test_close_gives_unacked_back_to_the_group(
 
 
 async def test_timer_message_is_never_early_and_about_on_time(
-    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="nova.rocketmq")
     broker = rocketmq_make()
     assert broker.native_delay_max is not None and broker.native_delay_max >= timedelta(hours=23)
     topic = f"{rocketmq_prefix}_q_normal"
@@ -206,6 +208,10 @@ async def test_timer_message_is_never_early_and_about_on_time(
     for arrived, d in c.got:
         assert arrived >= due[d.body], f"{d.body!r} came {due[d.body] - arrived:.3f} s early"
         assert arrived - due[d.body] <= 1.5, f"{d.body!r} came {arrived - due[d.body]:.3f} s late"
+    # The debug trail that tells a held timer from a late receive (see _log_timer_sends).
+    trail = [r.getMessage() for r in caplog.records if r.name == "nova.rocketmq"]
+    assert sum(f"sent to {topic}, due in" in m for m in trail) == 3, trail
+    assert sum(f"received on {topic} by {rocketmq_prefix}_g," in m for m in trail) == 3, trail
     await c.stop()
 
 
