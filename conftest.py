@@ -7,6 +7,8 @@ A requested real broker that is not reachable makes its tests FAIL, not skip.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 BROKER_CHOICES = ("sim", "kafka", "rabbitmq", "rocketmq")
@@ -30,3 +32,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if chosen != "sim" and item.get_closest_marker("sim_only") is not None:
             item.add_marker(pytest.mark.skip(reason="needs SimBroker (virtual clock / fault injection)"))
 
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--broker") == "rocketmq":
+        # A failing test's report then shows when each timer message was sent and received
+        # (an intermittent CI timeout waiting for retried tasks is not explained yet).
+        logging.getLogger("nova.rocketmq").setLevel(logging.DEBUG)
