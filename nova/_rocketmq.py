@@ -59,6 +59,7 @@ import os
 import re
 import struct
 import sys
+import threading
 import time
 import types
 import uuid
@@ -544,6 +545,8 @@ class RocketMQBroker:
         self.topic_message_type = topic_message_type
         self.queues_per_topic = queues_per_topic
         self.request_timeout = request_timeout
+        # The client tries a send up to 3 times, each up to request_timeout, with backoff between.
+        self._confirm_within = 4.0 * request_timeout + 5.0
         self.poll_seconds = poll_seconds
         self._auth = auth
         self._admin: RocketMQAdmin | None = None
@@ -643,6 +646,7 @@ class RocketMQBroker:
                 )
                 producer = rmq.Producer(config)
                 _precise_timestamps(producer)
+                _no_route_lookups_on_the_io_thread(producer)
                 await self._run(producer.startup)
             except Exception as exc:
                 raise self._err(exc, "connect") from exc
@@ -723,10 +727,17 @@ class RocketMQBroker:
 
         try:
             futures = await self._run(submit)
-            receipts = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            # Bounded: a send the client lost track of must not hang the caller (see
+            # _no_route_lookups_on_the_io_thread); it raises EnqueueError like any failure.
+            receipts = await _confirmed(futures, self._confirm_within)
             self._note_published(native, receipts)
             if log.isEnabledFor(logging.DEBUG):
                 _log_timer_sends(native, receipts)
+        except _Unconfirmed as exc:
+            raise EnqueueError(
+                f"RocketMQ did not confirm the publish within {self._confirm_within:g} s (none, some or all of "
+                f"the {len(messages)} message(s) may be stored)"
+            ) from exc
         except Exception as exc:
             cause = self._err(exc, "publish")
             if "route" in str(exc):
@@ -828,6 +839,51 @@ def _precise_timestamps(producer: Any) -> None:
         return req
 
     producer._Producer__send_req = send_req
+
+
+class _Unconfirmed(Exception):
+    """The client gave no answer for a send in time."""
+
+
+async def _confirmed(futures: Sequence[Any], within: float) -> list[Any]:
+    """The receipts of the client's send futures; _Unconfirmed if they do not all come in time."""
+    receipts = asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+    try:
+        return await asyncio.wait_for(receipts, within)
+    except TimeoutError as exc:
+        if receipts.done() and not receipts.cancelled():
+            raise  # a send's own timeout, not ours
+        raise _Unconfirmed() from exc
+
+
+def _no_route_lookups_on_the_io_thread(producer: Any) -> None:
+    """Keep the client's shared I/O thread from blocking on itself.
+
+    When a send fails, the client retries it from a callback on its I/O thread
+    (one per process, shared by every client) and, if the topic's route is not in
+    its cache, looks the route up with a request on that same thread and waits
+    for the answer: the thread waits for itself, forever, and every RocketMQ
+    client in the process stops (seen in CI while the broker restarted). On that
+    thread the retry now gets the route this producer last used for the topic, or
+    fails at once; the publish that waited for it then times out (see
+    ``publish``) and raises EnqueueError. Elsewhere lookups are unchanged.
+    """
+    retrieve = getattr(producer, "_retrieve_topic_route_data", None)
+    if retrieve is None:
+        return
+    known: dict[str, Any] = {}
+
+    def route_of(topic: str) -> Any:
+        io_thread = getattr(_client().v5.client.connection.rpc_client.RpcClient, "_io_loop_thread", None)
+        if threading.current_thread() is io_thread:
+            route = known.get(topic)
+            if route is None:
+                raise RuntimeError(f"no route of {topic} known for a retry on the client's I/O thread")
+            return route
+        route = known[topic] = retrieve(topic)
+        return route
+
+    producer._retrieve_topic_route_data = route_of
 
 
 def _log_timer_sends(native: Sequence[Any], receipts: Sequence[Any]) -> None:

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,6 +142,40 @@ async def test_publish_then_subscribe_roundtrip(
     assert before - 2 <= d.published_at <= time.time() + 1
     await c.stop()
     assert c.error is None
+
+
+async def test_the_clients_io_thread_never_waits_for_itself_for_a_route(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
+) -> None:
+    """A send retried on the client's I/O thread looks its route up on that thread; if it
+    waited for the answer there, every RocketMQ client in the process would stop for good."""
+    from concurrent.futures import Future
+
+    from rocketmq.v5.client.connection.rpc_client import RpcClient  # type: ignore[import-untyped]
+
+    broker = rocketmq_make()
+    topic = f"{rocketmq_prefix}_q_normal"
+    await broker.ensure_topics([topic])
+    await broker.publish([Message(topic, b"routed")])  # the producer has used this route
+    producer = broker._producer
+
+    def on_io_thread(name: str) -> Future[Any]:
+        answer: Future[Any] = Future()
+
+        def look_up() -> None:
+            try:
+                answer.set_result(producer._retrieve_topic_route_data(name))
+            except Exception as exc:  # noqa: BLE001 - handed to the test
+                answer.set_exception(exc)
+
+        RpcClient._io_loop.call_soon_threadsafe(look_up)
+        return answer
+
+    known = await asyncio.wait_for(asyncio.wrap_future(on_io_thread(topic)), 10)
+    assert known is not None
+    with pytest.raises(RuntimeError, match="no route"):
+        await asyncio.wait_for(asyncio.wrap_future(on_io_thread(f"{rocketmq_prefix}_never_used")), 10)
+    await broker.publish([Message(topic, b"still works")])  # the I/O thread is alive
 
 
 async def test_nack_redelivers_and_ack_is_final(
