@@ -869,13 +869,16 @@ def _no_route_lookups_on_the_io_thread(producer: Any) -> None:
     ``publish``) and raises EnqueueError. Elsewhere lookups are unchanged.
     """
     retrieve = getattr(producer, "_retrieve_topic_route_data", None)
+    try:
+        rpc_client = importlib.import_module("rocketmq.v5.client.connection.rpc_client").RpcClient
+    except (ImportError, AttributeError):
+        return  # the client changed shape: nothing to guard here
     if retrieve is None:
         return
     known: dict[str, Any] = {}
 
     def route_of(topic: str) -> Any:
-        io_thread = getattr(_client().v5.client.connection.rpc_client.RpcClient, "_io_loop_thread", None)
-        if threading.current_thread() is io_thread:
+        if threading.current_thread() is getattr(rpc_client, "_io_loop_thread", None):
             route = known.get(topic)
             if route is None:
                 raise RuntimeError(f"no route of {topic} known for a retry on the client's I/O thread")
