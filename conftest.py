@@ -33,7 +33,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs SimBroker (virtual clock / fault injection)"))
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--broker") == "rocketmq":
         # A failing test's report then shows when each timer message was sent and received

@@ -147,6 +147,7 @@ def _unpack(value: bytes | None) -> dict[str, str] | None:
 _ID = H.ID
 _ID_KEY = b'"nova-id"'
 _ID_FIRST = b'{"nova-id":"'  # how nova's packed header begins: the id comes first (see task_headers)
+_ID_AT = len(_ID_FIRST)
 
 
 class _PackedHeaders:
@@ -168,20 +169,21 @@ class _PackedHeaders:
         if not raw or len(raw) != 1 or raw[0][0] != _PACKED:
             return _decode_headers(raw)
         value: bytes = raw[0][1] or b""
-        end = value.find(b'"', 12) if value.startswith(_ID_FIRST) else -1
-        if end <= 12:
+        end = value.find(b'"', _ID_AT) if value.startswith(_ID_FIRST) else -1
+        if end <= _ID_AT:
             return _decode_headers(raw)
-        raw_id = value[12:end]
+        raw_id = value[_ID_AT:end]
         if not raw_id.isalnum():
             return _decode_headers(raw)
+        task_id = raw_id.decode("ascii")
         last = self._last
         if last is not None and len(value) - len(last[0]) == end + 1 and value.endswith(last[0]):
             headers = last[1].copy()
-            headers[_ID] = raw_id.decode("ascii")  # the id's key stays first
+            headers[_ID] = task_id  # the id's key stays first
             return headers
         headers = _decode_headers(raw)
         rest = value[end + 1 :]
-        if headers.get(_ID) == raw_id.decode("ascii") and _ID_KEY not in rest:
+        if headers.get(_ID) == task_id and _ID_KEY not in rest:
             self._last = (rest, dict(headers))
         return headers
 
@@ -584,10 +586,10 @@ class KafkaBroker:
                 and all(part["leader"] >= 0 for part in entry["partitions"])
             }
             topics = [t for t in topics if t not in ready]
-            if topics and time.monotonic() + pause > deadline:
-                log.debug("topics %s have no leader yet after %g s", topics, within)
-                return
             if topics:
+                if time.monotonic() + pause > deadline:
+                    log.debug("topics %s have no leader yet after %g s", topics, within)
+                    return
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, 0.2)
 

@@ -872,9 +872,9 @@ def _no_route_lookups_on_the_io_thread(producer: Any) -> None:
     try:
         rpc_client = importlib.import_module("rocketmq.v5.client.connection.rpc_client").RpcClient
     except (ImportError, AttributeError):
+        rpc_client = None
+    if retrieve is None or rpc_client is None:
         return  # the client changed shape: nothing to guard here
-    if retrieve is None:
-        return
     known: dict[str, Any] = {}
 
     def route_of(topic: str) -> Any:
@@ -883,7 +883,7 @@ def _no_route_lookups_on_the_io_thread(producer: Any) -> None:
             if route is None:
                 raise RuntimeError(f"no route of {topic} known for a retry on the client's I/O thread")
             return route
-        route = known[topic] = retrieve(topic)
+        known[topic] = route = retrieve(topic)
         return route
 
     producer._retrieve_topic_route_data = route_of
