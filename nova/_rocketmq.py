@@ -1058,13 +1058,18 @@ class _Subscription:
             self._reserved[topic] += count
             consumer = self._consumers[topic]
             base: list[int] = []
+            started = time.monotonic()
             try:
                 if self._broker._admin is not None:
                     # backlog() counts from here while the receive is in flight: the
                     # broker moves the group's offset before the messages reach us.
                     base.append((await self._offsets(topic, fresh=False))[1])
                     bases.extend(base)
+                asked = time.monotonic()
                 messages = await self._receive(consumer, count)
+                if log.isEnabledFor(logging.DEBUG):  # with the timer trail: a stalled pump or a held message
+                    log.debug("receive on %s (lane %d): %d of %d in %.3f s, after %.3f s reading offsets",
+                              topic, lane, len(messages), count, time.monotonic() - asked, asked - started)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried or surfaced below
