@@ -23,8 +23,9 @@ import base64
 import binascii
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 from nova._errors import ConfigurationError, DecodeError
@@ -80,6 +81,26 @@ class MessageCodec(Protocol):
     def decode(self, data: bytes) -> TaskBody: ...
 
 
+class DecodeParts(Protocol):
+    """Optional on a MessageCodec: what ``decode`` returns, as (type, payload, headers),
+    without building a TaskBody. Consumers call it once per task when a codec has it."""
+
+    def decode_parts(self, data: bytes) -> tuple[str, bytes, Mapping[str, str]]: ...
+
+
+def parts_decoder(codec: MessageCodec) -> Callable[[bytes], tuple[str, bytes, Mapping[str, str]]]:
+    """``codec.decode_parts`` (see DecodeParts), or the same made from ``codec.decode``."""
+    fast = getattr(codec, "decode_parts", None)
+    if fast is not None:
+        return fast  # type: ignore[no-any-return]
+
+    def parts(data: bytes) -> tuple[str, bytes, Mapping[str, str]]:
+        body = codec.decode(data)
+        return body.type, body.payload, body.headers
+
+    return parts
+
+
 class MessageFormat(enum.Enum):
     """The seed's formats. SONIC is the fast JSON (orjson); same wire format as JSON."""
 
@@ -121,6 +142,19 @@ def _body_from_json(doc: object) -> TaskBody:
     return new_task_body(type_, payload, headers)
 
 
+def _parts_from_json(doc: object) -> tuple[str, bytes, Mapping[str, str]]:
+    """``_body_from_json`` as (type, payload, headers): no TaskBody on the consume hot path."""
+    if type(doc) is dict and len(doc) == 2:  # the common shape, as in _body_from_json
+        type_, raw = doc.get("type"), doc.get("payload")
+        if type(type_) is str and type(raw) is str:
+            return type_, raw.encode(), _NO_USER_HEADERS
+    body = _body_from_json(doc)
+    return body.type, body.payload, body.headers
+
+
+_NO_USER_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
 def _json_doc(body: TaskBody) -> dict[str, Any]:
     payload = bytes(body.payload)
     try:
@@ -149,6 +183,10 @@ class JsonCodec:
     def decode(self, data: bytes) -> TaskBody:
         return _body_from_json(json.loads(data))
 
+    def decode_parts(self, data: bytes) -> tuple[str, bytes, Mapping[str, str]]:
+        """``decode`` as (type, payload, headers), see ``DecodeParts``."""
+        return _parts_from_json(json.loads(data))
+
 
 class SonicCodec:
     """The same JSON as JsonCodec, with orjson (the seed's "Sonic" fast JSON).
@@ -176,6 +214,10 @@ class SonicCodec:
     def decode(self, data: bytes) -> TaskBody:
         return _body_from_json(self._orjson.loads(data))
 
+    def decode_parts(self, data: bytes) -> tuple[str, bytes, Mapping[str, str]]:
+        """``decode`` as (type, payload, headers), see ``DecodeParts``."""
+        return _parts_from_json(self._orjson.loads(data))
+
 
 class BlobCodec:
     """The body is the raw payload; type and headers ride in broker headers."""
@@ -188,6 +230,10 @@ class BlobCodec:
 
     def decode(self, data: bytes) -> TaskBody:
         return new_task_body("", bytes(data), {})
+
+    def decode_parts(self, data: bytes) -> tuple[str, bytes, Mapping[str, str]]:
+        """``decode`` as (type, payload, headers), see ``DecodeParts``."""
+        return "", bytes(data), _NO_USER_HEADERS
 
 
 class ProtobufCodec:
@@ -279,11 +325,16 @@ class CodecRegistry:
             pass
         self._by_type[primary.content_type] = primary
 
-    def decode(self, data: bytes, content_type: str | None) -> tuple[TaskBody, MessageCodec]:
+    def codec(self, content_type: str | None, data: bytes) -> MessageCodec:
+        """The codec for ``content_type`` (absent: JSON); DecodeError (with ``data``) if none."""
         codec = self._by_type.get(content_type or JsonCodec.content_type)
         if codec is None:
             raise DecodeError(f"no codec for content type {content_type!r}", data)
+        return codec
+
+    def decode(self, data: bytes, content_type: str | None) -> tuple[TaskBody, MessageCodec]:
+        codec = self.codec(content_type, data)
         try:
             return codec.decode(data), codec
         except Exception as exc:
-            raise DecodeError(f"cannot decode a {content_type} task: {exc}", data) from exc
+            raise DecodeError(f"cannot decode a {codec.content_type} task: {exc}", data) from exc

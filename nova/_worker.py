@@ -22,7 +22,7 @@ from nova._aggregators import Aggregator
 from nova._broker import Delivery, InstantBacklog, InstantDeliveries, Message, Subscription
 from nova._clock import wait_with_timeout
 from nova._codecs import BlobCodec
-from nova._envelope import MAX_ERROR_CHARS, H, decode_task, ms_ceil
+from nova._envelope import MAX_ERROR_CHARS, H, TaskDecoder, ms_ceil
 from nova._errors import DecodeError
 from nova._naming import dead_letter_queue, ready_topic
 from nova._policies import StrictPriority
@@ -72,6 +72,7 @@ class _BaseWorker:
         self._pull_task: asyncio.Task[None] | None = None
         self.stopping = False
         self.handled = 0
+        self._decode = TaskDecoder(tq.codecs).decode
         # The recorder's steps, called straight on the sink (None: no recorder, no call).
         sink = tq._sink
         self.record = sink.emit_task if sink is not None else None
@@ -108,7 +109,7 @@ class _BaseWorker:
 
     def decode(self, delivery: Delivery, route: _Route) -> Task | None:
         try:
-            task = decode_task(self.tq.codecs, delivery.body, delivery.headers)
+            task = self._decode(delivery.body, delivery.headers)
         except DecodeError as exc:
             asyncio.get_running_loop().create_task(self._poison(delivery, route, exc))
             return None

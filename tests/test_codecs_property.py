@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nova
-from nova._codecs import CodecRegistry
-from nova._envelope import decode_task, shared_headers, task_headers
+from nova._codecs import CodecRegistry, parts_decoder
+from nova._envelope import TaskDecoder, decode_task, shared_headers, task_headers
 from tests.fuzzing import FUZZ_SCALE
 
 text = st.text(min_size=0, max_size=40)
@@ -59,3 +61,87 @@ def test_garbage_raises_decode_error_with_the_bytes(data: bytes) -> None:
 def test_unknown_content_type() -> None:
     with pytest.raises(nova.DecodeError, match="no codec"):
         CodecRegistry(nova.JsonCodec()).decode(b"x", "text/x-nope")
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=lambda c: type(c).__name__)
+@given(body=bodies)
+@settings(max_examples=100 * FUZZ_SCALE, deadline=None)
+def test_decode_parts_is_decode(codec: nova.MessageCodec, body: nova.TaskBody) -> None:
+    data = codec.encode(body)
+    decoded = codec.decode(data)
+    assert parts_decoder(codec)(data) == (decoded.type, decoded.payload, decoded.headers)
+
+
+class _PlainCodec:
+    """A user's codec: decode only, no decode_parts."""
+
+    content_type = "text/x-plain"
+    carries_envelope = True
+
+    def encode(self, body: nova.TaskBody) -> bytes:
+        return f"{body.type}:".encode() + body.payload
+
+    def decode(self, data: bytes) -> nova.TaskBody:
+        type_, _, payload = data.partition(b":")
+        if not type_:
+            raise ValueError("no type")
+        return nova.TaskBody(type_.decode(), payload, {"via": "plain"})
+
+
+def _fields(task: nova.Task) -> tuple[object, ...]:
+    return (task.type, task.payload, dict(task.headers), task.id, task.queue, task.priority, task.attempt,
+            task.eta, task.enqueued_at, task.error)
+
+
+def _outcome(decode: Callable[[bytes, dict[str, str]], nova.Task], data: bytes,
+             headers: dict[str, str]) -> tuple[object, ...] | str:
+    try:
+        return _fields(decode(data, headers))
+    except nova.DecodeError as exc:
+        return f"DecodeError: {exc} (data kept: {exc.data == data})"
+
+
+# Headers as enqueue calls make them (runs that differ only in the id), and variations a
+# stream can hold: another attempt, priority, queue, due time, error, codec, or malformed ones.
+_variants = st.fixed_dictionaries({}, optional={
+    "nova-priority": st.sampled_from(["1", "2", "3", "7", "x"]),
+    "nova-attempt": st.sampled_from(["1", "2", "x"]),
+    "nova-queue": st.sampled_from(["a", "b"]),
+    "nova-eta": st.sampled_from(["1700000000000", "1700000000001", "soon"]),
+    "nova-error": st.sampled_from(["ValueError: x", ""]),
+    "nova-content-type": st.sampled_from(["application/json", "application/octet-stream", "text/x-plain",
+                                          "text/x-nope"]),
+    "nova-type": st.sampled_from(["t", "u"]),
+    "nova-headers": st.sampled_from(['{"k":"v"}', "[1]", "{"]),
+})
+
+
+@given(runs=st.lists(st.tuples(_variants, st.integers(1, 4), st.booleans()), min_size=1, max_size=12),
+       body=bodies)
+@settings(max_examples=150 * FUZZ_SCALE, deadline=None)
+def test_a_stream_decodes_as_each_task_alone(runs: list[tuple[dict[str, str], int, bool]],
+                                              body: nova.TaskBody) -> None:
+    """TaskDecoder reads a run's envelope once: every task still decodes as decode_task would."""
+    registry = CodecRegistry(nova.SonicCodec())
+    registry._by_type[_PlainCodec.content_type] = _PlainCodec()
+    decoder = TaskDecoder(registry)
+    n = 0
+    for variant, length, with_id in runs:
+        content_type = variant.get("nova-content-type", "application/json")
+        codec = registry._by_type.get(content_type, nova.JsonCodec())
+        data = codec.encode(body)
+        for _ in range(length):
+            n += 1
+            headers = {"nova-id": f"id{n}", **variant} if with_id else dict(variant)
+            assert _outcome(decoder.decode, data, headers) == _outcome(
+                lambda d, h: decode_task(registry, d, h), data, headers
+            )
+
+
+def test_a_users_codec_without_decode_parts() -> None:
+    registry = CodecRegistry(_PlainCodec())
+    headers = {"nova-id": "1", "nova-content-type": "text/x-plain"}
+    task = TaskDecoder(registry).decode(b"greet:hello", headers)
+    assert (task.type, task.payload, dict(task.headers)) == ("greet", b"hello", {"via": "plain"})
+    with pytest.raises(nova.DecodeError, match="cannot decode a text/x-plain task: no type"):
+        TaskDecoder(registry).decode(b":x", headers)
