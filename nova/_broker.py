@@ -211,3 +211,17 @@ class InstantDeliveries(Protocol):
     """
 
     def take_nowait(self) -> Delivery | None: ...
+
+
+@runtime_checkable
+class HeaderRuns(Protocol):
+    """Optional: a subscription that knows, cheaper than ``headers``, which deliveries have
+    the same headers but their id (the tasks of one enqueue call, in a row).
+
+    ``header_run(delivery)`` returns (headers, id): ``headers`` is one object for every
+    delivery of a run (the engine reads them once per run and never changes them) and
+    holds what the delivery's ``headers`` would, but for ``nova-id``, which is ``id``.
+    None means: read ``delivery.headers``.
+    """
+
+    def header_run(self, delivery: Delivery) -> tuple[Mapping[str, str], str] | None: ...

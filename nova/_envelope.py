@@ -176,12 +176,14 @@ class TaskDecoder:
     reuses that envelope: one dict comparison instead of parsing every header again.
     """
 
-    __slots__ = ("_envelope", "_probe", "_registry")
+    __slots__ = ("_envelope", "_probe", "_registry", "_run", "_run_envelope")
 
     def __init__(self, registry: CodecRegistry) -> None:
         self._registry = registry
         self._probe: dict[str, str] | None = None  # the headers the envelope was read from
         self._envelope: Envelope | None = None
+        self._run: Mapping[str, str] | None = None  # decode_run's headers, and their envelope
+        self._run_envelope: Envelope | None = None
 
     def decode(self, body: bytes, headers: Mapping[str, str]) -> Task:
         task_id = headers.get(_ID)
@@ -194,4 +196,13 @@ class TaskDecoder:
                 return build_task(envelope, body, task_id)
         envelope = read_envelope(self._registry, headers, body)
         self._probe, self._envelope = dict(headers), envelope
+        return build_task(envelope, body, task_id)
+
+    def decode_run(self, body: bytes, headers: Mapping[str, str], task_id: str) -> Task:
+        """``decode`` for a delivery of a run (see nova._broker.HeaderRuns): ``headers`` are
+        the same object for the whole run, and ``task_id`` this delivery's id."""
+        envelope = self._run_envelope
+        if headers is not self._run or envelope is None:
+            envelope = read_envelope(self._registry, headers, body)
+            self._run, self._run_envelope = headers, envelope
         return build_task(envelope, body, task_id)

@@ -59,7 +59,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from nova._broker import Delivery, Message
@@ -156,8 +156,8 @@ class _PackedHeaders:
     The tasks of one ``enqueue_batch`` share every header but their id, which nova
     writes first: ``{"nova-id":"<id>",<rest>``. When a record's ``<rest>`` is the
     previous one's and its id is plain (letters and digits, as nova's own ids),
-    its headers are a copy of that parse with the new id; anything else is
-    parsed. One per subscription.
+    its headers are that parse with the new id; anything else is parsed. One per
+    subscription.
     """
 
     __slots__ = ("_last",)
@@ -165,26 +165,36 @@ class _PackedHeaders:
     def __init__(self) -> None:
         self._last: tuple[bytes, dict[str, str]] | None = None  # (<rest>, a parse of a record with it)
 
-    def decode(self, raw: Any) -> dict[str, str]:
+    def run(self, raw: Any) -> tuple[dict[str, str], str] | None:
+        """(The parse of this record's run, the same dict for every record of it: never
+        change it; this record's id), or None if the record is not one nova packed."""
         if not raw or len(raw) != 1 or raw[0][0] != _PACKED:
-            return _decode_headers(raw)
+            return None
         value: bytes = raw[0][1] or b""
         end = value.find(b'"', _ID_AT) if value.startswith(_ID_FIRST) else -1
         if end <= _ID_AT:
-            return _decode_headers(raw)
+            return None
         raw_id = value[_ID_AT:end]
         if not raw_id.isalnum():
-            return _decode_headers(raw)
+            return None
         task_id = raw_id.decode("ascii")
         last = self._last
         if last is not None and len(value) - len(last[0]) == end + 1 and value.endswith(last[0]):
-            headers = last[1].copy()
-            headers[_ID] = task_id  # the id's key stays first
-            return headers
+            return last[1], task_id
         headers = _decode_headers(raw)
         rest = value[end + 1 :]
-        if headers.get(_ID) == task_id and _ID_KEY not in rest:
-            self._last = (rest, dict(headers))
+        if headers.get(_ID) != task_id or _ID_KEY in rest:
+            return None
+        self._last = (rest, headers)
+        return headers, task_id
+
+    def decode(self, raw: Any) -> dict[str, str]:
+        run = self.run(raw)
+        if run is None:
+            return _decode_headers(raw)
+        shared, task_id = run
+        headers = shared.copy()
+        headers[_ID] = task_id  # the id's key stays first
         return headers
 
 
@@ -998,6 +1008,10 @@ class KafkaSubscription:
                 raise self._error
             self._wake.clear()
             await self._wake.wait()
+
+    def header_run(self, delivery: Delivery) -> tuple[Mapping[str, str], str] | None:
+        """The delivery's headers as one parse per run of records and its id (see HeaderRuns)."""
+        return self._packed.run(cast(KafkaDelivery, delivery)._record.headers)
 
     def take_nowait(self) -> KafkaDelivery | None:
         """The next delivery if one is fetched and the window allows it (see InstantDeliveries)."""

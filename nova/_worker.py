@@ -14,12 +14,12 @@ import inspect
 import logging
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nova._aggregators import Aggregator
-from nova._broker import Delivery, InstantBacklog, InstantDeliveries, Message, Subscription
+from nova._broker import Delivery, HeaderRuns, InstantBacklog, InstantDeliveries, Message, Subscription
 from nova._clock import wait_with_timeout
 from nova._codecs import BlobCodec
 from nova._envelope import MAX_ERROR_CHARS, H, TaskDecoder, ms_ceil
@@ -72,7 +72,9 @@ class _BaseWorker:
         self._pull_task: asyncio.Task[None] | None = None
         self.stopping = False
         self.handled = 0
-        self._decode = TaskDecoder(tq.codecs).decode
+        decoder = TaskDecoder(tq.codecs)
+        self._decode, self._decode_run = decoder.decode, decoder.decode_run
+        self._header_run: Callable[[Delivery], tuple[Mapping[str, str], str] | None] | None = None
         # The recorder's steps, called straight on the sink (None: no recorder, no call).
         sink = tq._sink
         self.record = sink.emit_task if sink is not None else None
@@ -84,6 +86,8 @@ class _BaseWorker:
                       for q in self.queues for lvl in LEVELS]
         await self.tq.broker.ensure_topics([*self.routes, *dlq_topics])
         self.sub = await self.tq.broker.subscribe(list(self.routes), group=self.tq.group, window=self.window)
+        if isinstance(self.sub, HeaderRuns):
+            self._header_run = self.sub.header_run
         self._pull_task = asyncio.get_running_loop().create_task(self._pull(self.sub), name="nova-pull")
 
     async def _pull(self, sub: Subscription) -> None:
@@ -109,7 +113,11 @@ class _BaseWorker:
 
     def decode(self, delivery: Delivery, route: _Route) -> Task | None:
         try:
-            task = self._decode(delivery.body, delivery.headers)
+            run = None if self._header_run is None else self._header_run(delivery)
+            if run is None:
+                task = self._decode(delivery.body, delivery.headers)
+            else:
+                task = self._decode_run(delivery.body, *run)
         except DecodeError as exc:
             asyncio.get_running_loop().create_task(self._poison(delivery, route, exc))
             return None

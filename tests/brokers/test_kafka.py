@@ -734,10 +734,18 @@ def test_packed_headers_decode_as_a_full_parse_would(records: list[tuple[str, in
     from nova._kafka import _decode_headers, _PackedHeaders
 
     rests = [b',"nova-type":"t"}', b',"nova-type":"u","nova-attempt":"2"}', b"}"]
-    decoder = _PackedHeaders()
+    decoder, runs = _PackedHeaders(), _PackedHeaders()
+    last: tuple[int, dict[str, str]] | None = None
     for task_id, rest in records:
         raw = [("nova", b'{"nova-id":"' + task_id.encode() + b'"' + rests[rest])]
         assert decoder.decode(raw) == _decode_headers(raw)
+        run = runs.run(raw)  # what the worker reads instead: the run's parse (one dict) and the id
+        if run is not None:
+            shared, run_id = run
+            assert {**shared, "nova-id": run_id} == _decode_headers(raw)
+            if last is not None and last[0] == rest:
+                assert shared is last[1]  # parsed once per run
+            last = (rest, shared)
 
 
 async def test_a_record_with_plain_kafka_headers_is_a_task(
