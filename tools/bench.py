@@ -16,6 +16,7 @@ import gc
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 import uuid
@@ -197,26 +198,27 @@ async def _timings(
     return delays
 
 
-async def nova_real(name: str, n: int) -> dict[str, float]:
-    """nova's TaskQueue on a real broker: produce, drain (single and batch), latency, delay lateness."""
+def _queue(broker: Any, prefix: str | None = None, group: str = "bench") -> nova.TaskQueue:
+    return nova.TaskQueue(broker, topic_prefix=prefix or "bench-" + uuid.uuid4().hex[:8], group_id=group,
+                          delay_slots=(8, timedelta(seconds=8)), message_format=nova.MessageFormat.SONIC)
+
+
+async def _noop(task: nova.Task) -> None:
+    pass
+
+
+async def nova_throughput(name: str, n: int) -> dict[str, float]:
+    """nova's TaskQueue on a real broker: produce, then drain, single-task and batch mode."""
     out: dict[str, float] = {}
     broker = _make_broker(name)
-    slots = (8, timedelta(seconds=8))
     try:
-        def queue(prefix: str | None = None, group: str = "bench") -> nova.TaskQueue:
-            return nova.TaskQueue(broker, topic_prefix=prefix or "bench-" + uuid.uuid4().hex[:8], group_id=group,
-                                  delay_slots=slots, message_format=nova.MessageFormat.SONIC)
-
-        async def noop(task: nova.Task) -> None:
-            pass
-
         for mode in ("single", "batch"):
-            q = queue()
+            q = _queue(broker)
             # Every topic of the queue (ready, dead-letter, delay tiers) exists before the timing,
             # as the raw client's topic does: a consumer starts and stops once on the empty queue
             # (on RabbitMQ and RocketMQ it would compete for tasks: it is gone before the first).
-            warm = queue(q.prefix, group="bench-warm-up")
-            await warm.start(noop)
+            warm = _queue(broker, q.prefix, group="bench-warm-up")
+            await warm.start(_noop)
             await warm.stop()
             # The warm-up task is the first of the n drained: with n a multiple of the batch size
             # the last batch is full, and the drain never ends waiting out the time window for a
@@ -235,13 +237,22 @@ async def nova_real(name: str, n: int) -> dict[str, float]:
             out[f"drain_{mode}"] = n / (time.perf_counter() - start)
             _progress(f"{mode}: produce {out[f'produce_{mode}']:,.0f}/s, drain {out[f'drain_{mode}']:,.0f}/s")
             await q.stop()
+    finally:
+        await broker.close()
+    return out
 
+
+async def nova_timings(name: str) -> dict[str, float]:
+    """Latency at a moderate rate and delay lateness on a real broker."""
+    out: dict[str, float] = {}
+    broker = _make_broker(name)
+    try:
         # Latency at a moderate rate: 200 tasks/s for 5 s.
         async def send_paced(q: nova.TaskQueue, i: int) -> None:
             await q.enqueue(nova.Task("bench", PAYLOAD))
             await asyncio.sleep(0.005)
 
-        latencies = await _timings(queue(), 1000, send_paced, lambda t: t.enqueued_at, timeout=60)
+        latencies = await _timings(_queue(broker), 1000, send_paced, lambda t: t.enqueued_at, timeout=60)
         out["latency_p50_ms"] = _pct(latencies, 0.5) * 1000
         out["latency_p99_ms"] = _pct(latencies, 0.99) * 1000
         _progress("latency measured")
@@ -250,7 +261,7 @@ async def nova_real(name: str, n: int) -> dict[str, float]:
         async def send_delayed(q: nova.TaskQueue, i: int) -> None:
             await q.enqueue(nova.Task("bench", PAYLOAD), process_in=timedelta(seconds=1 + (i * 9 / 300)))
 
-        lateness = await _timings(queue(), 300, send_delayed, lambda t: t.eta, timeout=120)
+        lateness = await _timings(_queue(broker), 300, send_delayed, lambda t: t.eta, timeout=120)
         out["lateness_p50_ms"] = _pct(lateness, 0.5) * 1000
         out["lateness_p99_ms"] = _pct(lateness, 0.99) * 1000
         out["early"] = float(sum(1 for x in lateness if x < 0))
@@ -259,55 +270,77 @@ async def nova_real(name: str, n: int) -> dict[str, float]:
     return out
 
 
-async def bench_real(args: argparse.Namespace) -> None:
-    name, n = args.broker, args.tasks
-    print(f"{name}: {n:,} tasks of {len(PAYLOAD)} bytes; raw client first, then nova's TaskQueue")
-    raw: dict[str, float] = {}
+async def raw_client(name: str, n: int) -> dict[str, float]:
+    """The raw client's produce and drain (and, for Kafka, a hand-rolled worker's drain)."""
     if name == "kafka":
         from bench_kafka import bench_raw_aiokafka
 
         r = await bench_raw_aiokafka(os.environ["NOVA_KAFKA_BOOTSTRAP"], n, len(PAYLOAD))
-        raw = {"produce": r["produce_per_s"], "drain": r["consume_per_s"], "worker": r["worker_per_s"]}
-    elif name == "rabbitmq":
+        return {"produce": r["produce_per_s"], "drain": r["consume_per_s"], "worker": r["worker_per_s"]}
+    if name == "rabbitmq":
         from bench_rabbitmq import raw_aio_pika
 
         r = await raw_aio_pika(os.environ["NOVA_RABBITMQ_URL"], tasks=n, size=len(PAYLOAD))
-        raw = {"produce": r["enqueue_tps"], "drain": r["drain_tps"]}
-    elif name == "rocketmq":
-        try:
-            from bench_rocketmq import raw_rocketmq  # type: ignore[import-not-found]
-        except ImportError:
-            print("  (no raw RocketMQ baseline in tools/bench_rocketmq.py)")
-        else:
-            r = await raw_rocketmq(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], n)
-            raw = {"produce": r["produce_per_s"], "drain": r["consume_per_s"]}
-    _progress("raw client done")
-    out = await nova_real(name, n)
-    def e2e(produce: float, drain: float) -> float:
-        """Tasks/s from the first enqueue to the last handled: produce, then drain."""
-        return 1 / (1 / produce + 1 / drain)
+        return {"produce": r["enqueue_tps"], "drain": r["drain_tps"]}
+    from bench_rocketmq import raw_rocketmq
 
-    def versus(value: float, key: str) -> str:
-        return f"{value / raw[key]:.2f}x raw" if raw.get(key) else ""
+    r = await raw_rocketmq(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], n)
+    return {"produce": r["produce_per_s"], "drain": r["consume_per_s"]}
 
-    if raw:
+
+def e2e(produce: float, drain: float) -> float:
+    """Tasks/s from the first enqueue to the last handled: produce, then drain."""
+    return 1 / (1 / produce + 1 / drain)
+
+
+async def bench_real(args: argparse.Namespace) -> None:
+    """Rounds of (raw client, then nova) one after the other; each figure is the median of the
+    rounds and each ratio the median of the rounds' own ratios (a broker warming up moves
+    both sides of a round alike)."""
+    name, n, rounds = args.broker, args.tasks, args.rounds
+    print(f"{name}: {n:,} tasks of {len(PAYLOAD)} bytes; {rounds} round(s) of raw client, then nova's TaskQueue")
+    raws: list[dict[str, float]] = []
+    novas: list[dict[str, float]] = []
+    for i in range(rounds):
+        raw = await raw_client(name, n)
         raw["e2e"] = e2e(raw["produce"], raw["drain"])
-        _row("raw client: produce (confirmed)", raw["produce"])
-        _row("raw client: consume + ack/commit", raw["drain"])
-        _row("raw client: end to end (produce, then consume)", raw["e2e"])
-        if "worker" in raw:
-            _row("raw hand-rolled worker: decode + await handler", raw["worker"],
-                 note=f"end to end {e2e(raw['produce'], raw['worker']):,.0f}/s")
-    _row("nova enqueue_batch (confirmed)", out["produce_single"], note=versus(out["produce_single"], "produce"))
+        raws.append(raw)
+        _progress(f"round {i + 1}: raw produce {raw['produce']:,.0f}/s, drain {raw['drain']:,.0f}/s")
+        out = await nova_throughput(name, n)
+        for mode in ("single", "batch"):
+            out[f"e2e_{mode}"] = e2e(out[f"produce_{mode}"], out[f"drain_{mode}"])
+        novas.append(out)
+    timings = await nova_timings(name)
+
+    def row(label: str, values: list[float], base: list[float] | None = None, note: str = "") -> None:
+        text = ""
+        if base is not None:
+            ratios = [v / b for v, b in zip(values, base, strict=True)]
+            text = f"{statistics.median(ratios):.2f}x raw"
+            if len(ratios) > 1:
+                text += " (rounds: " + " ".join(f"{r:.2f}" for r in ratios) + ")"
+        _row(label, statistics.median(values), note=(text + " " + note).strip())
+
+    def raw_of(key: str) -> list[float]:
+        return [r[key] for r in raws]
+
+    def nova_of(key: str) -> list[float]:
+        return [o[key] for o in novas]
+
+    row("raw client: produce (confirmed)", raw_of("produce"))
+    row("raw client: consume + ack/commit", raw_of("drain"))
+    row("raw client: end to end (produce, then consume)", raw_of("e2e"))
+    if "worker" in raws[0]:
+        row("raw hand-rolled worker: decode + await handler", raw_of("worker"))
+    row("nova enqueue_batch (confirmed)", nova_of("produce_single"), raw_of("produce"))
     modes = (("single", "start(), concurrency=8"), ("batch", "start_batch(TimeCountAggregator(500, 200ms))"))
     for mode, label in modes:
-        drain, whole = out[f"drain_{mode}"], e2e(out[f"produce_{mode}"], out[f"drain_{mode}"])
-        _row(f"nova {label}: drain", drain, note=versus(drain, "drain"))
-        _row(f"nova {label}: end to end", whole, note=versus(whole, "e2e"))
-    _row("latency enqueue->handler p50 @200/s", out["latency_p50_ms"], "ms")
-    _row("latency enqueue->handler p99 @200/s", out["latency_p99_ms"], "ms")
-    _row("delay lateness p50 (1-10 s delays)", out["lateness_p50_ms"], "ms")
-    _row("delay lateness p99 (1-10 s delays)", out["lateness_p99_ms"], "ms", note=f"early: {out['early']:.0f}")
+        row(f"nova {label}: drain", nova_of(f"drain_{mode}"), raw_of("drain"))
+        row(f"nova {label}: end to end", nova_of(f"e2e_{mode}"), raw_of("e2e"))
+    _row("latency enqueue->handler p50 @200/s", timings["latency_p50_ms"], "ms")
+    _row("latency enqueue->handler p99 @200/s", timings["latency_p99_ms"], "ms")
+    _row("delay lateness p50 (1-10 s delays)", timings["lateness_p50_ms"], "ms")
+    _row("delay lateness p99 (1-10 s delays)", timings["lateness_p99_ms"], "ms", note=f"early: {timings['early']:.0f}")
 
 
 def main() -> int:
@@ -315,6 +348,8 @@ def main() -> int:
     parser.add_argument("--broker", default="sim", choices=["sim", "kafka", "rabbitmq", "rocketmq"])
     parser.add_argument("--tasks", type=int, default=None)
     parser.add_argument("--recorder", choices=["chdb"], default=None)
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds of raw client then nova on a real broker (default: 3 on Kafka, else 1)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     if args.broker == "sim":
@@ -322,6 +357,7 @@ def main() -> int:
         asyncio.run(bench_sim(args))
         return 0
     args.tasks = args.tasks or {"kafka": 100_000, "rabbitmq": 50_000, "rocketmq": 20_000}[args.broker]
+    args.rounds = args.rounds or (3 if args.broker == "kafka" else 1)
     asyncio.run(bench_real(args))
     print(f"  peak RSS {peak_rss_mib():.0f} MiB")
     return 0
