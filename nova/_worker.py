@@ -40,6 +40,7 @@ Handler = Callable[[Task], Awaitable[None] | None]
 BatchHandler = Callable[[list[Task]], Awaitable[None] | None]
 
 LEVELS = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+_HIGH, _NORMAL, _LOW = LEVELS  # (an enum member read from its class costs a lookup each time)
 
 
 def is_async_callable(fn: object) -> bool:
@@ -218,6 +219,10 @@ class Worker(_BaseWorker):
         self._patience = 0
         self._strict = isinstance(tq.priority_policy, StrictPriority)
         self._level_topics = {lvl: [ready_topic(tq.prefix, q, lvl) for q in self.queues] for lvl in LEVELS}
+        # The ready topics of the levels above each one (what strict priority waits for).
+        self._topics_above = {lvl: [t for above in LEVELS if above > lvl for t in self._level_topics[above]]
+                              for lvl in LEVELS}
+        self._levels = (self.buffers[Priority.HIGH], self.buffers[Priority.NORMAL], self.buffers[Priority.LOW])
         self._backlog_now: Callable[[str], int | None] | None = None
 
     async def join(self) -> None:
@@ -271,14 +276,11 @@ class Worker(_BaseWorker):
         held = self._best_held()
         if held is None:
             return None
-        if held is not Priority.HIGH and self._patience < 20:
-            for above in LEVELS:
-                if above is held:
-                    break
-                for topic in self._level_topics[above]:
-                    waiting = backlog_now(topic)
-                    if waiting is None or waiting > 0:
-                        return None  # unknown, or a higher level to wait for: _pick decides
+        if self._patience < 20:
+            for topic in self._topics_above[held]:
+                waiting = backlog_now(topic)
+                if waiting is None or waiting > 0:
+                    return None  # unknown, or a higher level to wait for: _pick decides
         self._patience = 0
         return self.buffers[held].popleft()
 
@@ -326,12 +328,12 @@ class Worker(_BaseWorker):
         return now_held
 
     def _best_held(self) -> Priority | None:
-        buffers = self.buffers
-        if buffers[Priority.HIGH]:
-            return Priority.HIGH
-        if buffers[Priority.NORMAL]:
-            return Priority.NORMAL
-        return Priority.LOW if buffers[Priority.LOW] else None
+        high, normal, low = self._levels
+        if high:
+            return _HIGH
+        if normal:
+            return _NORMAL
+        return _LOW if low else None
 
     async def _weighted_level(self) -> Priority | None:
         buffers = self.buffers
