@@ -18,9 +18,9 @@ Backends create topics on demand (``ensure_topics``) or document how.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from nova._clock import Clock
@@ -29,8 +29,7 @@ __all__ = ["Broker", "DelayTierAware", "Delivery", "InstantBacklog", "InstantDel
            "Subscription"]
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """One message to publish.
 
     ``headers`` carry nova's metadata (``nova-*`` keys, str values) apart from
@@ -38,31 +37,25 @@ class Message:
     task id). ``deliver_at`` (epoch seconds) is only set when the broker
     declared ``native_delay_max`` and the delay fits in it: the broker must
     then keep the message invisible until that time.
+
+    A NamedTuple rather than a frozen dataclass: one is made per task enqueued, and
+    this is ~4x cheaper to make.
     """
 
     topic: str
     body: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = MappingProxyType({})
     key: str | None = None
     deliver_at: float | None = None
 
 
-_set_message_fields = tuple(
-    getattr(Message, name).__set__ for name in ("topic", "body", "headers", "key", "deliver_at")
-)
+_new_tuple = tuple.__new__
 
 
 def new_message(topic: str, body: bytes, headers: Mapping[str, str], key: str | None) -> Message:
-    """``Message(topic, body, headers, key)`` for the enqueue hot path: fills the slots
-    directly (a frozen dataclass's ``__init__`` sets each through ``object.__setattr__``)."""
-    message = object.__new__(Message)
-    set_topic, set_body, set_headers, set_key, set_deliver_at = _set_message_fields
-    set_topic(message, topic)
-    set_body(message, body)
-    set_headers(message, headers)
-    set_key(message, key)
-    set_deliver_at(message, None)
-    return message
+    """``Message(topic, body, headers, key)`` for the enqueue hot path (without the
+    NamedTuple's Python-level ``__new__``)."""
+    return _new_tuple(Message, (topic, body, headers, key, None))
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from nova._codecs import CodecRegistry, MessageCodec, TaskBody, parts_decoder
+from nova._codecs import CodecRegistry, MessageCodec, parts_decoder
 from nova._errors import DecodeError
 from nova._task import Priority, Task
 
@@ -96,11 +96,12 @@ def shared_headers(
     return headers
 
 
-def task_headers(shared: Mapping[str, str], task_id: str, body: TaskBody, codec: MessageCodec) -> dict[str, str]:
+def task_headers(shared: Mapping[str, str], task_id: str, type_: str, user_headers: Mapping[str, str],
+                 codec: MessageCodec) -> dict[str, str]:
     """One task's headers: its id and type, then ``shared``."""
-    headers = {_ID: task_id, _TYPE: body.type, **shared}
-    if body.headers and not codec.carries_envelope:
-        headers[_HEADERS] = json.dumps(dict(body.headers), separators=(",", ":"))
+    headers = {_ID: task_id, _TYPE: type_, **shared}
+    if user_headers and not codec.carries_envelope:
+        headers[_HEADERS] = json.dumps(dict(user_headers), separators=(",", ":"))
     return headers
 
 

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 from nova._aggregators import Aggregator
 from nova._broker import Broker, DelayTierAware, Message, new_message
 from nova._clock import Clock, SystemClock
-from nova._codecs import CodecRegistry, MessageCodec, MessageFormat, codec_for, new_task_body
+from nova._codecs import CodecRegistry, MessageCodec, MessageFormat, codec_for, parts_encoder
 from nova._delay import DelayForwarder, DelayTiers, Router
 from nova._envelope import shared_headers, task_headers
 from nova._errors import (
@@ -299,15 +299,16 @@ class TaskQueue:
         due = None if eta is None else _dt(eta)
         messages: list[Message] = []
         results: list[Result] = []
+        encode = parts_encoder(codec)
         for task in tasks:
             validate_task(task)
             task_id = task.id or new_task_id()
-            body = new_task_body(task.type, bytes(task.payload), task.headers)
-            data = codec.encode(body)
+            data = encode(task.type, bytes(task.payload), task.headers)
             if len(data) > limit:
                 size = len(data)
                 raise PayloadTooLarge(size, self.max_payload_size if size > self.max_payload_size else limit)
-            messages.append(new_message(topic, data, task_headers(shared, task_id, body, codec), task_id))
+            messages.append(new_message(topic, data, task_headers(shared, task_id, task.type, task.headers, codec),
+                                        task_id))
             results.append(new_result(task_id, queue, level, due))
         return messages, results
 

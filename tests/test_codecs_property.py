@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nova
-from nova._codecs import CodecRegistry, parts_decoder
+from nova._codecs import CodecRegistry, parts_decoder, parts_encoder
 from nova._envelope import TaskDecoder, decode_task, shared_headers, task_headers
 from tests.fuzzing import FUZZ_SCALE
 
@@ -30,7 +30,7 @@ CODECS = [nova.JsonCodec(), nova.SonicCodec(), nova.BlobCodec(), nova.ProtobufCo
 def test_round_trip_through_the_envelope(codec: nova.MessageCodec, body: nova.TaskBody) -> None:
     data = codec.encode(body)
     shared = shared_headers(codec=codec, queue="q", priority=nova.Priority.LOW, attempt=2, enqueued_at=1.5, eta=2.25)
-    headers = task_headers(shared, "id-1", body, codec)
+    headers = task_headers(shared, "id-1", body.type, body.headers, codec)
     task = decode_task(CodecRegistry(nova.JsonCodec()), data, headers)
     assert (task.type, task.payload, dict(task.headers)) == (body.type, body.payload, dict(body.headers))
     assert (task.id, task.queue, task.priority, task.attempt) == ("id-1", "q", nova.Priority.LOW, 2)
@@ -66,14 +66,15 @@ def test_unknown_content_type() -> None:
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: type(c).__name__)
 @given(body=bodies)
 @settings(max_examples=100 * FUZZ_SCALE, deadline=None)
-def test_decode_parts_is_decode(codec: nova.MessageCodec, body: nova.TaskBody) -> None:
+def test_encode_and_decode_parts_are_encode_and_decode(codec: nova.MessageCodec, body: nova.TaskBody) -> None:
     data = codec.encode(body)
+    assert parts_encoder(codec)(body.type, body.payload, body.headers) == data
     decoded = codec.decode(data)
     assert parts_decoder(codec)(data) == (decoded.type, decoded.payload, decoded.headers)
 
 
 class _PlainCodec:
-    """A user's codec: decode only, no decode_parts."""
+    """A user's codec: encode and decode only, no encode_parts or decode_parts."""
 
     content_type = "text/x-plain"
     carries_envelope = True
@@ -138,9 +139,10 @@ def test_a_stream_decodes_as_each_task_alone(runs: list[tuple[dict[str, str], in
             )
 
 
-def test_a_users_codec_without_decode_parts() -> None:
+def test_a_users_codec_without_the_parts_methods() -> None:
     registry = CodecRegistry(_PlainCodec())
     headers = {"nova-id": "1", "nova-content-type": "text/x-plain"}
+    assert parts_encoder(_PlainCodec())("greet", b"hello", {}) == b"greet:hello"
     task = TaskDecoder(registry).decode(b"greet:hello", headers)
     assert (task.type, task.payload, dict(task.headers)) == ("greet", b"hello", {"via": "plain"})
     with pytest.raises(nova.DecodeError, match="cannot decode a text/x-plain task: no type"):
