@@ -11,6 +11,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from nova._errors import ValidationError
 
@@ -54,8 +55,7 @@ class Task:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(NamedTuple):
     """What ``enqueue`` returns: where the task went and when it is due."""
 
     id: str
@@ -64,18 +64,12 @@ class Result:
     eta: datetime | None  # None: ready now
 
 
-_set_result_fields = tuple(getattr(Result, name).__set__ for name in ("id", "queue", "priority", "eta"))
+_new_tuple = tuple.__new__
 
 
 def new_result(id: str, queue: str, priority: Priority, eta: datetime | None) -> Result:  # noqa: A002
-    """``Result(...)`` for the enqueue hot path: fills the slots directly."""
-    result = object.__new__(Result)
-    set_id, set_queue, set_priority, set_eta = _set_result_fields
-    set_id(result, id)
-    set_queue(result, queue)
-    set_priority(result, priority)
-    set_eta(result, eta)
-    return result
+    """``Result(...)`` for the enqueue hot path (without the NamedTuple's Python-level ``__new__``)."""
+    return _new_tuple(Result, (id, queue, priority, eta))
 
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)  # a tuple: isinstance on a union is several times slower
