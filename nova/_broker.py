@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from nova._clock import Clock
 
-__all__ = ["Broker", "DelayTierAware", "Delivery", "InstantBacklog", "InstantDeliveries", "Message",
+__all__ = ["Broker", "DelayTierAware", "Delivery", "HeaderRuns", "InstantBacklog", "InstantDeliveries", "Message",
            "Subscription"]
 
 

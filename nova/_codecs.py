@@ -33,6 +33,8 @@ from nova._errors import ConfigurationError, DecodeError
 __all__ = [
     "BlobCodec",
     "CodecRegistry",
+    "DecodeParts",
+    "EncodeParts",
     "JsonCodec",
     "MessageCodec",
     "MessageFormat",
