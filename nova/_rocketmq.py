@@ -1114,6 +1114,11 @@ class _Subscription:
                 continue
             finally:
                 self._reserved[topic] -= count
+                # What the receive did not fill is room again: a lane waiting for room asks
+                # for it (the messages it got join `held` before that lane runs). Else a
+                # helping lane's short receive left lane 0 waiting for an ack that may never
+                # come: a batch waiting for its last task held the rest of the window.
+                self._room.set()
             backoff = 0.2
             failures = 0
             if base:

@@ -469,3 +469,94 @@ async def test_broker_restart_mid_stream_loses_nothing(
     await wait_for(lambda: set(sent + after) <= set(c.bodies()), within=120)
     assert c.error is None
     await c.stop()
+
+
+class _FakeConsumer:
+    """Stands in for the client's SimpleConsumer where the pump's bookkeeping is tested."""
+
+    def change_invisible_duration(self, native: object, seconds: int) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _fake_message(n: int) -> Any:
+    return type(
+        "FakeMessage",
+        (),
+        {"properties": {}, "delivery_timestamp": None, "born_timestamp": None, "body": b"%d" % n,
+         "message_id": str(n), "topic": "t"},
+    )()
+
+
+async def test_a_short_receive_of_the_helping_lane_lets_lane_0_poll_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The S11 timeout in CI, receive by receive (fake consumer, no broker): a batch of 4
+    # failed and its 4 retries came back one by one. Lane 1's receive came back short and
+    # lane 1 waited for a full one; lane 0 waited for room, which only an ack or nack
+    # announced, and none came (the batch waited for its 4th task): nothing polled again.
+    broker = RocketMQBroker("127.0.0.1:1")
+    broker._admin = None  # no offsets to read
+    sub = _Subscription(broker, ["t"], "g", window=4)
+    calls: list[tuple[int, int, asyncio.Future[list[Any]]]] = []  # (lane, count, answer)
+
+    async def receive(consumer: Any, count: int) -> list[Any]:
+        answer: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        calls.append((sub._tasks.index(asyncio.current_task()), count, answer))  # type: ignore[arg-type]
+        return await answer
+
+    async def no_route(client: Any, topic: str) -> None:
+        pass
+
+    async def new_consumer(topic: str) -> Any:
+        return _FakeConsumer()
+
+    async def send_acks(batch: list[Any]) -> None:
+        pass
+
+    def answer(call: int, *numbers: int) -> None:
+        calls[call][2].set_result([_fake_message(n) for n in numbers])
+
+    monkeypatch.setattr(broker, "_query_route", no_route)
+    monkeypatch.setattr(sub, "_new_consumer", new_consumer)
+    monkeypatch.setattr(sub, "_receive", receive)
+    monkeypatch.setattr(sub, "_send_acks", send_acks)
+    got: list[Delivery] = []
+
+    async def drain() -> None:
+        async for d in sub:
+            got.append(d)
+
+    drainer = asyncio.create_task(drain())
+    try:
+        await sub.start()
+        await wait_for(lambda: len(calls) == 1, within=5)
+        assert calls[0][:2] == (0, 4)
+        answer(0, 1, 2, 3, 4)  # full: lane 1 helps from now on
+        await wait_for(lambda: len(got) == 4, within=5)
+        # the batch failed: its retries went out and its tasks are acked, one by one
+        await got[0].ack()
+        await wait_for(lambda: len(calls) == 2, within=5)  # room for one: a lane asks for it
+        await got[1].ack()
+        await wait_for(lambda: len(calls) == 3, within=5)  # and the other lane for the next
+        await got[2].ack()
+        await got[3].ack()
+        assert sorted((lane, count) for lane, count, _ in calls[1:]) == [(0, 1), (1, 1)]
+        by_lane = {lane: i for i, (lane, _, _) in enumerate(calls) if i}
+        answer(by_lane[1], 5)  # lane 1: 1 of 1, asks for 2 (4 - 1 held - 1 asked by lane 0)
+        await wait_for(lambda: len(calls) == 4, within=5)
+        assert calls[3][:2] == (1, 2)
+        answer(by_lane[0], 6)  # lane 0: 1 of 1, waits for room (2 held + 2 asked by lane 1)
+        await wait_for(lambda: len(got) == 6, within=5)
+        answer(3, 7)  # lane 1: 1 of 2, waits for a full receive of lane 0
+        await wait_for(lambda: len(got) == 7, within=5)
+        await wait_for(lambda: len(calls) == 5, within=5)  # the window has room for the 4th retry
+        assert calls[4][:2] == (0, 1)
+        answer(4, 8)
+        await wait_for(lambda: len(got) == 8, within=5)
+    finally:
+        await sub.close()
+        await broker.close()
+        await asyncio.wait_for(drainer, 5)
