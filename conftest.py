@@ -35,6 +35,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--broker") == "rocketmq":
-        # A failing test's report then shows when each timer message was sent and received
-        # (an intermittent CI timeout waiting for retried tasks is not explained yet).
+        # A failing test's report then shows each receive (topic, lane, got of asked) and when
+        # each timer message was sent and received (tells a stalled pump from a held message).
         logging.getLogger("nova.rocketmq").setLevel(logging.DEBUG)
