@@ -687,10 +687,12 @@ def test_header_values_decode_leniently() -> None:
 def test_headers_travel_packed_in_one_kafka_header() -> None:
     from nova._kafka import _decode_headers, _headers
 
-    headers = {"nova-id": "t1", "nova-type": "email", "nova-queue": "défaut"}
+    headers = {"nova-id": "t1", "nova-type": "email", "nova-queue": "défaut", "other": "x"}
     (packed,) = _headers(Message("t", b"", headers))
-    assert packed[0] == "nova" and json.loads(packed[1]) == headers  # the wire format
+    # The wire format: nova's names shortened, others as they are.
+    assert packed[0] == "nova" and json.loads(packed[1]) == {"i": "t1", "t": "email", "q": "défaut", "other": "x"}
     assert _decode_headers([packed]) == headers
+    assert _decode_headers([("nova", json.dumps(headers).encode())]) == headers  # full names (older nova)
     assert _headers(Message("t", b"")) == []
     # Another producer's headers next to the packed one are kept; nova's win a clash.
     assert _decode_headers([packed, ("trace", b"abc"), ("nova-id", b"other")]) == {**headers, "trace": "abc"}
@@ -721,23 +723,29 @@ def test_packed_headers_of_one_batch_are_parsed_once_and_decode_the_same() -> No
     for headers in odd:
         assert decoder.decode(packed(headers)) == headers
     # A second "nova-id" after the first (not nova's writing; the last one wins) is never cached.
-    twice = [("nova", b'{"nova-id":"g7","nova-type":"email","nova-id":"g7"}')]
-    again = [("nova", b'{"nova-id":"h8","nova-type":"email","nova-id":"g7"}')]
-    assert decoder.decode(twice) == _decode_headers(twice)
-    assert decoder.decode(again) == _decode_headers(again) == {"nova-id": "g7", "nova-type": "email"}
+    for twice, again in [
+        (b'{"i":"g7","t":"email","i":"g7"}', b'{"i":"h8","t":"email","i":"g7"}'),
+        (b'{"i":"g7","t":"email","nova-id":"g7"}', b'{"i":"h8","t":"email","nova-id":"g7"}'),
+        (b'{"nova-id":"g7","nova-type":"email","nova-id":"g7"}',
+         b'{"nova-id":"h8","nova-type":"email","nova-id":"g7"}'),
+    ]:
+        assert decoder.decode([("nova", twice)]) == _decode_headers([("nova", twice)])
+        assert decoder.decode([("nova", again)]) == _decode_headers([("nova", again)]) == {
+            "nova-id": "g7", "nova-type": "email"}
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["a1", "b2", "c", "9\u00e9", "d\"", ""]), st.sampled_from([0, 1, 2])),
+@given(st.lists(st.tuples(st.sampled_from(["a1", "b2", "c", "9\u00e9", "d\"", ""]), st.integers(0, 4), st.booleans()),
                 max_size=12))
-def test_packed_headers_decode_as_a_full_parse_would(records: list[tuple[str, int]]) -> None:
+def test_packed_headers_decode_as_a_full_parse_would(records: list[tuple[str, int, bool]]) -> None:
     from nova._kafka import _decode_headers, _PackedHeaders
 
-    rests = [b',"nova-type":"t"}', b',"nova-type":"u","nova-attempt":"2"}', b"}"]
+    # nova's short names, and the full ones (records of an older nova)
+    rests = [b',"t":"t"}', b',"t":"u","a":"2"}', b"}", b',"nova-type":"t"}', b',"x":"i","nova-id":"z"}']
     decoder, runs = _PackedHeaders(), _PackedHeaders()
     last: tuple[int, dict[str, str]] | None = None
-    for task_id, rest in records:
-        raw = [("nova", b'{"nova-id":"' + task_id.encode() + b'"' + rests[rest])]
+    for task_id, rest, full in records:
+        raw = [("nova", (b'{"nova-id":"' if full else b'{"i":"') + task_id.encode() + b'"' + rests[rest])]
         assert decoder.decode(raw) == _decode_headers(raw)
         run = runs.run(raw)  # what the worker reads instead: the run's parse (one dict) and the id
         if run is not None:
@@ -746,6 +754,37 @@ def test_packed_headers_decode_as_a_full_parse_would(records: list[tuple[str, in
             if last is not None and last[0] == rest:
                 assert shared is last[1]  # parsed once per run
             last = (rest, shared)
+
+
+_names = st.sampled_from(["nova-id", "nova-type", "nova-error", "i", "h", "=h", "==i", "=", "", "trace", "nova-x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_names | st.text(max_size=5), st.text(max_size=5), max_size=6))
+def test_any_header_names_pack_and_unpack(headers: dict[str, str]) -> None:
+    """nova's names are packed as one letter; any other name comes back as it was."""
+    from nova._kafka import _decode_headers, _headers
+
+    assert _decode_headers(_headers(Message("t", b"", headers))) == headers
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a1", "b2", "c", "9\u00e9", 'd"', "", None]), st.integers(0, 3),
+                          st.booleans()), max_size=12))
+def test_packed_runs_pack_as_each_message_alone(messages: list[tuple[str | None, int, bool]]) -> None:
+    """The producer packs a run's headers once: every message still packs to its own headers."""
+    from nova._kafka import _decode_headers, _headers, _Packer
+
+    others = [{"nova-type": "t"}, {"nova-type": "u", "nova-attempt": "2"}, {}, {"nova-type": "t", "extra": "i"}]
+    packer = _Packer()
+    for task_id, rest, id_first in messages:
+        headers = dict(others[rest])
+        if task_id is not None:
+            headers = {"nova-id": task_id, **headers} if id_first else {**headers, "nova-id": task_id}
+        message = Message("t", b"", headers)
+        packed = packer.headers(message)
+        assert _decode_headers(packed) == headers
+        assert [json.loads(value) for _, value in packed] == [json.loads(value) for _, value in _headers(message)]
 
 
 async def test_a_record_with_plain_kafka_headers_is_a_task(
