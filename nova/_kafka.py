@@ -62,7 +62,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from nova._broker import Delivery, Message
@@ -1004,6 +1004,7 @@ class KafkaSubscription:
         # partition has a full buffer: its answer is not 0 either way.)
         self._known_backlog: dict[str, int] = {}
         self._packed = _PackedHeaders()
+        self._auto_commit = broker.auto_commit
         # Fetched records kept per partition before pausing it: several fetches' worth, so
         # the next fetch is in flight long before the handlers run dry (a pause at one window
         # left them idle for a fetch round trip, up to fetch_max_wait_ms, every few thousand).
@@ -1056,7 +1057,7 @@ class KafkaSubscription:
         while True:
             if self._closing:
                 raise StopAsyncIteration
-            delivery = self._take()
+            delivery = self.take_nowait()
             if delivery is not None:
                 return delivery
             if self._error is not None:
@@ -1066,13 +1067,12 @@ class KafkaSubscription:
 
     def header_run(self, delivery: Delivery) -> tuple[Mapping[str, str], str] | None:
         """The delivery's headers as one parse per run of records and its id (see HeaderRuns)."""
-        return self._packed.run(cast(KafkaDelivery, delivery)._record.headers)
+        return self._packed.run(delivery._record.headers)  # type: ignore[attr-defined]  # (ours: a KafkaDelivery)
 
     def take_nowait(self) -> KafkaDelivery | None:
         """The next delivery if one is fetched and the window allows it (see InstantDeliveries)."""
-        return None if self._closing else self._take()
-
-    def _take(self) -> KafkaDelivery | None:
+        if self._closing:
+            return None
         states = self._states
         count = len(states)
         window = self.window
@@ -1090,7 +1090,7 @@ class KafkaSubscription:
             self._rotation = index + 1
             state.held += 1
             self._known_backlog.pop(record.topic, None)
-            if self._broker.auto_commit:  # at-most-once: done as soon as it is handed out
+            if self._auto_commit:  # at-most-once: done as soon as it is handed out
                 state.entries[record.offset] = _DONE
                 state.advance()
             if state.paused:
@@ -1117,7 +1117,7 @@ class KafkaSubscription:
     def _settle(self, state: _PartitionState, record: Any, *, done: bool) -> None:
         if not state.current:
             return  # the partition moved to another member, which delivers it again
-        if self._broker.auto_commit:  # already done when handed out; only the window is freed
+        if self._auto_commit:  # already done when handed out; only the window is freed
             state.held -= 1
             self._wake.set()
             return

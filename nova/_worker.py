@@ -239,7 +239,8 @@ class Worker(_BaseWorker):
     def accept(self, delivery: Delivery, route: _Route) -> None:
         self.buffers[route.priority].append((delivery, route))
         self._work.set()
-        self._wake_one()
+        if self._idle:
+            self._wake_one()
 
     def _wake_one(self) -> None:
         """Wake one idle runner per delivery, not all of them (a herd that mostly sleeps again)."""

@@ -193,7 +193,7 @@ async def test_full_window_pauses_one_topic_while_others_flow(kafka_broker: Fact
     assert bodies(await take(sub, 2)) == [b"f0", b"f1"]
     slow_state = next(s for tp, s in sub._parts.items() if tp.topic == slow)
     assert slow_state.held == 2
-    assert sub._take() is None  # nothing more may be handed out: both windows are full
+    assert sub.take_nowait() is None  # nothing more may be handed out: both windows are full
     assert await sub.backlog(slow) == 4
     await held[1].ack()  # out of order: frees one slot
     (nxt,) = await take(sub)
