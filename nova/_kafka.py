@@ -129,6 +129,8 @@ def _full_name(name: str) -> str:
     if name.startswith("="):
         return name[1:]
     return _FULL_NAMES.get(name, name)
+
+
 _ID = H.ID
 _ID_FIRST = b'{"i":"'  # how nova's packed header begins: the id comes first (see task_headers)
 _ID_AT = len(_ID_FIRST)
@@ -207,7 +209,7 @@ class _PackedHeaders:
     """Decodes packed headers, parsing once per run of records that differ only in the id.
 
     The tasks of one ``enqueue_batch`` share every header but their id, which nova
-    writes first: ``{"nova-id":"<id>",<rest>``. When a record's ``<rest>`` is the
+    writes first: ``{"i":"<id>",<rest>``. When a record's ``<rest>`` is the
     previous one's and its id is plain (letters and digits, as nova's own ids),
     its headers are that parse with the new id; anything else is parsed. One per
     subscription.
