@@ -93,6 +93,7 @@ try:
         ConsumerProtocolMemberMetadata,
     )
     from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
+    from aiokafka.protocol.offset import OffsetRequest  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("nova.KafkaBroker needs aiokafka and orjson: pip install 'nova-taskqueue[kafka]'") from exc
 
@@ -634,30 +635,60 @@ class KafkaBroker:
             self._known_topics.update(missing)
 
     async def _await_leaders(self, topics: list[str], within: float = 10.0) -> None:
-        """Wait (up to ``within`` seconds) until the metadata shows a leader for every partition
-        of freshly created topics. A client that asks sooner is told the topic is unknown and
-        aiokafka logs it as an error ("Topic ... not found in cluster metadata") before retrying."""
+        """Wait (up to ``within`` seconds) until every partition of freshly created topics has
+        a leader that answers for it. A client that asks sooner is told the topic is unknown
+        ("Topic ... not found in cluster metadata") or that the broker is not its leader
+        (KRaft shows the leader in the metadata ~10-40 ms before the broker takes the
+        partition), and aiokafka logs it as an error or a warning before retrying."""
         deadline = time.monotonic() + within
         pause = 0.005
+        leaders: dict[int, list[tuple[str, int]]] = {}  # leader node -> its new partitions
         while topics:
             try:
                 described = await self._admin.describe_topics(topics)
             except (kafka_errors.KafkaError, OSError) as exc:
                 log.debug("describing new topics failed: %r", exc)
                 described = []
-            ready = {
-                entry["topic"]
-                for entry in described
-                if entry["error_code"] == 0 and entry["partitions"]
-                and all(part["leader"] >= 0 for part in entry["partitions"])
-            }
-            topics = [t for t in topics if t not in ready]
+            for entry in described:
+                if entry["topic"] in topics and entry["error_code"] == 0 and entry["partitions"] and all(
+                    part["leader"] >= 0 for part in entry["partitions"]
+                ):
+                    topics = [t for t in topics if t != entry["topic"]]
+                    for part in entry["partitions"]:
+                        leaders.setdefault(part["leader"], []).append((entry["topic"], part["partition"]))
             if topics:
                 if time.monotonic() + pause > deadline:
                     log.debug("topics %s have no leader yet after %g s", topics, within)
                     return
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, 0.2)
+        pause = 0.005
+        while leaders:
+            for node, partitions in list(leaders.items()):
+                waiting = await self._not_led_yet(node, partitions)
+                if waiting:
+                    leaders[node] = waiting
+                else:
+                    del leaders[node]
+            if leaders:
+                if time.monotonic() + pause > deadline:
+                    log.debug("partitions %s not served by their leader yet after %g s", leaders, within)
+                    return
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 0.2)
+
+    async def _not_led_yet(self, node: int, partitions: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """The partitions whose leader ``node`` does not answer for yet: one ListOffsets
+        request (aiokafka internals; anything unexpected counts as answered)."""
+        by_topic: dict[str, list[tuple[int, int]]] = {}
+        for topic, partition in partitions:
+            by_topic.setdefault(topic, []).append((partition, -1))  # -1: the latest offset
+        try:
+            response = await self._admin._client.send(node, OffsetRequest(-1, 0, list(by_topic.items())))
+            return [(topic, answer[0]) for topic, answers in response.topics for answer in answers if answer[1]]
+        except (kafka_errors.KafkaError, OSError, AttributeError, TypeError, IndexError) as exc:
+            log.debug("asking the leaders of new partitions failed: %r", exc)
+            return []
 
     # --- publish --------------------------------------------------------------------------------
 
