@@ -64,7 +64,7 @@ import time
 import types
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -647,6 +647,7 @@ class RocketMQBroker:
                 producer = rmq.Producer(config)
                 _precise_timestamps(producer)
                 _no_route_lookups_on_the_io_thread(producer)
+                _telemetry_streams_on_the_io_thread(producer)
                 await self._run(producer.startup)
             except Exception as exc:
                 raise self._err(exc, "connect") from exc
@@ -889,6 +890,52 @@ def _no_route_lookups_on_the_io_thread(producer: Any) -> None:
     producer._retrieve_topic_route_data = route_of
 
 
+def _telemetry_streams_on_the_io_thread(client: Any) -> None:
+    """Have the client open its telemetry (settings) streams on its I/O thread only.
+
+    The first route a client gets for a broker opens a gRPC stream to it, in the
+    callback of the route query: on the I/O thread when the answer comes after the
+    asking thread hooked the callback on, but in the asking thread (a nova executor
+    thread, which called send, receive or startup) when the answer came first. gRPC
+    makes a call with the thread's current event loop, and only the thread that made
+    the channel has one (``RpcChannel.create_channel`` sets it), so there the stream
+    fails ("There is no current event loop in thread 'nova-rocketmq_0'"), the route
+    is not kept and the send or receive fails: "failed to fetch topic ... route".
+    Elsewhere than on the I/O thread the stream is now made there, as in the usual
+    order, waiting at most the client's request timeout for it.
+    """
+    rpc: Any = getattr(client, "rpc_client", None)
+    make = getattr(rpc, "telemetry_stream", None)
+    shared: Any = type(rpc)
+    if make is None or not hasattr(shared, "_io_loop") or not hasattr(shared, "_io_loop_thread"):
+        return  # the client changed shape: nothing to guard here
+    within = float(getattr(getattr(client, "client_configuration", None), "request_timeout", None) or 5)
+
+    def telemetry_stream(*args: Any, **kwargs: Any) -> Any:
+        loop = shared._io_loop
+        if loop is None or threading.current_thread() is shared._io_loop_thread:
+            return make(*args, **kwargs)
+        made: Future[Any] = Future()
+
+        def on_io_thread() -> None:
+            if not made.set_running_or_notify_cancel():
+                return  # the asking thread gave up
+            try:
+                made.set_result(make(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to the asking thread
+                made.set_exception(exc)
+
+        loop.call_soon_threadsafe(on_io_thread)
+        try:
+            return made.result(within)
+        except TimeoutError:
+            if made.cancel():
+                raise TimeoutError(f"the client's I/O thread did not open the stream within {within:g} s") from None
+            return made.result(within)  # it is being made right now
+
+    rpc.telemetry_stream = telemetry_stream
+
+
 def _log_timer_sends(native: Sequence[Any], receipts: Sequence[Any]) -> None:
     """Debug trail of timer messages: when each was confirmed and when it is due.
 
@@ -1016,6 +1063,7 @@ class _Subscription:
             {topic: rmq.FilterExpression()},
             await_duration=self._broker.poll_seconds,
         )
+        _telemetry_streams_on_the_io_thread(consumer)
         await self._broker._run(consumer.startup)
         # The proxy refuses receives until it has the client's settings (sent on a stream).
         ready = getattr(consumer, "_init_settings_event", None)

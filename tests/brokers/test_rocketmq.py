@@ -15,6 +15,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +27,14 @@ import pytest
 
 import nova._errors as errors
 from nova._broker import Delivery, Message
-from nova._rocketmq import ConsumerModel, RocketMQAdmin, RocketMQBroker, _Subscription
+from nova._rocketmq import (
+    ConsumerModel,
+    RocketMQAdmin,
+    RocketMQBroker,
+    _client,
+    _Subscription,
+    _telemetry_streams_on_the_io_thread,
+)
 
 pytestmark = pytest.mark.broker("rocketmq")
 
@@ -176,6 +184,82 @@ async def test_the_clients_io_thread_never_waits_for_itself_for_a_route(
     with pytest.raises(RuntimeError, match="no route"):
         await asyncio.wait_for(asyncio.wrap_future(on_io_thread(f"{rocketmq_prefix}_never_used")), 10)
     await broker.publish([Message(topic, b"still works")])  # the I/O thread is alive
+
+
+def _hooked_after_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every route query asked off the client's I/O thread (and off any event loop) is
+    answered before the asker hooks its callback on, so the callback, and the telemetry
+    stream the first route to a broker opens, runs in the asking thread: the order that
+    is rare on its own (the asker loses the CPU between the two calls)."""
+    from concurrent.futures import wait
+
+    _client()  # (nova's import first: the client's own would reconfigure logging)
+    from rocketmq.v5.client.connection.rpc_client import RpcClient  # type: ignore[import-untyped]
+
+    ask = RpcClient.query_topic_route_async
+
+    def answered_first(self: Any, *args: Any, **kwargs: Any) -> Any:
+        answer = ask(self, *args, **kwargs)
+        try:
+            asyncio.get_running_loop()  # nova's own route checks: never block a loop
+        except RuntimeError:
+            if threading.current_thread() is not RpcClient._io_loop_thread:
+                wait([answer], timeout=PATIENCE)
+        return answer
+
+    monkeypatch.setattr(RpcClient, "query_topic_route_async", answered_first)
+
+
+async def test_a_route_answered_before_its_callback_is_hooked_still_gives_a_stream(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first publish of a producer, and a consumer's start and receive, each look a route
+    up from a nova executor thread. When the answer came before the callback was hooked on,
+    the callback ran there and gRPC could not open the telemetry stream ("There is no current
+    event loop in thread 'nova-rocketmq_0'"): "failed to fetch topic route", EnqueueError."""
+    _hooked_after_the_answer(monkeypatch)
+    broker = rocketmq_make()
+    topic = f"{rocketmq_prefix}_q_normal"
+    await broker.ensure_topics([topic])
+    await broker.publish([Message(topic, b"first")])
+    c = Collector(await broker.subscribe([topic], group=f"{rocketmq_prefix}_g", window=4), ack=True)
+    await wait_for(lambda: len(c.got) == 1)
+    assert c.bodies() == [b"first"]
+    await c.stop()
+    assert c.error is None
+
+
+def test_a_telemetry_stream_asked_for_off_the_io_thread_is_made_on_it() -> None:
+    """The same cause without a broker: the channel was made on the client's I/O thread
+    (where route queries run) and a thread without an event loop asks for the stream."""
+    rmq = _client()  # (nova's import first: the client's own would reconfigure logging)
+    from rocketmq.v5.client.connection.rpc_client import RpcClient  # type: ignore[import-untyped]
+
+    config = rmq.ClientConfiguration("127.0.0.1:9", rmq.Credentials("", ""), "", request_timeout=3)
+    producer = rmq.Producer(config)  # not started: nothing is sent
+    _telemetry_streams_on_the_io_thread(producer)
+    rpc, endpoints = producer.rpc_client, config.rpc_endpoints
+    try:
+
+        async def make_channel() -> Any:
+            return rpc.retrieve_or_create_channel(endpoints)
+
+        channel = asyncio.run_coroutine_threadsafe(make_channel(), RpcClient._io_loop).result(PATIENCE)
+        outcome: list[Any] = []
+
+        def ask() -> None:
+            try:
+                outcome.append(rpc.telemetry_stream(endpoints, producer, producer.sign(), False, timeout=60))
+            except Exception as exc:  # noqa: BLE001 - asserted below
+                outcome.append(exc)
+
+        asker = threading.Thread(target=ask, name="nova-rocketmq_test")
+        asker.start()
+        asker.join(PATIENCE)
+        assert outcome == [channel]
+        assert channel.telemetry_stream_stream_call is not None
+    finally:
+        rpc.stop()
 
 
 async def test_nack_redelivers_and_ack_is_final(
