@@ -263,6 +263,25 @@ def _decode_plain(raw: Any) -> dict[str, str]:
         return {k: (v or b"").decode("utf-8", "replace") for k, v in raw}
 
 
+_FIRST_PAUSE = 0.005
+
+
+class _Backoff:
+    """Pauses doubling from 5 ms to 0.2 s, until a deadline ``within`` seconds from now."""
+
+    def __init__(self, within: float) -> None:
+        self.deadline = time.monotonic() + within
+        self.pause = _FIRST_PAUSE
+
+    async def wait(self) -> bool:
+        """Sleep the next pause; False, without sleeping, if it would end past the deadline."""
+        if time.monotonic() + self.pause > self.deadline:
+            return False
+        await asyncio.sleep(self.pause)
+        self.pause = min(2 * self.pause, 0.2)
+        return True
+
+
 def _key(message: Message) -> bytes | None:
     return None if message.key is None else message.key.encode()
 
@@ -640,8 +659,7 @@ class KafkaBroker:
         ("Topic ... not found in cluster metadata") or that the broker is not its leader
         (KRaft shows the leader in the metadata ~10-40 ms before the broker takes the
         partition), and aiokafka logs it as an error or a warning before retrying."""
-        deadline = time.monotonic() + within
-        pause = 0.005
+        backoff = _Backoff(within)
         leaders: dict[int, list[tuple[str, int]]] = {}  # leader node -> its new partitions
         while topics:
             try:
@@ -656,13 +674,10 @@ class KafkaBroker:
                     topics = [t for t in topics if t != entry["topic"]]
                     for part in entry["partitions"]:
                         leaders.setdefault(part["leader"], []).append((entry["topic"], part["partition"]))
-            if topics:
-                if time.monotonic() + pause > deadline:
-                    log.debug("topics %s have no leader yet after %g s", topics, within)
-                    return
-                await asyncio.sleep(pause)
-                pause = min(2 * pause, 0.2)
-        pause = 0.005
+            if topics and not await backoff.wait():
+                log.debug("topics %s have no leader yet after %g s", topics, within)
+                return
+        backoff.pause = _FIRST_PAUSE
         while leaders:
             for node, partitions in list(leaders.items()):
                 waiting = await self._not_led_yet(node, partitions)
@@ -670,12 +685,9 @@ class KafkaBroker:
                     leaders[node] = waiting
                 else:
                     del leaders[node]
-            if leaders:
-                if time.monotonic() + pause > deadline:
-                    log.debug("partitions %s not served by their leader yet after %g s", leaders, within)
-                    return
-                await asyncio.sleep(pause)
-                pause = min(2 * pause, 0.2)
+            if leaders and not await backoff.wait():
+                log.debug("partitions %s not served by their leader yet after %g s", leaders, within)
+                return
 
     async def _not_led_yet(self, node: int, partitions: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """The partitions whose leader ``node`` does not answer for yet: one ListOffsets
