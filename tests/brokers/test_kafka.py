@@ -107,6 +107,26 @@ async def test_publish_then_subscribe_round_trip(kafka_broker: Factory, kafka_na
     await sub.close()
 
 
+async def test_records_come_out_of_aiokafka_as_parsed_not_wrapped(kafka_broker: Factory, kafka_name: Names) -> None:
+    """The subscription takes aiokafka's parsed records as they are, without the
+    ConsumerRecord aiokafka makes of each (see nova._kafka._BareRecordResults). This relies on
+    aiokafka internals: if an upgrade moves them, this fails (nova still works, slower)."""
+    from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
+
+    broker = kafka_broker()
+    topic = kafka_name("t")
+    await broker.publish([Message(topic, f"m{i}".encode(), {"nova-id": f"id{i}"}, key=f"k{i}") for i in range(3)])
+    sub = await broker.subscribe([topic], group=kafka_name("g"), window=10)
+    got = await take(sub, 3)
+    assert not [d for d in got if isinstance(d._record, ConsumerRecord)]
+    assert [(d.topic, d.partition, d.offset, d.body, dict(d.headers), d.key) for d in got] == [
+        (topic, 0, i, f"m{i}".encode(), {"nova-id": f"id{i}"}, f"k{i}") for i in range(3)
+    ]
+    for delivery in got:
+        await delivery.ack()
+    await sub.close()
+
+
 async def test_subscribe_reads_what_was_published_before_the_group_existed(
     kafka_broker: Factory, kafka_name: Names
 ) -> None:
