@@ -219,11 +219,27 @@ class _PackedHeaders:
     __slots__ = ("_last",)
 
     def __init__(self) -> None:
-        self._last: tuple[bytes, dict[str, str]] | None = None  # (<rest>, a parse of a record with it)
+        # The current run: (its <rest> from the id's closing quote on, its parse, the size of
+        # its records' header, where their id ends)
+        self._last: tuple[bytes, dict[str, str], int, int] | None = None
 
     def run(self, raw: Any) -> tuple[dict[str, str], str] | None:
         """(The parse of this record's run, the same dict for every record of it: never
         change it; this record's id), or None if the record is not one nova packed."""
+        last = self._last
+        if last is not None and len(raw) == 1:
+            # Of the run: as long as its records, with their <rest> (from the id's closing quote
+            # on) and a plain id: the id's place is the same, nothing to search.
+            name, value = raw[0]
+            rest, headers, size, end = last
+            if value is not None and len(value) == size and name == _PACKED and value.endswith(rest) \
+                    and value.startswith(_ID_FIRST):  # fmt: skip
+                raw_id = value[_ID_AT:end]
+                if raw_id.isalnum():
+                    return headers, raw_id.decode("ascii")
+        return self._new_run(raw)
+
+    def _new_run(self, raw: Any) -> tuple[dict[str, str], str] | None:
         if not raw or len(raw) != 1 or raw[0][0] != _PACKED:
             return None
         value: bytes = raw[0][1] or b""
@@ -235,13 +251,14 @@ class _PackedHeaders:
             return None
         task_id = raw_id.decode("ascii")
         last = self._last
-        if last is not None and len(value) - len(last[0]) == end + 1 and value.endswith(last[0]):
+        if last is not None and len(value) - len(last[0]) == end and value.endswith(last[0]):
+            self._last = (last[0], last[1], len(value), end)  # the run goes on with ids of another length
             return last[1], task_id
         headers = _decode_headers(raw)
-        rest = value[end + 1 :]
+        rest = value[end:]
         if headers.get(_ID) != task_id or any(key in rest for key in _ID_KEYS):
             return None
-        self._last = (rest, headers)
+        self._last = (rest, headers, len(value), end)
         return headers, task_id
 
     def decode(self, raw: Any) -> dict[str, str]:
