@@ -1187,7 +1187,7 @@ class KafkaSubscription:
             record = self._next_record(state)
             if record is None:
                 continue
-            self._rotation = index + 1
+            self._rotation = index  # looked at first next time (fewer empty ones scanned)
             state.held += 1
             self._known_backlog.pop(state.tp.topic, None)
             if self._auto_commit:  # at-most-once: done as soon as it is handed out
