@@ -232,8 +232,13 @@ class _PackedHeaders:
             # on) and a plain id: the id's place is the same, nothing to search.
             name, value = raw[0]
             rest, headers, size, end = last
-            if value is not None and len(value) == size and name == _PACKED and value.endswith(rest) \
-                    and value.startswith(_ID_FIRST):  # fmt: skip
+            if (
+                value is not None
+                and len(value) == size
+                and name == _PACKED
+                and value.endswith(rest)
+                and value.startswith(_ID_FIRST)
+            ):
                 raw_id = value[_ID_AT:end]
                 if raw_id.isalnum():
                     return headers, raw_id.decode("ascii")
@@ -903,6 +908,7 @@ class KafkaDelivery:
 
 
 def _bare(tp: Any, record: Any) -> Any:
+    """The record maker of nova's fetch results: the parsed record itself."""
     return record
 
 
@@ -928,15 +934,14 @@ class _BareRecordResults(OrderedDict[Any, Any]):
         super().__setitem__(tp, result)
 
 
-def _hand_over_bare_records(consumer: Any) -> bool:
-    """Have ``consumer`` hand out parsed records as they are (see _BareRecordResults);
-    False if its fetcher is not as expected (it then hands out ConsumerRecords)."""
+def _hand_over_bare_records(consumer: Any) -> None:
+    """Have ``consumer`` hand out parsed records as they are (see _BareRecordResults)."""
     fetcher: Any = getattr(consumer, "_fetcher", None)
     results = getattr(fetcher, "_records", None)
     if type(results) is not OrderedDict:
-        return False
+        log.debug("aiokafka's fetcher is not as expected: records come as ConsumerRecords")
+        return
     fetcher._records = _BareRecordResults(results)  # results fetched already stay as they are
-    return True
 
 
 # What became of a delivered offset (values of _PartitionState.entries).
