@@ -219,22 +219,22 @@ class _PackedHeaders:
     __slots__ = ("_last",)
 
     def __init__(self) -> None:
-        # The current run: (its <rest> from the id's closing quote on, its parse, the size of
-        # its records' header, where their id ends)
-        self._last: tuple[bytes, dict[str, str], int, int] | None = None
+        # The current run: (its <rest> from the id's closing quote on, its parse, where the
+        # id of its last record ended)
+        self._last: tuple[bytes, dict[str, str], int] | None = None
 
     def run(self, raw: Any) -> tuple[dict[str, str], str] | None:
         """(The parse of this record's run, the same dict for every record of it: never
         change it; this record's id), or None if the record is not one nova packed."""
         last = self._last
         if last is not None and len(raw) == 1:
-            # Of the run: as long as its records, with their <rest> (from the id's closing quote
-            # on) and a plain id: the id's place is the same, nothing to search.
+            # Of the run: its <rest> (from the id's closing quote on) right after an id as long
+            # as the last record's, and a plain id: the id's place is known, nothing to search.
             name, value = raw[0]
-            rest, headers, size, end = last
+            rest, headers, end = last
             if (
                 value is not None
-                and len(value) == size
+                and len(value) - len(rest) == end
                 and name == _PACKED
                 and value.endswith(rest)
                 and value.startswith(_ID_FIRST)
@@ -257,13 +257,13 @@ class _PackedHeaders:
         task_id = raw_id.decode("ascii")
         last = self._last
         if last is not None and len(value) - len(last[0]) == end and value.endswith(last[0]):
-            self._last = (last[0], last[1], len(value), end)  # the run goes on with ids of another length
+            self._last = (last[0], last[1], end)  # the run goes on with ids of another length
             return last[1], task_id
         headers = _decode_headers(raw)
         rest = value[end:]
         if headers.get(_ID) != task_id or any(key in rest for key in _ID_KEYS):
             return None
-        self._last = (rest, headers, len(value), end)
+        self._last = (rest, headers, end)
         return headers, task_id
 
     def decode(self, raw: Any) -> dict[str, str]:
@@ -285,15 +285,16 @@ def _decode_plain(raw: Any) -> dict[str, str]:
         return {k: (v or b"").decode("utf-8", "replace") for k, v in raw}
 
 
-_FIRST_PAUSE = 0.005
-
-
 class _Backoff:
     """Pauses doubling from 5 ms to 0.2 s, until a deadline ``within`` seconds from now."""
 
     def __init__(self, within: float) -> None:
         self.deadline = time.monotonic() + within
-        self.pause = _FIRST_PAUSE
+        self.restart()
+
+    def restart(self) -> None:
+        """The next pause is the first one again (the deadline stays)."""
+        self.pause = 0.005
 
     async def wait(self) -> bool:
         """Sleep the next pause; False, without sleeping, if it would end past the deadline."""
@@ -699,7 +700,7 @@ class KafkaBroker:
             if topics and not await backoff.wait():
                 log.debug("topics %s have no leader yet after %g s", topics, within)
                 return
-        backoff.pause = _FIRST_PAUSE
+        backoff.restart()
         while leaders:
             for node, partitions in list(leaders.items()):
                 waiting = await self._not_led_yet(node, partitions)
