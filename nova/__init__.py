@@ -8,7 +8,7 @@
 
 Broker adapters are imported lazily, so ``import nova`` needs no broker client:
 ``nova.KafkaBroker`` needs ``nova-taskqueue[kafka]``, ``nova.RabbitMQBroker``
-``[rabbitmq]``, ``nova.RocketMQBroker`` ``[rocketmq]``, ``nova.ClickHouseTaskRecorder``
+``[rabbitmq]``, ``nova.RocketMQBroker`` and ``nova.RocketMQAdmin`` ``[rocketmq]``, ``nova.ClickHouseTaskRecorder``
 ``[clickhouse]``.
 """
 
@@ -63,12 +63,13 @@ from nova._recording import (
     TaskStatus,
 )
 from nova._task import Priority, Result, Task
+from nova.brokers import PUBLIC_NAMES
 
 if TYPE_CHECKING:
     from nova._clickhouse import ClickHouseTaskRecorder
-    from nova._kafka import KafkaAuth, KafkaBroker, KafkaSSL
-    from nova._rabbitmq import RabbitMQBroker
-    from nova._rocketmq import ConsumerModel, RocketMQBroker
+    from nova.brokers.kafka import KafkaAuth, KafkaBroker, KafkaSSL
+    from nova.brokers.rabbitmq import RabbitMQBroker
+    from nova.brokers.rocketmq import ConsumerModel, RocketMQAdmin, RocketMQBroker
 
 __version__ = "0.1.0"
 
@@ -109,6 +110,7 @@ __all__ = [
     "RabbitMQBroker",
     "Result",
     "RetryPolicy",
+    "RocketMQAdmin",
     "RocketMQBroker",
     "SonicCodec",
     "StateError",
@@ -130,15 +132,7 @@ __all__ = [
 ]
 
 # Names whose modules need an optional client library, imported on first use.
-_LAZY = {
-    "KafkaBroker": "nova._kafka",
-    "KafkaAuth": "nova._kafka",
-    "KafkaSSL": "nova._kafka",
-    "RabbitMQBroker": "nova._rabbitmq",
-    "RocketMQBroker": "nova._rocketmq",
-    "ConsumerModel": "nova._rocketmq",
-    "ClickHouseTaskRecorder": "nova._clickhouse",
-}
+_LAZY = {**PUBLIC_NAMES, "ClickHouseTaskRecorder": "nova._clickhouse"}
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import parse_qs, urlsplit
 
 from nova._aggregators import Aggregator
 from nova._broker import Broker, DelayTierAware, Message, new_message
@@ -39,6 +38,7 @@ from nova._policies import PriorityPolicy, RetryPolicy, StrictPriority
 from nova._recording import RecordingSink, TaskRecorder, TaskStatus
 from nova._task import Priority, Result, Task, coerce_priority, new_result, validate_task
 from nova._worker import BatchHandler, BatchWorker, Handler, Worker
+from nova.brokers import broker_from_url
 
 __all__ = ["TaskQueue"]
 
@@ -136,30 +136,7 @@ class TaskQueue:
         ``kafka://host:9092?group_id=g&topic_prefix=p``, ``amqp://`` / ``amqps://``,
         ``rocketmq://host:8081``.
         """
-        scheme = urlsplit(url).scheme.lower()
-        broker: Any
-        if scheme == "sim":
-            from nova.sim import SimBroker, VirtualClock
-
-            query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
-            sim_clock = VirtualClock() if query.get("clock") == "virtual" else SystemClock()
-            broker = SimBroker(clock=sim_clock, seed=int(query.get("seed", "0")))
-        elif scheme == "kafka":
-            from nova._kafka import KafkaBroker
-
-            broker = KafkaBroker.from_url(url)
-        elif scheme in ("amqp", "amqps"):
-            from nova._rabbitmq import RabbitMQBroker
-
-            broker = RabbitMQBroker.from_url(url)
-        elif scheme == "rocketmq":
-            from nova._rocketmq import RocketMQBroker
-
-            broker = RocketMQBroker.from_url(url)
-        else:
-            raise ConfigurationError(
-                f"unknown broker URL scheme {scheme!r}: use sim://, kafka://, amqp(s):// or rocketmq://"
-            )
+        broker = broker_from_url(url)
         options.setdefault("close_broker", True)
         return cls(broker, **options)
 

@@ -15,7 +15,8 @@ EXPECTED = {
     "EnqueueError", "ExponentialBackoff", "JsonCodec", "KafkaAuth", "KafkaBroker", "KafkaSSL",
     "MemoryTaskRecorder", "Message", "MessageCodec", "MessageFormat", "NovaError", "PayloadTooLarge",
     "Priority", "PriorityPolicy", "ProtobufCodec", "QueryableTaskRecorder", "RabbitMQBroker", "Result", "RetryPolicy",
-    "RocketMQBroker", "SonicCodec", "StateError", "StrictPriority", "Subscription", "SystemClock", "Task",
+    "RocketMQAdmin", "RocketMQBroker", "SonicCodec", "StateError", "StrictPriority", "Subscription", "SystemClock",
+    "Task",
     "TaskBody", "TaskEvent", "TaskQueue", "TaskRecord", "TaskRecorder", "TaskStatus", "TimeAggregator",
     "TimeCountAggregator", "ValidationError", "WeightedPriority", "dead_letter_queue",
 }
@@ -27,8 +28,8 @@ def test_public_surface_is_pinned() -> None:
 
 
 def test_eager_names_exist() -> None:
-    lazy = {"KafkaBroker", "KafkaAuth", "KafkaSSL", "RabbitMQBroker", "RocketMQBroker", "ConsumerModel",
-            "ClickHouseTaskRecorder"}
+    lazy = {"KafkaBroker", "KafkaAuth", "KafkaSSL", "RabbitMQBroker", "RocketMQBroker", "RocketMQAdmin",
+            "ConsumerModel", "ClickHouseTaskRecorder"}
     for name in EXPECTED - lazy:
         assert getattr(nova, name) is not None
 

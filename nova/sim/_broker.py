@@ -33,10 +33,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
 
 from nova._broker import Message
-from nova._clock import Clock
-from nova._errors import ClosedError, EnqueueError
+from nova._clock import Clock, SystemClock
+from nova._errors import ClosedError, ConfigurationError, EnqueueError
 from nova.sim._clock import VirtualClock
 
 __all__ = ["SimBroker"]
@@ -224,6 +225,28 @@ class SimBroker:
 
     def __repr__(self) -> str:
         return f"SimBroker(topics={len(self._topics)}, clock={self.clock!r})"
+
+    @classmethod
+    def from_url(cls, url: str) -> SimBroker:
+        """``sim://`` runs on the system clock; ``sim://?clock=virtual&seed=1`` on a VirtualClock.
+
+            broker = SimBroker.from_url("sim://?clock=virtual&seed=1")
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "sim":
+            raise ConfigurationError(f"not a sim:// URL: {url!r}")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"clock", "seed"}
+        if unknown:
+            raise ConfigurationError(f"unknown sim URL option(s): {', '.join(sorted(unknown))} (use clock, seed)")
+        if query.get("clock", "system") not in ("system", "virtual"):
+            raise ConfigurationError(f"sim URL option clock must be system or virtual, not {query['clock']!r}")
+        try:
+            seed = int(query.get("seed", "0"))
+        except ValueError:
+            raise ConfigurationError(f"sim URL option seed must be an integer, not {query['seed']!r}") from None
+        clock: Clock = VirtualClock() if query.get("clock") == "virtual" else SystemClock()
+        return cls(clock=clock, seed=seed)
 
     # -- contract -------------------------------------------------------------
     async def connect(self) -> None:

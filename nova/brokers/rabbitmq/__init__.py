@@ -1,0 +1,5 @@
+"""RabbitMQ adapter (aio-pika): ``nova.RabbitMQBroker``."""
+
+from nova._rabbitmq import RabbitMQBroker
+
+__all__ = ["RabbitMQBroker"]
