@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from nova._broker import Message
 from nova._clock import Clock, SystemClock
-from nova._errors import ClosedError, ConfigurationError, EnqueueError
+from nova._errors import ClosedError, ConfigurationError, EnqueueError, ValidationError
 from nova.sim._clock import VirtualClock
 
 __all__ = ["SimBroker"]
@@ -288,7 +288,7 @@ class SimBroker:
         if self._closed:
             raise ClosedError("this SimBroker was closed")
         if window < 1:
-            raise ValueError("window must be >= 1")
+            raise ValidationError(f"window must be an int >= 1, not {window!r}")
         sub = SimSubscription(self, topics, group, window)
         for name in sub.topics:
             self._topic(name).subscribers.append(sub)

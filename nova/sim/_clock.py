@@ -24,7 +24,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from nova._errors import StateError
+from nova._errors import ConfigurationError, StateError, ValidationError
+from nova.sim._asyncio_internals import runnable_callbacks
 
 __all__ = ["VirtualClock"]
 
@@ -38,7 +39,7 @@ class VirtualClock:
 
     def __init__(self, start: datetime = DEFAULT_START) -> None:
         if start.tzinfo is None:
-            raise ValueError("VirtualClock start must be an aware datetime (e.g. tzinfo=timezone.utc)")
+            raise ConfigurationError("VirtualClock start must be an aware datetime (e.g. tzinfo=timezone.utc)")
         self._now = start.timestamp()
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
@@ -78,7 +79,7 @@ class VirtualClock:
         """Move time forward by ``delta``, running everything that falls due, in order."""
         seconds = delta.total_seconds() if isinstance(delta, timedelta) else float(delta)
         if seconds < 0:
-            raise ValueError("a VirtualClock never goes backwards")
+            raise ValidationError("a VirtualClock never goes backwards")
         await self.advance_to(self._now + seconds)
 
     async def advance_to(self, deadline: float) -> None:
@@ -151,10 +152,10 @@ class VirtualClock:
                 await self._threads_done.wait()
                 quiet_rounds = 0
                 continue
-            ready = getattr(loop, "_ready", None)
-            if ready is None:  # not CPython's loop: fall back to many yields
+            ready = runnable_callbacks(loop)
+            if ready is None:  # a loop that does not say: fall back to many yields
                 quiet_rounds = 2 if rounds > 200 else 0
-            elif len(ready) == 0:
+            elif ready == 0:
                 quiet_rounds += 1
             else:
                 quiet_rounds = 0
