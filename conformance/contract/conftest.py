@@ -69,19 +69,24 @@ class Contract:
     def name(self) -> str:
         return self.backend.name
 
-    def broker(self) -> Broker:
-        """A broker of the backend (on SimBroker every call gives the test's one broker)."""
-        return self.backend.broker()
+    async def broker(self) -> Broker:
+        """A connected broker of the backend (on SimBroker every call gives the test's one broker).
 
-    def native_delay_broker(self) -> Broker:
+        The engine connects a broker before anything else (``connect`` is idempotent)."""
+        broker = self.backend.broker()
+        await broker.connect()
+        return broker
+
+    async def native_delay_broker(self) -> Broker:
         """A broker that keeps ``Message.deliver_at`` itself; skips on brokers without native delays."""
         if self.backend.is_sim:
-            broker = SimBroker(clock=self.backend.clock, native_delay_max=timedelta(days=1))
+            broker: Broker = SimBroker(clock=self.backend.clock, native_delay_max=timedelta(days=1))
             self.backend.brokers.append(broker)
-            return broker
-        broker = self.broker()
-        if broker.native_delay_max is None:
-            pytest.skip(f"{self.name} has no native delay (the engine's delay tiers do that work: test_delay.py)")
+        else:
+            broker = self.backend.broker()
+            if broker.native_delay_max is None:
+                pytest.skip(f"{self.name} has no native delay (the engine's delay tiers do that work: test_delay.py)")
+        await broker.connect()
         return broker
 
     def topic(self, level: str = "normal") -> str:

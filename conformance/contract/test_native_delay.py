@@ -7,7 +7,7 @@ from nova._broker import Message
 
 
 async def test_deliver_at_is_never_early(contract: Contract) -> None:
-    broker = contract.native_delay_broker()
+    broker = await contract.native_delay_broker()
     topic = contract.topic()
     await broker.ensure_topics([topic])
     got = await contract.subscribe(broker, [topic], window=8, ack=True)

@@ -9,8 +9,7 @@ from nova._broker import Message
 
 
 async def test_a_published_message_arrives_with_its_body_headers_and_publish_time(contract: Contract) -> None:
-    broker = contract.broker()
-    await broker.connect()
+    broker = await contract.broker()
     await broker.connect()  # idempotent
     topic = contract.topic()
     await broker.ensure_topics([topic])
@@ -29,17 +28,17 @@ async def test_a_published_message_arrives_with_its_body_headers_and_publish_tim
 
 async def test_a_message_published_before_anyone_subscribed_is_kept(contract: Contract) -> None:
     topic = contract.topic()
-    producer = contract.broker()
+    producer = await contract.broker()
     await producer.ensure_topics([topic])
     await producer.publish([Message(topic, b"m%d" % i) for i in range(3)])
-    consumer = contract.broker()  # another connection (on SimBroker: the same broker)
+    consumer = await contract.broker()  # another connection (on SimBroker: the same broker)
     got = await contract.subscribe(consumer, [topic], window=10, ack=True)
     await got.wait(lambda: len(got.deliveries) == 3)
     assert sorted(got.bodies()) == [b"m0", b"m1", b"m2"]
 
 
 async def test_concurrent_publishes_all_land(contract: Contract) -> None:
-    broker = contract.broker()
+    broker = await contract.broker()
     topic = contract.topic()
     await broker.ensure_topics([topic])
     singles = [broker.publish([Message(topic, b"s%d" % i)]) for i in range(200)]
@@ -51,7 +50,7 @@ async def test_concurrent_publishes_all_land(contract: Contract) -> None:
 
 
 async def test_nack_redelivers_at_once_and_settling_is_idempotent(contract: Contract) -> None:
-    broker = contract.broker()
+    broker = await contract.broker()
     topic = contract.topic()
     await broker.ensure_topics([topic])
     await broker.publish([Message(topic, b"again")])
@@ -75,7 +74,7 @@ async def test_nack_redelivers_at_once_and_settling_is_idempotent(contract: Cont
 
 
 async def test_close_gives_unacked_deliveries_to_the_next_member_of_the_group(contract: Contract) -> None:
-    broker = contract.broker()
+    broker = await contract.broker()
     topic = contract.topic()
     await broker.ensure_topics([topic])
     await broker.publish([Message(topic, b"m%d" % i) for i in range(3)])
@@ -86,13 +85,13 @@ async def test_close_gives_unacked_deliveries_to_the_next_member_of_the_group(co
     await first.stop()  # m1 and m2 were being worked on when this member left
     await first.sub.close()  # idempotent
     await held[0].ack()  # too late: ignored, not an error
-    second = await contract.subscribe(contract.broker(), [topic], window=10, ack=True)
+    second = await contract.subscribe(await contract.broker(), [topic], window=10, ack=True)
     await second.wait(lambda: len(second.deliveries) >= 2)
     assert sorted(second.bodies()) == [b"m1", b"m2"]
 
 
 async def test_iterating_a_closed_subscription_stops(contract: Contract) -> None:
-    broker = contract.broker()
+    broker = await contract.broker()
     topic = contract.topic()
     await broker.ensure_topics([topic])
     sub = await broker.subscribe([topic], group=contract.group(), window=1)

@@ -10,7 +10,7 @@ from nova._broker import Message
 
 
 async def test_a_full_window_holds_its_topic_and_blocks_no_other(contract: Contract) -> None:
-    broker = contract.broker()
+    broker = await contract.broker()
     busy, other = contract.topic("high"), contract.topic("low")
     await broker.ensure_topics([busy, other])
     await broker.publish([Message(busy, b"b%d" % i) for i in range(5)])
@@ -22,12 +22,12 @@ async def test_a_full_window_holds_its_topic_and_blocks_no_other(contract: Contr
     assert len(got.bodies(busy)) == 2
     await got.deliveries[1].ack()  # out of order: frees one slot
     await got.wait(lambda: len(got.bodies(busy)) == 3)
-    assert got.bodies(busy) == [b"b0", b"b1", b"b2"]
+    assert len(set(got.bodies(busy))) == 3  # a third, different one (brokers need not keep order)
     await contract.backlog_is(got.sub, busy, 2)
 
 
 async def test_backlog_counts_what_this_subscription_has_not_been_given(contract: Contract) -> None:
-    broker = contract.broker()
+    broker = await contract.broker()
     topic, empty = contract.topic(), contract.topic("low")
     await broker.ensure_topics([topic, empty])
     await broker.publish([Message(topic, b"m%d" % i) for i in range(5)])
@@ -44,7 +44,7 @@ async def test_competing_members_of_a_group_share_a_topic(contract: Contract) ->
     if not contract.backend.shares_work:
         pytest.skip(f"{contract.name} spreads a group's work by partition; a topic here has one")
     topic = contract.topic()
-    a, b = contract.broker(), contract.broker()
+    a, b = await contract.broker(), await contract.broker()
     await a.ensure_topics([topic])
     one = await contract.subscribe(a, [topic], window=1, ack=False)
     two = await contract.subscribe(b, [topic], window=1, ack=False)
@@ -55,7 +55,7 @@ async def test_competing_members_of_a_group_share_a_topic(contract: Contract) ->
 
 
 async def test_a_closed_broker_refuses_work(contract: Contract) -> None:
-    broker = contract.broker()
+    broker = await contract.broker()
     topic = contract.topic()
     await broker.ensure_topics([topic])
     await broker.close()
@@ -67,7 +67,7 @@ async def test_a_closed_broker_refuses_work(contract: Contract) -> None:
 
 
 async def test_a_window_below_one_is_refused(contract: Contract) -> None:
-    broker = contract.broker()
+    broker = await contract.broker()
     topic = contract.topic()
     await broker.ensure_topics([topic])
     with pytest.raises(nova.NovaError, match="window"):
