@@ -94,7 +94,7 @@ def make_backend(name: str) -> Backend:
         return Backend("kafka", SystemClock(), lambda: KafkaBroker(bootstrap), delay_slots=real_slots,
                        shares_work=False, lateness=timedelta(seconds=1))
     if name == "rabbitmq":
-        from nova._rabbitmq import RabbitMQBroker
+        from nova.brokers.rabbitmq import RabbitMQBroker
 
         url = _require("NOVA_RABBITMQ_URL", "rabbitmq")
         return Backend("rabbitmq", SystemClock(), lambda: RabbitMQBroker(url), delay_slots=real_slots,

@@ -147,7 +147,7 @@ async def nova_broker(
 ) -> Result:
     """The same work through nova's broker contract (RabbitMQBroker), no engine."""
     from nova._broker import Message
-    from nova._rabbitmq import RabbitMQBroker
+    from nova.brokers.rabbitmq import RabbitMQBroker
 
     broker = RabbitMQBroker(url, exchange="bench")
     await broker.connect()

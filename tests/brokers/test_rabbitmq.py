@@ -25,7 +25,7 @@ import pytest
 
 import nova._errors as errors
 from nova._broker import Broker, Delivery, Message, Subscription
-from nova._rabbitmq import RabbitMQBroker
+from nova.brokers.rabbitmq import RabbitMQBroker
 
 pytestmark = pytest.mark.broker("rabbitmq")
 
@@ -166,7 +166,7 @@ def test_prefetch_size_is_rejected() -> None:
 def test_missing_aio_pika_names_the_extra() -> None:
     code = (
         "import sys; sys.modules['aio_pika'] = None\n"
-        "from nova._rabbitmq import RabbitMQBroker\n"
+        "from nova.brokers.rabbitmq import RabbitMQBroker\n"
         "try:\n    RabbitMQBroker()\nexcept ImportError as exc:\n    print(exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -1,5 +1,5 @@
 """RabbitMQ adapter (aio-pika): ``nova.RabbitMQBroker``."""
 
-from nova._rabbitmq import RabbitMQBroker
+from nova.brokers.rabbitmq._broker import RabbitMQBroker
 
 __all__ = ["RabbitMQBroker"]
