@@ -6,12 +6,12 @@ import asyncio
 import bisect
 import logging
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
+from nova.brokers.rabbitmq._aiormq_internals import ACK, ACK_UPTO, REQUEUE, frame_queue, settle_frame
 from nova.brokers.rabbitmq._errors import _is_connection_problem
 
 if TYPE_CHECKING:
-    import aiormq
     import aiormq.abc
     from aiormq.abc import ChannelFrame
 
@@ -63,8 +63,7 @@ class _Settler:
 
     def __init__(self, channel: aiormq.abc.AbstractChannel, topic: str) -> None:
         self.channel = channel
-        # aiormq's frame queue to the connection's writer (its basic_ack writes there too)
-        self.write_queue: asyncio.Queue[ChannelFrame] = cast("aiormq.Channel", channel).write_queue
+        self.write_queue = frame_queue(channel)
         self.topic = topic
         self.base = 0
         #: settled tags above ``base`` already written, as sorted disjoint [first, last] runs
@@ -122,10 +121,7 @@ class _Settler:
             _STALE_LOG.report("settle", self.topic, len(self.pending))
             self.pending.clear()
             return None
-        from aiormq.abc import ChannelFrame
-        from pamqp import commands
-
-        frames: list[Any] = []
+        ops: list[tuple[int, int]] = []
         tags = sorted(self.pending)
         ack_upto = 0
         edge = self._advance(self.base)
@@ -134,23 +130,20 @@ class _Settler:
             tag = tags[i]
             if self.pending.pop(tag):
                 if ack_upto:
-                    frames.append(commands.Basic.Ack(delivery_tag=ack_upto, multiple=True))
+                    ops.append((ack_upto, ACK_UPTO))
                     ack_upto = 0
-                frames.append(commands.Basic.Nack(delivery_tag=tag, multiple=False, requeue=True))
+                ops.append((tag, REQUEUE))
             else:
                 ack_upto = tag
             edge = self._advance(tag)
             i += 1
         if ack_upto:
-            frames.append(commands.Basic.Ack(delivery_tag=ack_upto, multiple=True))
+            ops.append((ack_upto, ACK_UPTO))
         self.base = edge
         for tag in tags[i:]:
-            if self.pending.pop(tag):
-                frames.append(commands.Basic.Nack(delivery_tag=tag, multiple=False, requeue=True))
-            else:
-                frames.append(commands.Basic.Ack(delivery_tag=tag, multiple=False))
+            ops.append((tag, REQUEUE if self.pending.pop(tag) else ACK))
             self._mark_written(tag)
-        return ChannelFrame.marshall(channel_number=self.channel.number, frames=frames)
+        return settle_frame(self.channel.number, ops)
 
     def _advance(self, edge: int) -> int:
         """Skip the written runs that continue ``edge``; the new edge."""
