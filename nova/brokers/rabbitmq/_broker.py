@@ -63,14 +63,14 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 from nova._broker import Message
 from nova._errors import (
-    AuthenticationError,
     BrokerError,
     ClosedError,
     ConfigurationError,
     ConnectionError,  # noqa: A004
     EnqueueError,
+    NovaError,
 )
-from nova.brokers.rabbitmq._errors import _exception_chain, _is_connection_problem
+from nova.brokers.rabbitmq._errors import failure, translate
 from nova.brokers.rabbitmq._subscription import PUBLISHED_AT_HEADER, _RabbitSubscription
 
 if TYPE_CHECKING:
@@ -257,14 +257,14 @@ class RabbitMQBroker:
             except BaseException as exc:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
-                raise self._connect_error(exc) from exc
+                raise self._error(exc, "connecting", connecting=True) from exc
             try:
                 publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 self._publish_exchange = await self._declare_exchange(publish_channel)
                 topology_channel = await connection.channel(publisher_confirms=False)
             except Exception as exc:
                 await connection.close()
-                raise self._broker_error("opening channels", exc) from exc
+                raise self._error(exc, "opening channels") from exc
             self._connection = connection
             self._publish_channel = publish_channel
             self._topology_channel = topology_channel
@@ -273,34 +273,19 @@ class RabbitMQBroker:
         aio_pika = _aio_pika()
         return await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
 
-    def _connect_error(self, exc: BaseException) -> BrokerError:
-        import aiormq.exceptions
-
-        where = self._display_url
-        text = self._secret.scrub(str(exc))
-        chain = _exception_chain(exc)
-        if "CERTIFICATE_VERIFY_FAILED" in text or any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
-            return AuthenticationError(
-                f"TLS certificate of {where} is not trusted ({text}); pass "
-                "tls=ssl.create_default_context(cafile=<the broker's CA file>)"
-            )
-        if "[SSL" in text or any(isinstance(e, ssl.SSLError) for e in chain):
-            return AuthenticationError(f"TLS handshake with {where} failed: {text}")
-        if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError):
-            return AuthenticationError(
-                f"RabbitMQ at {where} refused the credentials of user {self._user!r} "
-                "(wrong user or password, or no access to the vhost)"
-            )
-        if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-            return ConnectionError(f"cannot connect to RabbitMQ at {where}: timed out after {self.connect_timeout} s")
-        detail = self._secret.scrub(f"{type(exc).__name__}: {exc}")
-        return ConnectionError(f"cannot connect to RabbitMQ at {where}: {detail}")
-
-    def _broker_error(self, doing: str, exc: BaseException) -> BrokerError:
-        detail = self._secret.scrub(f"{type(exc).__name__}: {exc}")
-        if _is_connection_problem(exc):
-            return ConnectionError(f"RabbitMQ connection lost while {doing}: {detail}")
-        return BrokerError(f"RabbitMQ failed while {doing}: {detail}")
+    def _error(self, exc: BaseException, doing: str, *, topic: str = "", connecting: bool = False) -> NovaError:
+        """``exc`` translated by the adapter's table (``_errors``), with this broker's particulars."""
+        return translate(
+            exc,
+            secrets=(self._secret.password,),
+            connecting=connecting,
+            doing=doing,
+            topic=topic,
+            where=self._display_url,
+            user=self._user,
+            exchange=self.exchange,
+            timeout=self.connect_timeout,
+        )
 
     def _require_open(self) -> aio_pika.abc.AbstractRobustConnection:
         if self._closed:
@@ -378,14 +363,7 @@ class RabbitMQBroker:
                     await queue.bind(exchange, routing_key=topic)
                     self._declared.add(topic)
             except Exception as exc:
-                import aiormq.exceptions
-
-                if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
-                    raise ConfigurationError(
-                        f"a queue among {missing} already exists in RabbitMQ with other arguments "
-                        f"({exc}); delete it, or keep the delay tiers it was declared with"
-                    ) from exc
-                raise self._broker_error(f"declaring queues {missing}", exc) from exc
+                raise self._error(exc, f"declaring queues {missing}") from exc
 
     # -- publishing -----------------------------------------------------------
 
@@ -403,8 +381,6 @@ class RabbitMQBroker:
         except BrokerError as exc:
             raise EnqueueError(f"cannot publish: {exc}") from exc
         aio_pika = _aio_pika()
-        import aiormq.exceptions
-
         now = time.time()
         stamp = datetime.fromtimestamp(now, UTC)
         outgoing = []
@@ -440,20 +416,13 @@ class RabbitMQBroker:
                     continue
                 if isinstance(result, asyncio.CancelledError):
                     raise result
-                if isinstance(result, aiormq.exceptions.PublishError):
-                    raise EnqueueError(
-                        f"RabbitMQ returned a message for topic {topic!r} as unroutable "
-                        f"(exchange {self.exchange!r} has no queue bound with that routing key)"
-                    ) from result
-                if isinstance(result, aiormq.exceptions.DeliveryError):
-                    raise EnqueueError(f"RabbitMQ refused (nacked) a message for topic {topic!r}") from result
-                if isinstance(result, BaseException) and _is_connection_problem(result):
+                if failure(result).recovers:
                     retry.append(((topic, msg), result))
                     continue
-                if isinstance(result, BaseException):
-                    raise EnqueueError(
-                        self._secret.scrub(f"publishing to {topic!r} failed: {type(result).__name__}: {result}")
-                    ) from result
+                error = self._error(result, f"publishing to {topic!r}", topic=topic)
+                if not isinstance(error, EnqueueError):
+                    error = EnqueueError(f"cannot publish: {error}")
+                raise error from result
             if not retry:
                 return
             if self._closed:
@@ -520,7 +489,7 @@ class RabbitMQBroker:
         except BaseException as exc:
             await sub.close()
             if isinstance(exc, Exception):
-                raise self._broker_error(f"subscribing to {topics}", exc) from exc
+                raise self._error(exc, f"subscribing to {topics}") from exc
             raise
         return sub
 

@@ -1,22 +1,125 @@
-"""How client exceptions are classified."""
+"""What each aio-pika/aiormq exception means to nova: the adapter's one translation table.
+
+Every boundary translates through it: ``connect`` with ``connecting=True`` (the
+handshake's rows), and ``ensure_topics``, ``publish``, ``subscribe`` and the
+settler with the rows for an open connection. The first row whose types match
+wins. aiormq turns a channel's close reply code into its exception type (406:
+``ChannelPreconditionFailed``, ...), so no row reads a message's text.
+
+``recovers``: aio-pika's robust connection reopens what failed by itself, so a
+publish resends (until ``publish_timeout``) and a settle that failed is not an
+error (RabbitMQ redelivers).
+"""
 
 from __future__ import annotations
 
-import asyncio
+import functools
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nova._errors import (
+    AuthenticationError,
+    BrokerError,
+    ConfigurationError,
+    ConnectionError,  # noqa: A004
+    EnqueueError,
+    NovaError,
+)
+from nova.brokers._common import scrub
+
+__all__ = ["Row", "failure", "translate"]
 
 
-def _is_connection_problem(exc: BaseException) -> bool:
-    import aiormq.exceptions
+@dataclass(frozen=True, slots=True)
+class Row:
+    """Client exceptions of ``types`` become ``error(message)``.
 
-    return isinstance(
-        exc,
-        OSError
-        | TimeoutError
-        | asyncio.TimeoutError
-        | aiormq.exceptions.AMQPConnectionError
-        | aiormq.exceptions.ChannelInvalidStateError
-        | aiormq.exceptions.ChannelClosed,
-    ) and not isinstance(exc, aiormq.exceptions.DeliveryError)
+    ``message`` is a ``str.format`` template; its fields: ``text`` (the exception's
+    text) and ``detail`` (its type and text), both without secrets, and what the
+    boundary gives (``translate``'s keywords). ``in_chain``: the types are looked for
+    in the whole ``__cause__``/``__context__`` chain (aiormq wraps socket and TLS
+    errors in AMQPConnectionError).
+    """
+
+    types: tuple[type[BaseException], ...]
+    error: type[NovaError]
+    message: str
+    recovers: bool = False
+    in_chain: bool = False
+
+
+@functools.cache
+def _handshake_rows() -> tuple[Row, ...]:
+    import aiormq.exceptions as amqp
+
+    return (
+        Row((ssl.SSLCertVerificationError,), AuthenticationError,
+            "TLS certificate of {where} is not trusted ({text}); pass "
+            "tls=ssl.create_default_context(cafile=<the broker's CA file>)", in_chain=True),
+        Row((ssl.SSLError,), AuthenticationError, "TLS handshake with {where} failed: {text}", in_chain=True),
+        # aiormq: a 403 reply to the handshake, or no login mechanism in common
+        Row((amqp.ProbableAuthenticationError, amqp.AuthenticationError), AuthenticationError,
+            "RabbitMQ at {where} refused the credentials of user {user!r} "
+            "(wrong user or password, or no access to the vhost)"),
+        Row((TimeoutError,), ConnectionError, "cannot connect to RabbitMQ at {where}: timed out after {timeout} s"),
+        Row((BaseException,), ConnectionError, "cannot connect to RabbitMQ at {where}: {detail}"),
+    )
+
+
+@functools.cache
+def _rows() -> tuple[Row, ...]:
+    import aiormq.exceptions as amqp
+
+    return (
+        # basic.return of a mandatory publish (PublishError is a DeliveryError: first)
+        Row((amqp.PublishError,), EnqueueError,
+            "RabbitMQ returned a message for topic {topic!r} as unroutable "
+            "(exchange {exchange!r} has no queue bound with that routing key)"),
+        # basic.nack of a confirmed publish
+        Row((amqp.DeliveryError,), EnqueueError, "RabbitMQ refused (nacked) a message for topic {topic!r}"),
+        # 406 on a declare: the queue exists with other arguments (x-message-ttl, ...)
+        Row((amqp.ChannelPreconditionFailed,), ConfigurationError,
+            "{doing} failed: a queue already exists in RabbitMQ with other arguments ({text}); "
+            "delete it, or keep the delay tiers it was declared with", recovers=True),
+        # the socket, the connection or the channel is gone (the broker closed it, or a
+        # call timed out waiting for it)
+        Row((OSError, TimeoutError, amqp.AMQPConnectionError, amqp.ChannelInvalidStateError, amqp.ChannelClosed),
+            ConnectionError, "RabbitMQ connection lost while {doing}: {detail}", recovers=True),
+        Row((BaseException,), BrokerError, "RabbitMQ failed while {doing}: {detail}"),
+    )
+
+
+def failure(exc: BaseException, *, connecting: bool = False) -> Row:
+    """The row ``exc`` matches (``connecting``: among the handshake's rows)."""
+    chain: list[BaseException] | None = None
+    for row in _handshake_rows() if connecting else _rows():
+        if row.in_chain:
+            chain = chain or _exception_chain(exc)
+            if any(isinstance(e, row.types) for e in chain):
+                return row
+        elif isinstance(exc, row.types):
+            return row
+    raise AssertionError("the last row matches every exception")  # pragma: no cover
+
+
+class _Fields(dict[str, object]):
+    def __missing__(self, key: str) -> str:
+        return f"<{key}?>"  # a boundary that gives no such field still gets its error
+
+
+def translate(
+    exc: BaseException, *, secrets: Iterable[str | None], connecting: bool = False, **fields: object
+) -> NovaError:
+    """The nova error for ``exc`` (raise it ``from exc``); no secret in any form appears in it.
+
+        raise translate(exc, secrets=[password], doing="declaring queues ['t']") from exc
+    """
+    row = failure(exc, connecting=connecting)
+    secrets = tuple(secrets)
+    text = scrub(str(exc), secrets)
+    detail = scrub(f"{type(exc).__name__}: {exc}", secrets)
+    return row.error(row.message.format_map(_Fields(fields, text=text, detail=detail)))
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from nova.brokers.rabbitmq._aiormq_internals import ACK, ACK_UPTO, REQUEUE, frame_queue, settle_frame
-from nova.brokers.rabbitmq._errors import _is_connection_problem
+from nova.brokers.rabbitmq._errors import failure
 
 if TYPE_CHECKING:
     import aiormq.abc
@@ -100,7 +100,7 @@ class _Settler:
                     await self.write_queue.put(frame)
                 frame = self._take()
         except Exception as exc:  # unsettled means redelivered, never lost
-            if self.channel.is_closed or _is_connection_problem(exc):
+            if self.channel.is_closed or failure(exc).recovers:
                 _STALE_LOG.report("settle", self.topic)
             else:
                 log.error("cannot settle deliveries from %r (RabbitMQ redelivers them)", self.topic, exc_info=True)

@@ -1,0 +1,123 @@
+"""The RabbitMQ adapter's error table (``nova/brokers/rabbitmq/_errors.py``), without a broker.
+
+The real-broker tests (tests/brokers/test_rabbitmq.py) show each translation at its
+boundary; these pin the table itself: which client exception becomes which nova
+error, which ones the robust connection recovers from, and that no form of the
+password survives into a message.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import aiormq.exceptions as amqp
+import pytest
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
+from pamqp.header import ContentHeader
+
+import nova._errors as errors
+from nova.brokers.rabbitmq import RabbitMQBroker
+from nova.brokers.rabbitmq._errors import failure
+
+PASSWORD = "pa:ss/w@rd#1"
+
+
+@pytest.fixture
+def broker() -> RabbitMQBroker:
+    return RabbitMQBroker("amqp://127.0.0.1:5672/", auth=("app", PASSWORD), exchange="shop")
+
+
+def _wrapped(cause: BaseException) -> amqp.AMQPConnectionError:
+    """As aiormq raises socket and TLS errors: an AMQPConnectionError from the cause."""
+    try:
+        raise amqp.AMQPConnectionError(*cause.args) from cause
+    except amqp.AMQPConnectionError as exc:
+        return exc
+
+
+def _returned(topic: str) -> amqp.PublishError:
+    returned = Basic.Return(reply_code=312, reply_text="NO_ROUTE", exchange="shop", routing_key=topic)
+    return amqp.PublishError(DeliveredMessage(returned, ContentHeader(), b"", None), returned)  # type: ignore[arg-type]
+
+
+def test_connect_failures(broker: RabbitMQBroker) -> None:
+    untrusted = broker._error(
+        _wrapped(ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] self-signed")),
+        "connecting", connecting=True,
+    )
+    assert type(untrusted) is errors.AuthenticationError
+    assert "is not trusted" in str(untrusted) and "cafile" in str(untrusted)
+    handshake = broker._error(_wrapped(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER]")), "connecting", connecting=True)
+    assert type(handshake) is errors.AuthenticationError
+    assert "TLS handshake with amqp://app:***@127.0.0.1:5672/ failed" in str(handshake)
+    refused = broker._error(amqp.ProbableAuthenticationError("ACCESS_REFUSED"), "connecting", connecting=True)
+    assert type(refused) is errors.AuthenticationError
+    assert "refused the credentials of user 'app'" in str(refused)
+    slow = broker._error(TimeoutError(), "connecting", connecting=True)
+    assert type(slow) is errors.ConnectionError
+    assert str(slow).endswith("timed out after 10.0 s")
+    refused_port = broker._error(_wrapped(ConnectionRefusedError(111, "Connect call failed")), "connecting",
+                                 connecting=True)
+    assert type(refused_port) is errors.ConnectionError
+    assert "cannot connect to RabbitMQ at amqp://app:***@127.0.0.1:5672/" in str(refused_port)
+
+
+def test_failures_on_an_open_connection(broker: RabbitMQBroker) -> None:
+    unroutable = broker._error(_returned("t1"), "publishing to 't1'", topic="t1")
+    assert type(unroutable) is errors.EnqueueError
+    assert "topic 't1' as unroutable (exchange 'shop'" in str(unroutable)
+    nacked = broker._error(amqp.DeliveryError(None, Basic.Nack(delivery_tag=1)), "publishing to 't1'", topic="t1")
+    assert type(nacked) is errors.EnqueueError
+    assert "refused (nacked) a message for topic 't1'" in str(nacked)
+    mismatch = broker._error(amqp.ChannelPreconditionFailed("inequivalent arg 'x-message-ttl'"),
+                             "declaring queues ['t1']")
+    assert type(mismatch) is errors.ConfigurationError
+    assert "declaring queues ['t1'] failed: a queue already exists in RabbitMQ with other arguments" in str(mismatch)
+    lost = broker._error(amqp.ChannelInvalidStateError("closed"), "subscribing to ['t1']")
+    assert type(lost) is errors.ConnectionError
+    assert str(lost) == "RabbitMQ connection lost while subscribing to ['t1']: ChannelInvalidStateError: closed"
+    other = broker._error(KeyError("x"), "subscribing to ['t1']")
+    assert type(other) is errors.BrokerError
+    assert "RabbitMQ failed while subscribing to ['t1']: KeyError" in str(other)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(104, "reset"),
+        TimeoutError(),
+        amqp.AMQPConnectionError("gone"),
+        amqp.ConnectionClosed(320, "CONNECTION_FORCED"),
+        amqp.ChannelInvalidStateError("closed"),
+        amqp.ChannelClosed(404, "NOT_FOUND"),
+        amqp.ChannelNotFoundEntity("NOT_FOUND"),
+        amqp.ChannelPreconditionFailed("PRECONDITION_FAILED"),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_what_the_robust_connection_recovers_from(exc: BaseException) -> None:
+    assert failure(exc).recovers  # publish resends; a failed settle is a redelivery, not an error
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [_returned("t1"), amqp.DeliveryError(None, Basic.Nack(delivery_tag=1)), KeyError("x"), ValueError("x")],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_what_it_does_not_recover_from(exc: BaseException) -> None:
+    assert not failure(exc).recovers
+
+
+def test_no_form_of_the_password_survives(broker: RabbitMQBroker) -> None:
+    leaky = [
+        amqp.AMQPConnectionError(f"amqp://app:{PASSWORD}@127.0.0.1/"),
+        amqp.AMQPConnectionError("amqp://app:pa%3Ass%2Fw%40rd%231@127.0.0.1/"),
+        KeyError(PASSWORD),
+        _wrapped(ssl.SSLError(1, f"[SSL] {PASSWORD}")),
+    ]
+    for exc in leaky:
+        for connecting in (True, False):
+            text = str(broker._error(exc, "connecting", connecting=connecting))
+            assert "pa:ss" not in text and "pa%3Ass" not in text, text
+            assert "***" in text
