@@ -70,6 +70,7 @@ from nova._errors import (
     EnqueueError,
     NovaError,
 )
+from nova.brokers._common import redact_url
 from nova.brokers.rabbitmq._errors import failure, translate
 from nova.brokers.rabbitmq._subscription import PUBLISHED_AT_HEADER, _RabbitSubscription
 
@@ -97,20 +98,6 @@ def _aio_pika() -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("RabbitMQBroker needs aio-pika: pip install 'nova-taskqueue[rabbitmq]'") from exc
     return aio_pika
-
-
-class _Secret:
-    """Keeps the password out of every string nova builds."""
-
-    def __init__(self, password: str) -> None:
-        self.password = password
-
-    def scrub(self, text: str) -> str:
-        if not self.password:
-            return text
-        for form in {self.password, quote(self.password, safe=""), quote(self.password)}:
-            text = text.replace(form, "***")
-        return text
 
 
 class RabbitMQBroker:
@@ -182,7 +169,8 @@ class RabbitMQBroker:
             )
         if tls is not None and not isinstance(tls, ssl.SSLContext):
             raise ConfigurationError("tls must be an ssl.SSLContext, e.g. ssl.create_default_context(cafile=...)")
-        self._secret = _Secret(password)
+        # every message nova builds from a client's text is scrubbed of these (_errors.translate)
+        self._secrets = (password,)
         scheme = "amqps" if tls is not None else parts.scheme
         host = parts.hostname
         if ":" in host:  # IPv6 literal
@@ -192,7 +180,7 @@ class RabbitMQBroker:
         path = parts.path or "/"
         query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _URL_OPTIONS]
         self._url = urlunsplit((scheme, netloc, path, urlencode(query), ""))
-        self._display_url = urlunsplit((scheme, f"{quote(user, safe='')}:***@{host}:{port}", path, "", ""))
+        self._display_url = redact_url(urlunsplit((scheme, netloc, path, "", "")))
         self._user = user
         self._tls = tls if tls is not None else (ssl.create_default_context() if scheme == "amqps" else None)
         self.exchange = exchange
@@ -277,7 +265,7 @@ class RabbitMQBroker:
         """``exc`` translated by the adapter's table (``_errors``), with this broker's particulars."""
         return translate(
             exc,
-            secrets=(self._secret.password,),
+            secrets=self._secrets,
             connecting=connecting,
             doing=doing,
             topic=topic,
