@@ -9,6 +9,7 @@ password survives into a message.
 from __future__ import annotations
 
 import ssl
+from datetime import timedelta
 
 import aiormq.exceptions as amqp
 import pytest
@@ -121,3 +122,36 @@ def test_no_form_of_the_password_survives(broker: RabbitMQBroker) -> None:
             text = str(broker._error(exc, "connecting", connecting=connecting))
             assert "pa:ss" not in text and "pa%3Ass" not in text, text
             assert "***" in text
+
+
+# -- bad options are refused before anything is sent ----------------------------------------
+
+
+def test_durations_are_timedeltas_and_numbers_are_seconds() -> None:
+    broker = RabbitMQBroker(connect_timeout=timedelta(seconds=3), publish_timeout=90, reconnect_interval=0.25)
+    assert broker.connect_timeout == timedelta(seconds=3)
+    assert broker.publish_timeout == timedelta(seconds=90)
+    assert broker.reconnect_interval == timedelta(milliseconds=250)
+    assert RabbitMQBroker().publish_timeout == timedelta(seconds=30)
+    with pytest.raises(errors.ConfigurationError, match="reconnect_interval must be > 0"):
+        RabbitMQBroker(reconnect_interval=0)
+    with pytest.raises(errors.ConfigurationError, match="publish_timeout must be a timedelta"):
+        RabbitMQBroker(publish_timeout="30")  # type: ignore[arg-type]
+    with pytest.raises(errors.ConfigurationError, match="delay tier 'app__delay00' must be > 0"):
+        RabbitMQBroker().declare_delay_tiers({"app__delay00": timedelta(0)})
+
+
+def test_prefix_group_and_delay_slots_are_checked_like_every_adapters() -> None:
+    broker = RabbitMQBroker(topic_prefix="app", group_id="workers", delay_slots=(6, 4))
+    assert (broker.topic_prefix, broker.group_id, broker.delay_slots) == ("app", "workers", (6, timedelta(seconds=4)))
+    with pytest.raises(errors.ConfigurationError, match=r"topic_prefix .* is invalid"):
+        RabbitMQBroker(topic_prefix="a b")
+    with pytest.raises(errors.ConfigurationError, match=r"group_id .* is invalid"):
+        RabbitMQBroker.from_url("amqp://u:p@127.0.0.1/?group_id=a.b")
+    with pytest.raises(errors.ConfigurationError, match="delay_slots"):
+        RabbitMQBroker(delay_slots=(0, timedelta(seconds=1)))
+
+
+def test_a_bad_port_is_a_configuration_error() -> None:
+    with pytest.raises(errors.ConfigurationError, match="invalid port"):
+        RabbitMQBroker("amqp://u:p@127.0.0.1:99999/")

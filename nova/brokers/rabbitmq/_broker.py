@@ -70,7 +70,8 @@ from nova._errors import (
     EnqueueError,
     NovaError,
 )
-from nova.brokers._common import redact_url
+from nova.brokers._common import delay_slots as _delay_slots
+from nova.brokers._common import duration, optional_group, optional_prefix, redact_url
 from nova.brokers.rabbitmq._errors import failure, translate
 from nova.brokers.rabbitmq._subscription import PUBLISHED_AT_HEADER, _RabbitSubscription
 
@@ -111,10 +112,13 @@ class RabbitMQBroker:
     ``exchange`` (durable direct exchange every topic is bound to),
     ``topic_prefix`` / ``group_id`` / ``delay_slots`` (override the TaskQueue's),
     ``prefetch=(count, 0)``, ``auth=(user, password)`` (replaces the URL's; escaped
-    for you), ``tls`` (an ``ssl.SSLContext``; implies amqps, port 5671 by default),
-    ``connect_timeout`` (s, first connection incl. TLS and login),
-    ``publish_timeout`` (s a publish may wait for confirms and reconnection),
-    ``reconnect_interval`` (s between reconnection attempts).
+    for you), ``tls`` (an ``ssl.SSLContext``; implies amqps, port 5671 by default).
+    Durations are ``timedelta`` (a number is seconds): ``connect_timeout`` (first
+    connection incl. TLS and login), ``publish_timeout`` (how long a publish may wait
+    for confirms and reconnection), ``reconnect_interval`` (between reconnection attempts).
+
+    >>> RabbitMQBroker(publish_timeout=timedelta(minutes=1), reconnect_interval=0.5).reconnect_interval
+    datetime.timedelta(microseconds=500000)
     """
 
     clock: Clock | None = None
@@ -131,9 +135,9 @@ class RabbitMQBroker:
         auth: tuple[str, str] | None = None,
         tls: ssl.SSLContext | None = None,
         delay_slots: tuple[int, timedelta] | None = None,
-        connect_timeout: float = 10.0,
-        publish_timeout: float = 30.0,
-        reconnect_interval: float = 1.0,
+        connect_timeout: timedelta | float = timedelta(seconds=10),
+        publish_timeout: timedelta | float = timedelta(seconds=30),
+        reconnect_interval: timedelta | float = timedelta(seconds=1),
     ) -> None:
         _aio_pika()
         parts = urlsplit(url)
@@ -143,6 +147,12 @@ class RabbitMQBroker:
             )
         if not parts.hostname:
             raise ConfigurationError("RabbitMQ URL has no host, e.g. amqp://user:pass@127.0.0.1:5672/")
+        try:
+            given_port = parts.port
+        except ValueError:
+            raise ConfigurationError(
+                "RabbitMQ URL has an invalid port: use a number from 1 to 65535, e.g. amqp://127.0.0.1:5672/"
+            ) from None
         user = unquote(parts.username) if parts.username is not None else "guest"
         password = unquote(parts.password) if parts.password is not None else "guest"
         if auth is not None:
@@ -175,7 +185,7 @@ class RabbitMQBroker:
         host = parts.hostname
         if ":" in host:  # IPv6 literal
             host = f"[{host}]"
-        port = parts.port or (5671 if scheme == "amqps" else 5672)
+        port = given_port or (5671 if scheme == "amqps" else 5672)
         netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}"
         path = parts.path or "/"
         query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _URL_OPTIONS]
@@ -184,14 +194,14 @@ class RabbitMQBroker:
         self._user = user
         self._tls = tls if tls is not None else (ssl.create_default_context() if scheme == "amqps" else None)
         self.exchange = exchange
-        self.topic_prefix = topic_prefix
-        self.group_id = group_id
-        self.delay_slots = delay_slots
+        self.topic_prefix = optional_prefix(topic_prefix)
+        self.group_id = optional_group(group_id)
+        self.delay_slots = _delay_slots(delay_slots)
         self.prefetch_count = prefetch[0]
         self.max_message_bytes: int | None = MAX_MESSAGE_BYTES
-        self.connect_timeout = connect_timeout
-        self.publish_timeout = publish_timeout
-        self.reconnect_interval = reconnect_interval
+        self.connect_timeout = duration("connect_timeout", connect_timeout)
+        self.publish_timeout = duration("publish_timeout", publish_timeout)
+        self.reconnect_interval = duration("reconnect_interval", reconnect_interval)
 
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._connect_lock = asyncio.Lock()
@@ -231,16 +241,17 @@ class RabbitMQBroker:
             if self._connection is not None:
                 return
             aio_pika = _aio_pika()
+            timeout = self.connect_timeout.total_seconds()
             try:
                 connection = await asyncio.wait_for(
                     aio_pika.connect_robust(
                         self._url,
                         ssl_context=self._tls,
-                        timeout=self.connect_timeout,
-                        reconnect_interval=self.reconnect_interval,
+                        timeout=timeout,
+                        reconnect_interval=self.reconnect_interval.total_seconds(),
                         client_properties={"connection_name": "nova"},
                     ),
-                    self.connect_timeout + 1,
+                    timeout + 1,
                 )
             except BaseException as exc:
                 if isinstance(exc, asyncio.CancelledError):
@@ -272,7 +283,7 @@ class RabbitMQBroker:
             where=self._display_url,
             user=self._user,
             exchange=self.exchange,
-            timeout=self.connect_timeout,
+            timeout=self.connect_timeout.total_seconds(),
         )
 
     def _require_open(self) -> aio_pika.abc.AbstractRobustConnection:
@@ -306,12 +317,10 @@ class RabbitMQBroker:
         them due (or nearly) and re-publishes at once.
 
         >>> broker = RabbitMQBroker()
-        >>> broker.declare_delay_tiers({"app__delay00": 3600.0, "app__delay01": 1800.0})
+        >>> broker.declare_delay_tiers({"app__delay00": timedelta(hours=1), "app__delay01": 1800.0})
         """
-        for topic, duration in tiers.items():
-            seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
-            if seconds <= 0:
-                raise ConfigurationError(f"delay tier {topic!r} needs a positive duration, got {seconds}")
+        for topic, ttl in tiers.items():
+            seconds = duration(f"delay tier {topic!r}", ttl).total_seconds()
             if topic in self._declared and self._delay_ttls.get(topic) != seconds:
                 raise ConfigurationError(f"delay tier {topic!r} was already declared")
             self._delay_ttls[topic] = seconds
@@ -359,7 +368,7 @@ class RabbitMQBroker:
         """Publish all and return once RabbitMQ confirmed each one.
 
         Raises ``EnqueueError`` if a message is unroutable or nacked, or if the
-        broker is unreachable for ``publish_timeout`` seconds.
+        broker is unreachable for ``publish_timeout``.
         """
         if not messages:
             return
@@ -387,7 +396,7 @@ class RabbitMQBroker:
                     ),
                 )
             )
-        deadline = time.monotonic() + self.publish_timeout
+        deadline = time.monotonic() + self.publish_timeout.total_seconds()
         pending = outgoing
         while True:
             exchange = self._publish_exchange
@@ -418,7 +427,8 @@ class RabbitMQBroker:
             last = retry[-1][1]
             if time.monotonic() >= deadline:
                 raise EnqueueError(
-                    f"RabbitMQ did not confirm {len(retry)} message(s) within {self.publish_timeout} s "
+                    f"RabbitMQ did not confirm {len(retry)} message(s) within "
+                    f"{self.publish_timeout.total_seconds()} s "
                     "(connection lost); some may have been stored"
                 ) from last
             log.info("RabbitMQ connection lost while publishing; resending %d unconfirmed message(s)", len(retry))
