@@ -28,10 +28,10 @@ How the contract maps onto AMQP:
   event-loop turn and a run of consecutive settled tags goes out as one
   ``basic.ack(multiple=True)``, which never covers a delivery still being
   handled (``_Settler``). ``backlog`` answers from the consumer's credit and
-  asks RabbitMQ (a passive declare) only when that cannot decide (``_Feed``). Beyond the server's
-  ``consumer_timeout`` (RabbitMQ 3.10 default: 30 min) the broker closes the
-  channel and redelivers; the adapter reopens it, so work goes on, but the
-  task may run twice. Long-held delay tiers therefore want TTL queues
+  asks RabbitMQ (a passive declare) only when that cannot decide (``_Feed``).
+  Beyond the server's ``consumer_timeout`` (RabbitMQ 3.10 default: 30 min) the
+  broker closes the channel and redelivers; the adapter reopens it, so work
+  goes on, but the task may run twice. Long-held delay tiers therefore want TTL queues
   (``declare_delay_tiers``) or a larger ``consumer_timeout`` in rabbitmq.conf;
 - the connection is robust: after a broker restart it reconnects, re-declares
   the topology and resumes the consumers. Deliveries received before the loss
@@ -52,7 +52,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import ssl
 import time
 import uuid
@@ -71,7 +70,7 @@ from nova._errors import (
     NovaError,
 )
 from nova.brokers._common import delay_slots as _delay_slots
-from nova.brokers._common import duration, optional_group, optional_prefix, redact_url
+from nova.brokers._common import duration, optional_group, optional_prefix, quietly, redact_url
 from nova.brokers.rabbitmq._errors import failure, translate
 from nova.brokers.rabbitmq._subscription import PUBLISHED_AT_HEADER, _RabbitSubscription
 
@@ -88,7 +87,6 @@ log = logging.getLogger("nova.rabbitmq")
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 #: RabbitMQ 3.x default ``max_message_size``.
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
-DELAY_TOPIC_RE = re.compile(r".+__delay\d{2,}")
 #: Options ``from_url`` reads from the query string (the rest goes to aio-pika).
 _URL_OPTIONS = ("exchange", "topic_prefix", "group_id")
 
@@ -262,7 +260,7 @@ class RabbitMQBroker:
                 self._publish_exchange = await self._declare_exchange(publish_channel)
                 topology_channel = await connection.channel(publisher_confirms=False)
             except Exception as exc:
-                await connection.close()
+                await quietly(connection.close(), log, "closing the RabbitMQ connection")
                 raise self._error(exc, "opening channels") from exc
             self._connection = connection
             self._publish_channel = publish_channel
@@ -301,8 +299,7 @@ class RabbitMQBroker:
         for sub in list(self._subscriptions):
             await sub.close()
         if self._connection is not None:
-            with contextlib.suppress(Exception):
-                await self._connection.close()
+            await quietly(self._connection.close(), log, "closing the RabbitMQ connection")
         self._connection = None
 
     # -- topology -------------------------------------------------------------

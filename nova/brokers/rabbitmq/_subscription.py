@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
+from nova.brokers._common import quietly
 from nova.brokers.rabbitmq._settler import _STALE_LOG, _Settler
 
 if TYPE_CHECKING:
@@ -258,10 +259,8 @@ class _RabbitSubscription:
         self._closed = True
         self._broker._subscriptions.discard(self)
         for feed in self._feeds.values():
+            if feed.settler is not None:  # acks already given go out before the close
+                await quietly(feed.settler.drain(), log, f"writing the settles of {feed.topic!r}")
             # (a fence in flight fails on the closed channel and answers 0)
-            with contextlib.suppress(Exception):
-                if feed.settler is not None:
-                    await feed.settler.drain()  # acks already given go out before the close
-            with contextlib.suppress(Exception):
-                await feed.channel.close()
+            await quietly(feed.channel.close(), log, f"closing the channel of {feed.topic!r}")
         self._queue.put_nowait(_STOP)
