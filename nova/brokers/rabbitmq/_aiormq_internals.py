@@ -14,15 +14,16 @@ tests/brokers/test_rabbitmq_internals.py checks both against the installed aiorm
 without a broker, and fails naming the attribute when aiormq changes shape. The
 rabbitmq extra pins aiormq to the series checked (``<8``).
 
-aiormq and pamqp are imported inside the functions, like aio-pika elsewhere in the
-adapter: importing nova never imports a broker client.
+aiormq and pamqp are imported on first use, like aio-pika elsewhere in the adapter:
+importing nova never imports a broker client.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import aiormq.abc
@@ -50,13 +51,20 @@ def frame_queue(channel: aiormq.abc.AbstractChannel) -> asyncio.Queue[ChannelFra
 def settle_frame(channel_number: int, ops: Iterable[tuple[int, int]]) -> ChannelFrame:
     """One frame for the connection's writer with a ``basic.ack``/``basic.nack`` per
     ``(tag, ACK | ACK_UPTO | REQUEUE)``, in the given order."""
+    marshall, ack, nack = _frame_makers()
+    frames = [
+        nack(delivery_tag=tag, multiple=False, requeue=True)
+        if op == REQUEUE
+        else ack(delivery_tag=tag, multiple=op == ACK_UPTO)
+        for tag, op in ops
+    ]
+    return marshall(channel_number=channel_number, frames=frames)
+
+
+@functools.cache
+def _frame_makers() -> tuple[Callable[..., ChannelFrame], Callable[..., Any], Callable[..., Any]]:
+    # looked up once, not by import statements on every flush of the (hot) settle path
     from aiormq.abc import ChannelFrame
     from pamqp.commands import Basic
 
-    frames = [
-        Basic.Nack(delivery_tag=tag, multiple=False, requeue=True)
-        if op == REQUEUE
-        else Basic.Ack(delivery_tag=tag, multiple=op == ACK_UPTO)
-        for tag, op in ops
-    ]
-    return ChannelFrame.marshall(channel_number=channel_number, frames=frames)
+    return ChannelFrame.marshall, Basic.Ack, Basic.Nack

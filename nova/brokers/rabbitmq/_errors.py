@@ -1,9 +1,10 @@
 """What each aio-pika/aiormq exception means to nova: the adapter's one translation table.
 
 Every boundary translates through it: ``connect`` with ``connecting=True`` (the
-handshake's rows), and ``ensure_topics``, ``publish``, ``subscribe`` and the
-settler with the rows for an open connection. The first row whose types match
-wins. aiormq turns a channel's close reply code into its exception type (406:
+handshake's rows), and ``ensure_topics``, ``publish``, ``subscribe``, ack/nack
+(a delivery's channel gone) and the settler with the rows for an open connection;
+``close`` only logs (``_common.quietly``). The first row whose types match wins.
+aiormq turns a channel's close reply code into its exception type (406:
 ``ChannelPreconditionFailed``, ...), so no row reads a message's text.
 
 ``recovers``: aio-pika's robust connection reopens what failed by itself, so a

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from nova.brokers._common import quietly
+from nova.brokers.rabbitmq._errors import failure
 from nova.brokers.rabbitmq._settler import _STALE_LOG, _Settler
 
 if TYPE_CHECKING:
@@ -140,14 +141,14 @@ class _RabbitDelivery:
 
     def stale(self) -> bool:
         """True if the channel it came on is gone (the broker redelivers it)."""
-        import aiormq.exceptions
-
         if self._settler is None:
             return True
         try:
             return self._message.channel.is_closed
-        except aiormq.exceptions.ChannelInvalidStateError:
-            return True
+        except Exception as exc:  # aio-pika: ChannelInvalidStateError once the channel closed
+            if failure(exc).recovers:
+                return True
+            raise
 
     async def ack(self) -> None:
         self._settle(requeue=False)
