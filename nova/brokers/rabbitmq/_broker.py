@@ -106,7 +106,7 @@ class RabbitMQBroker:
     >>> broker
     RabbitMQBroker('amqp://nova:***@127.0.0.1:5672/', exchange='nova')
 
-    Options (the seed's ``WithRabbitMQX`` names, as keywords):
+    Options:
     ``exchange`` (durable direct exchange every topic is bound to),
     ``topic_prefix`` / ``group_id`` / ``delay_slots`` (override the TaskQueue's),
     ``prefetch=(count, 0)``, ``auth=(user, password)`` (replaces the URL's; escaped
