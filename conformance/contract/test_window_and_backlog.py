@@ -64,6 +64,8 @@ async def test_a_closed_broker_refuses_work(contract: Contract) -> None:
         await broker.publish([Message(topic, b"x")])
     with pytest.raises(nova.ClosedError):
         await broker.subscribe([topic], group=contract.group(), window=1)
+    with pytest.raises(nova.ClosedError):
+        await broker.connect()
 
 
 async def test_a_window_below_one_is_refused(contract: Contract) -> None:
