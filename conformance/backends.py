@@ -88,7 +88,7 @@ def make_backend(name: str) -> Backend:
                        patience=timedelta(hours=1))
     real_slots = (6, timedelta(seconds=4))
     if name == "kafka":
-        from nova._kafka import KafkaBroker
+        from nova.brokers.kafka import KafkaBroker
 
         bootstrap = _require("NOVA_KAFKA_BOOTSTRAP", "kafka")
         return Backend("kafka", SystemClock(), lambda: KafkaBroker(bootstrap), delay_slots=real_slots,

@@ -126,7 +126,7 @@ async def bench_raw_aiokafka(bootstrap: str, count: int = 100_000, size: int = 1
 async def bench_kafka_broker(bootstrap: str, count: int = 100_000, size: int = 100) -> dict[str, float]:
     """The same through nova's adapter: ``publish`` chunks, then subscribe and ack each delivery."""
     from nova._broker import Message
-    from nova._kafka import KafkaBroker
+    from nova.brokers.kafka import KafkaBroker
 
     topic = f"bench-nova-{uuid.uuid4().hex[:8]}"
     broker = KafkaBroker(bootstrap)

@@ -29,7 +29,7 @@ from bench import enqueue_all
 
 import nova
 from nova._broker import Message
-from nova._kafka import KafkaBroker, KafkaSubscription, _headers
+from nova.brokers.kafka._broker import KafkaBroker, KafkaSubscription, _headers
 from nova.sim import SimBroker
 
 PREFIX = "drain"

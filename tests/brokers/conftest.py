@@ -38,7 +38,7 @@ def kafka_env() -> dict[str, str]:
 @pytest.fixture
 async def kafka_broker(kafka_env: dict[str, str]) -> AsyncIterator[Callable[..., Any]]:
     """Factory of KafkaBrokers (plaintext listener unless told otherwise), closed after the test."""
-    from nova._kafka import KafkaBroker
+    from nova.brokers.kafka import KafkaBroker
 
     made: list[KafkaBroker] = []
 

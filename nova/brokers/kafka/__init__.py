@@ -1,5 +1,5 @@
 """Kafka adapter (aiokafka): ``nova.KafkaBroker``, ``nova.KafkaAuth``, ``nova.KafkaSSL``."""
 
-from nova._kafka import KafkaAuth, KafkaBroker, KafkaSSL
+from nova.brokers.kafka._broker import KafkaAuth, KafkaBroker, KafkaSSL
 
 __all__ = ["KafkaAuth", "KafkaBroker", "KafkaSSL"]
