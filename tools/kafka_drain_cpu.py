@@ -29,7 +29,9 @@ from bench import enqueue_all
 
 import nova
 from nova._broker import Message
-from nova.brokers.kafka._broker import KafkaBroker, KafkaSubscription, _headers
+from nova.brokers.kafka import KafkaBroker
+from nova.brokers.kafka._headers import _headers
+from nova.brokers.kafka._subscription import KafkaSubscription
 from nova.sim import SimBroker
 
 PREFIX = "drain"

@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 
 import nova._errors as errors
 from nova._broker import Message
-from nova.brokers.kafka._broker import KafkaAuth, KafkaBroker, KafkaDelivery, KafkaSSL, KafkaSubscription
+from nova.brokers.kafka import KafkaAuth, KafkaBroker, KafkaSSL
+from nova.brokers.kafka._subscription import KafkaDelivery, KafkaSubscription
 
 pytestmark = pytest.mark.broker("kafka")
 
@@ -109,8 +110,8 @@ async def test_publish_then_subscribe_round_trip(kafka_broker: Factory, kafka_na
 
 async def test_records_come_out_of_aiokafka_as_parsed_not_wrapped(kafka_broker: Factory, kafka_name: Names) -> None:
     """The subscription takes aiokafka's parsed records as they are, without the
-    ConsumerRecord aiokafka makes of each (see nova.brokers.kafka._broker._BareRecordResults). This relies on
-    aiokafka internals: if an upgrade moves them, this fails (nova still works, slower)."""
+    ConsumerRecord aiokafka makes of each (see nova.brokers.kafka._aiokafka_internals._BareRecordResults).
+    This relies on aiokafka internals: if an upgrade moves them, this fails (nova still works, slower)."""
     from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
 
     broker = kafka_broker()
@@ -238,7 +239,7 @@ async def test_concurrent_small_and_large_publishes_all_land(kafka_broker: Facto
 async def test_prefetch_is_bounded_and_resumes_as_records_are_taken(
     kafka_broker: Factory, kafka_name: Names, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import nova.brokers.kafka._broker as kafka_module
+    import nova.brokers.kafka._subscription as kafka_module
 
     monkeypatch.setattr(kafka_module, "_PREFETCH_RECORDS", 3)
     broker = kafka_broker()
@@ -585,7 +586,7 @@ async def test_broker_restart_mid_stream_loses_nothing(kafka_broker: Factory, ka
 def test_missing_aiokafka_names_the_extra() -> None:
     code = (
         "import sys; sys.modules['aiokafka'] = None\n"
-        "try:\n    import nova.brokers.kafka._broker\nexcept ImportError as e:\n    print(e)\n"
+        "try:\n    import nova.brokers.kafka\nexcept ImportError as e:\n    print(e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert "pip install 'nova-taskqueue[kafka]'" in out.stdout
@@ -623,7 +624,7 @@ async def test_joining_member_gets_the_idle_partition_not_the_busy_one(
 
 
 def test_sticky_assignor_keeps_owners_and_balances_idle_partitions() -> None:
-    from nova.brokers.kafka._broker import _StickyAssignor
+    from nova.brokers.kafka._assignor import _StickyAssignor
 
     class Cluster:
         def partitions_for_topic(self, topic: str) -> set[int]:
@@ -708,7 +709,7 @@ async def test_busy_partition_moves_when_needed_and_old_delivery_knows(
 
 
 def test_header_values_decode_leniently() -> None:
-    from nova.brokers.kafka._broker import _decode_headers
+    from nova.brokers.kafka._headers import _decode_headers
 
     assert _decode_headers([("a", b"x"), ("b", b"caf\xc3\xa9")]) == {"a": "x", "b": "café"}
     assert _decode_headers([("a", b"x"), ("b", b"\xff")]) == {"a": "x", "b": "\ufffd"}
@@ -717,7 +718,7 @@ def test_header_values_decode_leniently() -> None:
 
 
 def test_headers_travel_packed_in_one_kafka_header() -> None:
-    from nova.brokers.kafka._broker import _decode_headers, _headers
+    from nova.brokers.kafka._headers import _decode_headers, _headers
 
     headers = {"nova-id": "t1", "nova-type": "email", "nova-queue": "défaut", "other": "x"}
     (packed,) = _headers(Message("t", b"", headers))
@@ -734,7 +735,7 @@ def test_headers_travel_packed_in_one_kafka_header() -> None:
 
 
 def test_packed_headers_of_one_batch_are_parsed_once_and_decode_the_same() -> None:
-    from nova.brokers.kafka._broker import _decode_headers, _headers, _PackedHeaders
+    from nova.brokers.kafka._headers import _decode_headers, _headers, _PackedHeaders
 
     def packed(headers: dict[str, str]) -> list[tuple[str, bytes]]:
         return _headers(Message("t", b"", headers))
@@ -770,7 +771,7 @@ def test_packed_headers_of_one_batch_are_parsed_once_and_decode_the_same() -> No
 @given(st.lists(st.tuples(st.sampled_from(["a1", "b2", "c", "9\u00e9", "d\"", ""]), st.integers(0, 4), st.booleans()),
                 max_size=12))
 def test_packed_headers_decode_as_a_full_parse_would(records: list[tuple[str, int, bool]]) -> None:
-    from nova.brokers.kafka._broker import _decode_headers, _PackedHeaders
+    from nova.brokers.kafka._headers import _decode_headers, _PackedHeaders
 
     # nova's short names, and the full ones (records of an older nova)
     rests = [b',"t":"t"}', b',"t":"u","a":"2"}', b"}", b',"nova-type":"t"}', b',"x":"i","nova-id":"z"}']
@@ -795,7 +796,7 @@ _names = st.sampled_from(["nova-id", "nova-type", "nova-error", "i", "h", "=h", 
 @given(st.dictionaries(_names | st.text(max_size=5), st.text(max_size=5), max_size=6))
 def test_any_header_names_pack_and_unpack(headers: dict[str, str]) -> None:
     """nova's names are packed as one letter; any other name comes back as it was."""
-    from nova.brokers.kafka._broker import _decode_headers, _headers
+    from nova.brokers.kafka._headers import _decode_headers, _headers
 
     assert _decode_headers(_headers(Message("t", b"", headers))) == headers
 
@@ -805,7 +806,7 @@ def test_any_header_names_pack_and_unpack(headers: dict[str, str]) -> None:
                           st.booleans()), max_size=12))
 def test_packed_runs_pack_as_each_message_alone(messages: list[tuple[str | None, int, bool]]) -> None:
     """The producer packs a run's headers once: every message still packs to its own headers."""
-    from nova.brokers.kafka._broker import _decode_headers, _headers, _Packer
+    from nova.brokers.kafka._headers import _decode_headers, _headers, _Packer
 
     others = [{"nova-type": "t"}, {"nova-type": "u", "nova-attempt": "2"}, {}, {"nova-type": "t", "extra": "i"}]
     packer = _Packer()
