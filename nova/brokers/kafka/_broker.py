@@ -55,7 +55,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as _ssl
-import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -77,17 +76,9 @@ from nova._errors import (
     EnqueueError,
     ValidationError,
 )
-from nova._naming import validate_group, validate_prefix
+from nova.brokers import _common
 from nova.brokers.kafka._aiokafka_internals import _closed
-from nova.brokers.kafka._config import (
-    KafkaAuth,
-    KafkaSSL,
-    _delay_slots,
-    _parse_bool,
-    _quietly,
-    _redact_url,
-    _split_host_port,
-)
+from nova.brokers.kafka._config import KafkaAuth, KafkaSSL
 from nova.brokers.kafka._headers import _Packer
 from nova.brokers.kafka._subscription import KafkaSubscription
 
@@ -100,26 +91,6 @@ log = logging.getLogger("nova.kafka")
 
 _BATCH_MIN = 16  # messages for one partition in one publish call worth building a record batch for
 _MAX_BATCH_BYTES = 512 * 1024  # record batches stay well under Kafka's default message.max.bytes (1 MiB)
-
-
-class _Backoff:
-    """Pauses doubling from 5 ms to 0.2 s, until a deadline ``within`` seconds from now."""
-
-    def __init__(self, within: float) -> None:
-        self.deadline = time.monotonic() + within
-        self.restart()
-
-    def restart(self) -> None:
-        """The next pause is the first one again (the deadline stays)."""
-        self.pause = 0.005
-
-    async def wait(self) -> bool:
-        """Sleep the next pause; False, without sleeping, if it would end past the deadline."""
-        if time.monotonic() + self.pause > self.deadline:
-            return False
-        await asyncio.sleep(self.pause)
-        self.pause = min(2 * self.pause, 0.2)
-        return True
 
 
 def _key(message: Message) -> bytes | None:
@@ -170,10 +141,10 @@ class KafkaBroker:
         if not self.bootstrap_servers:
             raise ConfigurationError("KafkaBroker needs at least one bootstrap server (host:port)")
         for server in self.bootstrap_servers:
-            _split_host_port(server)
-        self.group_id = None if group_id is None else validate_group(group_id)
-        self.topic_prefix = None if topic_prefix is None else validate_prefix(topic_prefix)
-        self.delay_slots = _delay_slots(delay_slots)
+            _common.split_host_port(server, "bootstrap server")
+        self.group_id = _common.optional_group(group_id)
+        self.topic_prefix = _common.optional_prefix(topic_prefix)
+        self.delay_slots = _common.delay_slots(delay_slots)
         if auth is not None and not isinstance(auth, KafkaAuth):
             raise ConfigurationError(f"auth must be a KafkaAuth, not {type(auth).__name__}")
         if ssl is not None and not isinstance(ssl, KafkaSSL):
@@ -239,7 +210,7 @@ class KafkaBroker:
         """
         parts = urlsplit(url)
         if parts.scheme != "kafka":
-            raise ConfigurationError(f"not a kafka:// URL: {_redact_url(url)!r}")
+            raise ConfigurationError(f"not a kafka:// URL: {_common.redact_url(url)!r}")
         netloc = parts.netloc
         username = password = None
         if "@" in netloc:
@@ -247,7 +218,7 @@ class KafkaBroker:
             username, _, password = userinfo.partition(":")
             username, password = unquote(username), unquote(password)
         if not netloc:
-            raise ConfigurationError(f"kafka URL has no host: {_redact_url(url)!r}")
+            raise ConfigurationError(f"kafka URL has no host: {_common.redact_url(url)!r}")
         query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
         kwargs: dict[str, Any] = {}
         ints = ("partitions", "replication_factor", "session_timeout_ms", "max_poll_interval_ms")
@@ -261,7 +232,7 @@ class KafkaBroker:
             if key in query:
                 kwargs[key] = query.pop(key)
         if "auto_commit" in query:
-            kwargs["auto_commit"] = _parse_bool("auto_commit", query.pop("auto_commit"))
+            kwargs["auto_commit"] = _common.parse_bool("auto_commit", query.pop("auto_commit"), "kafka")
         protocol = query.pop("security_protocol", None)
         mechanism = query.pop("sasl_mechanism", "PLAIN")
         files = {k: query.pop(k) for k in ("ca_file", "cert_file", "key_file") if k in query}
@@ -338,8 +309,8 @@ class KafkaBroker:
                 await producer.start()
                 await admin.start()
             except BaseException as exc:
-                await _quietly(producer.stop())
-                await _quietly(admin.close())
+                await _common.quietly(producer.stop(), log, "stopping the Kafka producer")
+                await _common.quietly(admin.close(), log, "closing the Kafka admin client")
                 if isinstance(exc, kafka_errors.KafkaError | OSError):
                     raise self._translate(exc, "cannot start the Kafka producer") from exc
                 raise
@@ -350,7 +321,7 @@ class KafkaBroker:
         (aiokafka's own bootstrap only logs it and says "Unable to bootstrap")."""
         errors: list[tuple[str, BaseException]] = []
         for server in self.bootstrap_servers:
-            host, port = _split_host_port(server)
+            host, port = _common.split_host_port(server, "bootstrap server")
             kw = self._client_kwargs()
             del kw["bootstrap_servers"]
             kw["request_timeout_ms"] = int(self.connect_timeout_s * 1000)
@@ -433,7 +404,7 @@ class KafkaBroker:
         ("Topic ... not found in cluster metadata") or that the broker is not its leader
         (KRaft shows the leader in the metadata ~10-40 ms before the broker takes the
         partition), and aiokafka logs it as an error or a warning before retrying."""
-        backoff = _Backoff(within)
+        backoff = _common.Backoff(within)
         leaders: dict[int, list[tuple[str, int]]] = {}  # leader node -> its new partitions
         while topics:
             try:
@@ -588,9 +559,9 @@ class KafkaBroker:
         for sub in list(self._subscriptions):
             await sub.close()
         if self._producer is not None:
-            await _quietly(self._producer.stop())
+            await _common.quietly(self._producer.stop(), log, "stopping the Kafka producer")
         if self._admin is not None:
-            await _quietly(self._admin.close())
+            await _common.quietly(self._admin.close(), log, "closing the Kafka admin client")
         self._producer = self._admin = None
 
 

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import ssl as _ssl
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Literal
 
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
 
 from nova._errors import ConfigurationError
 
 __all__ = ["KafkaAuth", "KafkaSSL"]
-
-log = logging.getLogger("nova.kafka")
 
 SecurityProtocol = Literal["SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -85,50 +79,3 @@ class KafkaSSL:
         ctx.check_hostname = self.check_hostname
         return ctx
 
-
-# --- helpers ------------------------------------------------------------------------------------
-
-
-def _split_host_port(server: str) -> tuple[str, int]:
-    host, sep, port = server.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigurationError(f"bootstrap server {server!r} is not host:port")
-    return host.strip("[]"), int(port)
-
-
-def _delay_slots(value: tuple[int, timedelta | float] | None) -> tuple[int, timedelta] | None:
-    if value is None:
-        return None
-    try:
-        count, duration = value
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"delay_slots must be (count, duration), not {value!r}") from None
-    if not isinstance(duration, timedelta):
-        duration = timedelta(seconds=duration)
-    if not isinstance(count, int) or count < 1 or duration <= timedelta(0):
-        raise ConfigurationError(f"delay_slots must be (count >= 1, duration > 0), not {value!r}")
-    return count, duration
-
-
-def _parse_bool(name: str, value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ConfigurationError(f"kafka URL option {name} must be true or false, not {value!r}")
-
-
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    return parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}").geturl()
-
-
-async def _quietly(awaitable: Any) -> None:
-    """Best-effort cleanup: a failure to stop must not hide the error being raised."""
-    try:
-        await asyncio.wait_for(awaitable, 15)
-    except Exception as exc:  # noqa: BLE001
-        log.debug("kafka cleanup failed: %r", exc)

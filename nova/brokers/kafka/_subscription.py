@@ -22,9 +22,9 @@ from nova._errors import (
     BrokerError,
     ConnectionError,  # noqa: A004 - nova's, a subclass of the builtin
 )
+from nova.brokers import _common
 from nova.brokers.kafka._aiokafka_internals import _hand_over_bare_records
 from nova.brokers.kafka._assignor import _StickyAssignor
-from nova.brokers.kafka._config import _quietly
 from nova.brokers.kafka._headers import _PackedHeaders
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ class KafkaSubscription:
             await self._consumer.start()
             _hand_over_bare_records(self._consumer)
         except (kafka_errors.KafkaError, OSError) as exc:
-            await _quietly(self._consumer.stop())
+            await _common.quietly(self._consumer.stop(), log, "stopping the Kafka consumer")
             raise self._broker._translate(exc, "cannot start the Kafka consumer") from exc
         self._poll_task = asyncio.create_task(self._poll(), name=f"nova-kafka-poll-{self.group}")
         self._commit_task = asyncio.create_task(self._commit_loop(), name=f"nova-kafka-commit-{self.group}")
