@@ -110,7 +110,7 @@ async def test_publish_then_subscribe_round_trip(kafka_broker: Factory, kafka_na
 
 async def test_records_come_out_of_aiokafka_as_parsed_not_wrapped(kafka_broker: Factory, kafka_name: Names) -> None:
     """The subscription takes aiokafka's parsed records as they are, without the
-    ConsumerRecord aiokafka makes of each (see nova.brokers.kafka._aiokafka_internals._BareRecordResults).
+    ConsumerRecord aiokafka makes of each (see nova.brokers.kafka._aiokafka_internals.BareRecordResults).
     This relies on aiokafka internals: if an upgrade moves them, this fails (nova still works, slower)."""
     from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
 

@@ -1,4 +1,32 @@
-"""Everything that reaches into aiokafka's private parts."""
+"""Everything nova reads, writes or replaces inside aiokafka, behind named functions.
+
+aiokafka's public API has no way to do these few things nova needs; each function
+here reaches into aiokafka at one place, and nowhere else in nova does. An aiokafka
+upgrade can break only what is listed below, and ``tests/brokers/test_kafka_internals.py``
+(no broker needed) fails naming the attribute when the installed aiokafka is no longer
+shaped as expected. Every function is guarded: if aiokafka has changed, nova keeps
+working as aiokafka's public API allows (slower, or less precise, as each one says).
+
+==========================  ============================================  ==============================
+function                    what it touches                               if aiokafka changed
+==========================  ============================================  ==============================
+``hand_over_bare_records``  ``consumer._fetcher._records``,               records come wrapped in
+                            ``FetchResult._partition_records``,           ConsumerRecords (slower)
+                            ``PartitionRecords._consumer_record``
+``set_fetch_wait``          ``consumer._fetcher._fetch_max_wait_ms``      a resumed partition waits for
+                                                                          the long poll
+``fetch_state``             ``consumer._subscription.subscription``       backlog() asks the consumer
+                            ``.assignment.state_value(tp)``               (awaits)
+``group_generation``        ``consumer._coordinator.generation``          the sticky assignor settles
+                                                                          double claims by name only
+``nothing_queued``          ``producer._message_accumulator._batches``    publish never builds its own
+                                                                          record batch (slower)
+``probe``                   ``AIOKafkaConnection``, ``conn._protocol``    a refused TLS socket may close
+                                                                          after the caller's loop
+``partitions_not_led_yet``  ``admin._client.send``, a hand-built          ensure_topics does not wait
+                            ``OffsetRequest`` (ListOffsets)               for new leaders to answer
+==========================  ============================================  ==============================
+"""
 
 from __future__ import annotations
 
@@ -8,7 +36,30 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
+from aiokafka.conn import AIOKafkaConnection  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+from aiokafka.protocol.offset import OffsetRequest  # type: ignore[import-untyped]
+from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
+
+__all__ = [
+    "BareRecordResults",
+    "fetch_state",
+    "group_generation",
+    "hand_over_bare_records",
+    "latest_offsets_request",
+    "nothing_queued",
+    "partitions_not_led_yet",
+    "probe",
+    "set_fetch_wait",
+    "unanswered",
+]
+
 log = logging.getLogger("nova.kafka")
+
+_LATEST = -1  # ListOffsets: the offset the next record will get
+
+
+# --- consumer -------------------------------------------------------------------------------------
 
 
 def _bare(tp: Any, record: Any) -> Any:
@@ -16,18 +67,16 @@ def _bare(tp: Any, record: Any) -> Any:
     return record
 
 
-class _BareRecordResults(OrderedDict[Any, Any]):
+class BareRecordResults(OrderedDict[Any, Any]):
     """aiokafka's fetched results by partition, whose records come out as they were parsed.
 
-    aiokafka's consumer wraps every record it hands out in a ConsumerRecord (a dataclass
-    of eleven fields, ~1 us a record: ~12 % of a nova drain). nova reads five of them, which
-    the parsed record (aiokafka's DefaultRecord) has under the same names: offset, timestamp,
-    key, value, headers (a list instead of a tuple); topic and partition come from the
-    partition's state. This dict replaces the fetcher's ``_records`` and gives each fetch
-    result stored in it a record maker that returns the record as it is (only for this
-    consumer: nothing of aiokafka's is changed for anyone else). aiokafka internals,
-    guarded: if they are not where expected, records stay ConsumerRecords and nothing else
-    changes (``tests/brokers/test_kafka.py`` fails then, so an aiokafka upgrade says so).
+    aiokafka's consumer wraps every record it hands out in a ConsumerRecord, a dataclass
+    of eleven fields built per record: a large share of a drain's CPU. nova reads five of
+    them, which the parsed record (aiokafka's DefaultRecord) has under the same names:
+    offset, timestamp, key, value, headers (a list instead of a tuple); topic and partition
+    come from the partition's state. This dict replaces the fetcher's ``_records`` and gives
+    each fetch result stored in it a record maker that returns the record as it is (only for
+    this consumer: nothing of aiokafka's is changed for anyone else).
     """
 
     def __setitem__(self, tp: Any, result: Any) -> None:
@@ -38,14 +87,68 @@ class _BareRecordResults(OrderedDict[Any, Any]):
         super().__setitem__(tp, result)
 
 
-def _hand_over_bare_records(consumer: Any) -> None:
-    """Have ``consumer`` hand out parsed records as they are (see _BareRecordResults)."""
+def hand_over_bare_records(consumer: Any) -> None:
+    """Have a started ``consumer`` hand out parsed records as they are (see BareRecordResults)."""
     fetcher: Any = getattr(consumer, "_fetcher", None)
     results = getattr(fetcher, "_records", None)
     if type(results) is not OrderedDict:
         log.debug("aiokafka's fetcher is not as expected: records come as ConsumerRecords")
         return
-    fetcher._records = _BareRecordResults(results)  # results fetched already stay as they are
+    fetcher._records = BareRecordResults(results)  # results fetched already stay as they are
+
+
+def set_fetch_wait(consumer: Any, wait_ms: int) -> None:
+    """How long the started ``consumer``'s next fetches wait at the broker for records.
+
+    aiokafka takes it once, as ``fetch_max_wait_ms``; nova shortens it while a partition is
+    paused (see ``KafkaSubscription._poll_wait``)."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
+        fetcher._fetch_max_wait_ms = wait_ms
+
+
+def fetch_state(consumer: Any, tp: Any) -> Any:
+    """aiokafka's fetch state of an assigned partition (``has_valid_position``, ``position``,
+    ``highwater``), read without awaiting; None if it is not where expected."""
+    try:
+        return consumer._subscription.subscription.assignment.state_value(tp)
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
+def group_generation(consumer: Any) -> int:
+    """The consumer group generation ``consumer`` last joined (-1: none, or not known)."""
+    return int(getattr(getattr(consumer, "_coordinator", None), "generation", -1))
+
+
+# --- producer -------------------------------------------------------------------------------------
+
+
+def nothing_queued(producer: Any, topic: str, partition: int) -> bool:
+    """No record batch for this partition waits in the producer (False when aiokafka's
+    queue is not where expected, which only means the slower path)."""
+    try:
+        return not producer._message_accumulator._batches.get(TopicPartition(topic, partition))
+    except AttributeError:
+        return False
+
+
+# --- connections ----------------------------------------------------------------------------------
+
+
+async def probe(host: str, port: int, timeout: float, client_kwargs: dict[str, Any]) -> None:
+    """Open one connection to ``host:port`` (TLS and SASL as in ``client_kwargs``) and close it;
+    raises what the connect raised (OSError, KafkaError, TimeoutError after ``timeout`` s).
+
+    aiokafka's own bootstrap only logs a failed connect and says "Unable to bootstrap";
+    a connection of our own surfaces the real error (refused credentials, untrusted
+    certificate, wrong protocol).
+    """
+    conn = AIOKafkaConnection(host, port, **client_kwargs)
+    try:
+        await asyncio.wait_for(conn.connect(), timeout)
+    finally:
+        await _closed(conn)
 
 
 async def _closed(conn: Any) -> None:
@@ -55,7 +158,33 @@ async def _closed(conn: Any) -> None:
     background, its socket outlives a caller that stops the event loop right after a
     refused connect (an "unclosed transport" when collected later)."""
     closing = conn.close()
-    if conn._protocol is None or closing is None:  # no socket was ever opened
+    if getattr(conn, "_protocol", None) is None or closing is None:  # no socket was ever opened
         return
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(closing), 1.0)
+
+
+# --- admin ----------------------------------------------------------------------------------------
+
+
+def latest_offsets_request(partitions: list[tuple[str, int]]) -> Any:
+    """A ListOffsets request for the latest offset of each (topic, partition)."""
+    by_topic: dict[str, list[tuple[int, int]]] = {}
+    for topic, partition in partitions:
+        by_topic.setdefault(topic, []).append((partition, _LATEST))
+    return OffsetRequest(-1, 0, list(by_topic.items()))  # replica -1 (a client), read uncommitted
+
+
+def unanswered(response: Any) -> list[tuple[str, int]]:
+    """The (topic, partition)s a ListOffsets response answers with an error code."""
+    return [(topic, answer[0]) for topic, answers in response.topics for answer in answers if answer[1]]
+
+
+async def partitions_not_led_yet(admin: Any, node: int, partitions: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The partitions whose leader ``node`` does not answer for yet: one ListOffsets request
+    through the admin client's connection to ``node`` (anything unexpected counts as answered)."""
+    try:
+        return unanswered(await admin._client.send(node, latest_offsets_request(partitions)))
+    except (KafkaError, OSError, AttributeError, TypeError, IndexError) as exc:
+        log.debug("asking the leaders of new partitions failed: %r", exc)
+        return []

@@ -63,8 +63,6 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import aiokafka  # type: ignore[import-untyped]
 import aiokafka.errors as kafka_errors  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-from aiokafka.conn import AIOKafkaConnection  # type: ignore[import-untyped]
-from aiokafka.protocol.offset import OffsetRequest  # type: ignore[import-untyped]
 
 from nova._broker import Message
 from nova._errors import (
@@ -77,7 +75,7 @@ from nova._errors import (
     ValidationError,
 )
 from nova.brokers import _common
-from nova.brokers.kafka._aiokafka_internals import _closed
+from nova.brokers.kafka import _aiokafka_internals as aiokafka_internals
 from nova.brokers.kafka._config import KafkaAuth, KafkaSSL
 from nova.brokers.kafka._headers import _Packer
 from nova.brokers.kafka._subscription import KafkaSubscription
@@ -317,17 +315,15 @@ class KafkaBroker:
             self._producer, self._admin = producer, admin
 
     async def _probe(self) -> None:
-        """Open one connection to a bootstrap server so its real error surfaces
-        (aiokafka's own bootstrap only logs it and says "Unable to bootstrap")."""
+        """Open one connection to a bootstrap server so its real error surfaces."""
         errors: list[tuple[str, BaseException]] = []
         for server in self.bootstrap_servers:
             host, port = _common.split_host_port(server, "bootstrap server")
             kw = self._client_kwargs()
             del kw["bootstrap_servers"]
             kw["request_timeout_ms"] = int(self.connect_timeout_s * 1000)
-            conn = AIOKafkaConnection(host, port, **kw)
             try:
-                await asyncio.wait_for(conn.connect(), self.connect_timeout_s)
+                await aiokafka_internals.probe(host, port, self.connect_timeout_s, kw)
             except (OSError, kafka_errors.KafkaError, TimeoutError) as exc:
                 errors.append((server, exc))
                 if _is_auth_failure(exc):
@@ -335,8 +331,6 @@ class KafkaBroker:
                 continue
             else:
                 return
-            finally:
-                await _closed(conn)
         server, error = errors[-1]
         raise self._translate(error, f"cannot connect to Kafka at {server}") from error
 
@@ -425,7 +419,7 @@ class KafkaBroker:
         backoff.restart()
         while leaders:
             for node, partitions in list(leaders.items()):
-                waiting = await self._not_led_yet(node, partitions)
+                waiting = await aiokafka_internals.partitions_not_led_yet(self._admin, node, partitions)
                 if waiting:
                     leaders[node] = waiting
                 else:
@@ -433,19 +427,6 @@ class KafkaBroker:
             if leaders and not await backoff.wait():
                 log.debug("partitions %s not served by their leader yet after %g s", leaders, within)
                 return
-
-    async def _not_led_yet(self, node: int, partitions: list[tuple[str, int]]) -> list[tuple[str, int]]:
-        """The partitions whose leader ``node`` does not answer for yet: one ListOffsets
-        request (aiokafka internals; anything unexpected counts as answered)."""
-        by_topic: dict[str, list[tuple[int, int]]] = {}
-        for topic, partition in partitions:
-            by_topic.setdefault(topic, []).append((partition, -1))  # -1: the latest offset
-        try:
-            response = await self._admin._client.send(node, OffsetRequest(-1, 0, list(by_topic.items())))
-            return [(topic, answer[0]) for topic, answers in response.topics for answer in answers if answer[1]]
-        except (kafka_errors.KafkaError, OSError, AttributeError, TypeError, IndexError) as exc:
-            log.debug("asking the leaders of new partitions failed: %r", exc)
-            return []
 
     # --- publish --------------------------------------------------------------------------------
 
@@ -469,7 +450,7 @@ class KafkaBroker:
         try:
             for (topic, partition), group in (await self._by_partition(messages, topics)).items():
                 rest = group
-                if len(group) >= _BATCH_MIN and self._nothing_queued(topic, partition):
+                if len(group) >= _BATCH_MIN and aiokafka_internals.nothing_queued(producer, topic, partition):
                     # One record batch built here: far cheaper than a send() per record.
                     # Only when nothing else waits for this partition: send_batch queues
                     # behind a pending batch, and many concurrent callers would take turns.
@@ -507,14 +488,6 @@ class KafkaBroker:
             raise EnqueueError(
                 f"Kafka did not acknowledge {failed or 'all'} of {len(messages)} message(s): {first_error!r}"
             ) from first_error
-
-    def _nothing_queued(self, topic: str, partition: int) -> bool:
-        """No batch for this partition is waiting in the producer (aiokafka internals: False
-        when they are not where expected, which only means the slower path)."""
-        try:
-            return not self._producer._message_accumulator._batches.get(aiokafka.TopicPartition(topic, partition))
-        except AttributeError:
-            return False
 
     async def _by_partition(
         self, messages: Sequence[Message], topics: Sequence[str]

@@ -23,7 +23,7 @@ from nova._errors import (
     ConnectionError,  # noqa: A004 - nova's, a subclass of the builtin
 )
 from nova.brokers import _common
-from nova.brokers.kafka._aiokafka_internals import _hand_over_bare_records
+from nova.brokers.kafka import _aiokafka_internals as aiokafka_internals
 from nova.brokers.kafka._assignor import _StickyAssignor
 from nova.brokers.kafka._headers import _PackedHeaders
 
@@ -206,7 +206,7 @@ class KafkaSubscription:
         self._consumer.subscribe(self.topics, listener=_Listener(self))
         try:
             await self._consumer.start()
-            _hand_over_bare_records(self._consumer)
+            aiokafka_internals.hand_over_bare_records(self._consumer)
         except (kafka_errors.KafkaError, OSError) as exc:
             await _common.quietly(self._consumer.stop(), log, "stopping the Kafka consumer")
             raise self._broker._translate(exc, "cannot start the Kafka consumer") from exc
@@ -333,15 +333,12 @@ class KafkaSubscription:
 
         aiokafka keeps one fetch in flight per broker. While a partition is paused that fetch
         asks only for the others, and when they have nothing new the broker holds it for the
-        whole fetch_max_wait_ms; a partition resumed meanwhile waits for it to come back. At
-        100 ms that left the handlers idle once per pause (the last records of the buffer
-        take less), so fetches wait 10 ms while one is paused (aiokafka internals: nothing
-        changes if they are not where expected).
+        whole fetch_max_wait_ms; a partition resumed meanwhile waits for it to come back, and
+        its handlers, having drained the buffer, sit idle. A short wait while one is paused
+        bounds that.
         """
-        fetcher = getattr(self._consumer, "_fetcher", None)
-        if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
-            paused = any(state.paused for state in self._states)
-            fetcher._fetch_max_wait_ms = _SHORT_POLL_MS if paused else _LONG_POLL_MS
+        paused = any(state.paused for state in self._states)
+        aiokafka_internals.set_fetch_wait(self._consumer, _SHORT_POLL_MS if paused else _LONG_POLL_MS)
 
     # --- background -----------------------------------------------------------------------------
 
@@ -453,7 +450,7 @@ class KafkaSubscription:
             self._by_topic.setdefault(tp.topic, []).append(state)
         self._states = list(self._parts.values())
         self._known_backlog.clear()
-        self._generation = int(getattr(self._consumer._coordinator, "generation", -1))
+        self._generation = aiokafka_internals.group_generation(self._consumer)
         self._assigned.set()
         self._wake.set()
 
@@ -488,7 +485,7 @@ class KafkaSubscription:
                 continue
             fetch = state.fetch
             if fetch is None:
-                fetch = state.fetch = self._fetch_state(state.tp)
+                fetch = state.fetch = aiokafka_internals.fetch_state(self._consumer, state.tp)
             if fetch is None or not fetch.has_valid_position:
                 return None
             end = max(fetch.highwater or 0, self._end_offsets.get(state.tp, 0))
@@ -518,13 +515,6 @@ class KafkaSubscription:
             fetched_high = self._consumer.highwater(state.tp) or 0
             total += max(0, max(fetched_high, self._end_offsets.get(state.tp, 0)) - position)
         return total
-
-    def _fetch_state(self, tp: Any) -> Any:
-        """aiokafka's fetch state of ``tp`` (position, highwater), read without awaiting."""
-        try:
-            return self._consumer._subscription.subscription.assignment.state_value(tp)
-        except (AttributeError, KeyError, TypeError):
-            return None
 
     async def _refresh_end_offsets(self) -> None:
         try:
