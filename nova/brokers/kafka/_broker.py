@@ -56,6 +56,7 @@ import asyncio
 import logging
 import ssl as _ssl
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -66,17 +67,16 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 
 from nova._broker import Message
 from nova._errors import (
-    AuthenticationError,
     BrokerError,
     ClosedError,
     ConfigurationError,
-    ConnectionError,  # noqa: A004 - nova's, a subclass of the builtin
     EnqueueError,
     ValidationError,
 )
 from nova.brokers import _common
 from nova.brokers.kafka import _aiokafka_internals as aiokafka_internals
 from nova.brokers.kafka._config import KafkaAuth, KafkaSSL
+from nova.brokers.kafka._errors import ErrorContext, for_code, is_refusal, translate
 from nova.brokers.kafka._headers import _Packer
 from nova.brokers.kafka._subscription import KafkaSubscription
 
@@ -94,7 +94,6 @@ _MAX_BATCH_BYTES = 512 * 1024  # record batches stay well under Kafka's default 
 def _key(message: Message) -> bytes | None:
     return None if message.key is None else message.key.encode()
 
-_TOPIC_ALREADY_EXISTS = 36
 
 
 class KafkaBroker:
@@ -180,6 +179,7 @@ class KafkaBroker:
         self._security_protocol = (
             auth.security_protocol if auth is not None else ("SSL" if ssl is not None else "PLAINTEXT")
         )
+        self._error_context = ErrorContext(self._security_protocol, auth, ssl, request_timeout_ms / 1000)
         self._ssl_context: _ssl.SSLContext | None = None
         self._producer: Any = None
         self._admin: Any = None
@@ -326,43 +326,18 @@ class KafkaBroker:
                 await aiokafka_internals.probe(host, port, self.connect_timeout_s, kw)
             except (OSError, kafka_errors.KafkaError, TimeoutError) as exc:
                 errors.append((server, exc))
-                if _is_auth_failure(exc):
+                if is_refusal(exc):
                     break  # the same credentials will be refused everywhere
                 continue
             else:
                 return
         server, error = errors[-1]
-        raise self._translate(error, f"cannot connect to Kafka at {server}") from error
+        within = replace(self._error_context, timeout_s=self.connect_timeout_s)
+        raise translate(error, f"cannot connect to Kafka at {server}", within) from error
 
     def _translate(self, exc: BaseException, what: str) -> BrokerError:
-        """A nova error naming what went wrong (never the password)."""
-        if isinstance(exc, _ssl.SSLCertVerificationError):
-            return AuthenticationError(
-                f"{what}: the broker's TLS certificate is not trusted ({exc.verify_message}); "
-                f"check KafkaSSL(ca_file=...) (now {self.ssl.ca_file if self.ssl else None!r})"
-            )
-        if isinstance(exc, _ssl.SSLError):
-            return AuthenticationError(f"{what}: TLS handshake failed ({exc}); check KafkaSSL settings")
-        if isinstance(exc, kafka_errors.SaslAuthenticationFailed | kafka_errors.UnsupportedSaslMechanismError):
-            assert self.auth is not None
-            return AuthenticationError(
-                f"{what}: the broker refused user {self.auth.username!r} with SASL "
-                f"{self.auth.mechanism} over {self.auth.security_protocol} ({exc}); check the username "
-                "and password"
-            )
-        if isinstance(exc, kafka_errors.TopicAuthorizationFailedError | kafka_errors.GroupAuthorizationFailedError):
-            return AuthenticationError(f"{what}: not authorized ({exc})")
-        if isinstance(exc, TimeoutError | kafka_errors.KafkaTimeoutError):
-            return ConnectionError(
-                f"{what}: no answer within {self.connect_timeout_s:g} s; is it running, and is it a "
-                f"{self._security_protocol} listener?"
-            )
-        if isinstance(exc, OSError | kafka_errors.KafkaConnectionError):
-            return ConnectionError(
-                f"{what}: {exc} (this client speaks {self._security_protocol}: check the address and "
-                "that the listener expects that protocol)"
-            )
-        return BrokerError(f"{what}: {exc}")
+        """The nova error for ``exc`` (see ``_errors.TABLE``): ``raise self._translate(...) from exc``."""
+        return translate(exc, what, self._error_context)
 
     # --- topics ---------------------------------------------------------------------------------
 
@@ -386,9 +361,9 @@ class KafkaBroker:
                 raise self._translate(exc, f"cannot create topics {missing}") from exc
             for entry in response.topic_errors:
                 topic, code = entry[0], entry[1]
-                if code not in (0, _TOPIC_ALREADY_EXISTS):
-                    error = kafka_errors.for_code(code)
-                    raise BrokerError(f"cannot create topic {topic!r}: {error.__name__} ({entry[2:]})")
+                if code not in (0, kafka_errors.TopicAlreadyExistsError.errno):
+                    error = for_code(code, *entry[2:])
+                    raise self._translate(error, f"cannot create topic {topic!r}") from error
             await self._await_leaders(missing)
             self._known_topics.update(missing)
 
@@ -485,9 +460,8 @@ class KafkaBroker:
         if first_error is not None:
             if isinstance(first_error, kafka_errors.ProducerClosed) and self._closed:
                 raise ClosedError("KafkaBroker was closed while publishing") from first_error
-            raise EnqueueError(
-                f"Kafka did not acknowledge {failed or 'all'} of {len(messages)} message(s): {first_error!r}"
-            ) from first_error
+            what = f"Kafka did not acknowledge {failed or 'all'} of {len(messages)} message(s)"
+            raise EnqueueError(str(self._translate(first_error, what))) from first_error
 
     async def _by_partition(
         self, messages: Sequence[Message], topics: Sequence[str]
@@ -536,10 +510,3 @@ class KafkaBroker:
         if self._admin is not None:
             await _common.quietly(self._admin.close(), log, "closing the Kafka admin client")
         self._producer = self._admin = None
-
-
-def _is_auth_failure(exc: BaseException) -> bool:
-    return isinstance(
-        exc,
-        _ssl.SSLError | kafka_errors.SaslAuthenticationFailed | kafka_errors.UnsupportedSaslMechanismError,
-    )
