@@ -30,12 +30,12 @@ How the broker contract maps onto Kafka:
 - **consume**: manual commits only. Each partition tracks its delivered offsets;
   the committed offset is the lowest one not yet acked, so out-of-order acks
   from concurrent handlers never commit past unfinished work. Commits are
-  batched (every ``commit_interval_ms``, on partition revoke and on close).
+  batched (every ``commit_interval``, on partition revoke and on close).
 - **window**: at most ``window`` unacked deliveries per partition. Fetching is
   bounded apart: a partition with ``max(window, 4096)`` fetched records not yet
   handed out is ``pause()``d while the poll loop keeps calling ``getmany`` for
   the others, so a delivery may stay unacked for as long as it likes without
-  exceeding ``max_poll_interval_ms``. Pauses are re-applied after a rebalance.
+  exceeding ``max_poll_interval``. Pauses are re-applied after a rebalance.
 - **nack**: the record goes back to the front of its partition's local queue
   and is delivered again by this member (its offset stays uncommitted, so if
   the partition moves to another member first, that member gets it instead).
@@ -59,7 +59,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aiokafka  # type: ignore[import-untyped]
 import aiokafka.errors as kafka_errors  # type: ignore[import-untyped]
@@ -75,7 +74,16 @@ from nova._errors import (
 )
 from nova.brokers import _common
 from nova.brokers.kafka import _aiokafka_internals as aiokafka_internals
-from nova.brokers.kafka._config import KafkaAuth, KafkaSSL
+from nova.brokers.kafka._config import (
+    DURATIONS,
+    KafkaAuth,
+    KafkaSSL,
+    bootstrap_list,
+    duration_option,
+    millis,
+    parse_url,
+    positive_int,
+)
 from nova.brokers.kafka._errors import ErrorContext, for_code, is_refusal, translate
 from nova.brokers.kafka._headers import _Packer
 from nova.brokers.kafka._subscription import KafkaSubscription
@@ -106,6 +114,15 @@ class KafkaBroker:
     ``group_id``, ``topic_prefix`` and ``delay_slots`` set here override the
     TaskQueue's. ``delay_slots=(count, duration)`` is passed to the engine's delay
     tiers; precision never depends on it.
+
+    Durations are timedeltas (numbers are seconds): ``session_timeout`` (30 s),
+    ``heartbeat_interval`` (1 s), ``max_poll_interval`` (5 min), ``commit_interval``
+    (how often done offsets are committed, 200 ms), ``request_timeout`` (40 s) and
+    ``connect_timeout`` (10 s). The seed's names in milliseconds (``session_timeout_ms``,
+    ...; ``connect_timeout_s`` in seconds) are accepted too, one name per duration.
+
+    >>> KafkaBroker("127.0.0.1:9092", session_timeout=timedelta(seconds=6)).session_timeout_ms
+    6000
     """
 
     clock: Clock | None = None
@@ -119,26 +136,27 @@ class KafkaBroker:
         group_id: str | None = None,
         topic_prefix: str | None = None,
         auto_commit: bool = False,
-        session_timeout_ms: int = 30000,
-        heartbeat_interval_ms: int = 1000,
-        max_poll_interval_ms: int = 300000,
+        session_timeout: timedelta | float | None = None,
+        heartbeat_interval: timedelta | float | None = None,
+        max_poll_interval: timedelta | float | None = None,
         delay_slots: tuple[int, timedelta | float] | None = None,
         auth: KafkaAuth | None = None,
         ssl: KafkaSSL | None = None,
         partitions: int = 1,
         replication_factor: int | None = None,
         max_message_bytes: int = 1_000_000,
-        commit_interval_ms: int = 200,
-        request_timeout_ms: int = 40000,
-        connect_timeout_s: float = 10.0,
+        commit_interval: timedelta | float | None = None,
+        request_timeout: timedelta | float | None = None,
+        connect_timeout: timedelta | float | None = None,
         client_id: str = "nova",
+        session_timeout_ms: int | None = None,
+        heartbeat_interval_ms: int | None = None,
+        max_poll_interval_ms: int | None = None,
+        commit_interval_ms: int | None = None,
+        request_timeout_ms: int | None = None,
+        connect_timeout_s: float | None = None,
     ) -> None:
-        servers = [bootstrap_servers] if isinstance(bootstrap_servers, str) else list(bootstrap_servers)
-        self.bootstrap_servers = [s.strip() for part in servers for s in part.split(",") if s.strip()]
-        if not self.bootstrap_servers:
-            raise ConfigurationError("KafkaBroker needs at least one bootstrap server (host:port)")
-        for server in self.bootstrap_servers:
-            _common.split_host_port(server, "bootstrap server")
+        self.bootstrap_servers = bootstrap_list(bootstrap_servers)
         self.group_id = _common.optional_group(group_id)
         self.topic_prefix = _common.optional_prefix(topic_prefix)
         self.delay_slots = _common.delay_slots(delay_slots)
@@ -148,38 +166,34 @@ class KafkaBroker:
             raise ConfigurationError(f"ssl must be a KafkaSSL, not {type(ssl).__name__}")
         if auth is not None and auth.security_protocol == "SASL_PLAINTEXT" and ssl is not None:
             raise ConfigurationError("KafkaAuth('SASL_PLAINTEXT', ...) does not use TLS: drop ssl= or use SASL_SSL")
-        for name, value in (
-            ("partitions", partitions),
-            ("session_timeout_ms", session_timeout_ms),
-            ("heartbeat_interval_ms", heartbeat_interval_ms),
-            ("max_poll_interval_ms", max_poll_interval_ms),
-            ("max_message_bytes", max_message_bytes),
-            ("commit_interval_ms", commit_interval_ms),
-            ("request_timeout_ms", request_timeout_ms),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigurationError(f"{name} must be a positive int, not {value!r}")
-        if replication_factor is not None and replication_factor < 1:
-            raise ConfigurationError(f"replication_factor must be >= 1, not {replication_factor!r}")
-        if heartbeat_interval_ms >= session_timeout_ms:
-            raise ConfigurationError("heartbeat_interval_ms must be below session_timeout_ms")
+        self.partitions = positive_int("partitions", partitions)
+        self.replication_factor = None if replication_factor is None else positive_int(
+            "replication_factor", replication_factor
+        )
+        self.max_message_bytes: int | None = positive_int("max_message_bytes", max_message_bytes)
+        self.session_timeout = duration_option("session_timeout", session_timeout, session_timeout_ms)
+        self.heartbeat_interval = duration_option("heartbeat_interval", heartbeat_interval, heartbeat_interval_ms)
+        self.max_poll_interval = duration_option("max_poll_interval", max_poll_interval, max_poll_interval_ms)
+        self.commit_interval = duration_option("commit_interval", commit_interval, commit_interval_ms)
+        self.request_timeout = duration_option("request_timeout", request_timeout, request_timeout_ms)
+        self.connect_timeout = duration_option("connect_timeout", connect_timeout, connect_timeout_s)
+        if self.heartbeat_interval >= self.session_timeout:
+            raise ConfigurationError("heartbeat_interval must be below session_timeout")
+        # The seed's names, in the units aiokafka takes.
+        self.session_timeout_ms = millis(self.session_timeout)
+        self.heartbeat_interval_ms = millis(self.heartbeat_interval)
+        self.max_poll_interval_ms = millis(self.max_poll_interval)
+        self.commit_interval_ms = millis(self.commit_interval)
+        self.request_timeout_ms = millis(self.request_timeout)
+        self.connect_timeout_s = self.connect_timeout.total_seconds()
         self.auth = auth
         self.ssl = ssl
         self.auto_commit = auto_commit
-        self.session_timeout_ms = session_timeout_ms
-        self.heartbeat_interval_ms = heartbeat_interval_ms
-        self.max_poll_interval_ms = max_poll_interval_ms
-        self.partitions = partitions
-        self.replication_factor = replication_factor
-        self.max_message_bytes: int | None = max_message_bytes
-        self.commit_interval_ms = commit_interval_ms
-        self.request_timeout_ms = request_timeout_ms
-        self.connect_timeout_s = connect_timeout_s
         self.client_id = client_id
         self._security_protocol = (
             auth.security_protocol if auth is not None else ("SSL" if ssl is not None else "PLAINTEXT")
         )
-        self._error_context = ErrorContext(self._security_protocol, auth, ssl, request_timeout_ms / 1000)
+        self._error_context = ErrorContext(self._security_protocol, auth, ssl, self.request_timeout.total_seconds())
         self._ssl_context: _ssl.SSLContext | None = None
         self._producer: Any = None
         self._admin: Any = None
@@ -206,55 +220,13 @@ class KafkaBroker:
         >>> KafkaBroker.from_url("kafka://127.0.0.1:9092?group_id=g&topic_prefix=p").topic_prefix
         'p'
         """
-        parts = urlsplit(url)
-        if parts.scheme != "kafka":
-            raise ConfigurationError(f"not a kafka:// URL: {_common.redact_url(url)!r}")
-        netloc = parts.netloc
-        username = password = None
-        if "@" in netloc:
-            userinfo, netloc = netloc.rsplit("@", 1)
-            username, _, password = userinfo.partition(":")
-            username, password = unquote(username), unquote(password)
-        if not netloc:
-            raise ConfigurationError(f"kafka URL has no host: {_common.redact_url(url)!r}")
-        query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
-        kwargs: dict[str, Any] = {}
-        ints = ("partitions", "replication_factor", "session_timeout_ms", "max_poll_interval_ms")
-        for key in ints:
-            if key in query:
-                try:
-                    kwargs[key] = int(query.pop(key))
-                except ValueError:
-                    raise ConfigurationError(f"kafka URL option {key} must be an integer") from None
-        for key in ("group_id", "topic_prefix"):
-            if key in query:
-                kwargs[key] = query.pop(key)
-        if "auto_commit" in query:
-            kwargs["auto_commit"] = _common.parse_bool("auto_commit", query.pop("auto_commit"), "kafka")
-        protocol = query.pop("security_protocol", None)
-        mechanism = query.pop("sasl_mechanism", "PLAIN")
-        files = {k: query.pop(k) for k in ("ca_file", "cert_file", "key_file") if k in query}
-        if query:
-            raise ConfigurationError(f"unknown kafka URL option(s): {', '.join(sorted(query))}")
-        if protocol is None:
-            protocol = "SASL_PLAINTEXT" if username else ("SSL" if files else "PLAINTEXT")
-        protocol = protocol.upper()
-        if protocol in ("SSL", "SASL_SSL"):
-            kwargs["ssl"] = KafkaSSL(files.get("ca_file"), files.get("cert_file"), files.get("key_file"))
-        elif files:
-            raise ConfigurationError("ca_file/cert_file/key_file need security_protocol SSL or SASL_SSL")
-        if protocol.startswith("SASL_"):
-            if not username:
-                raise ConfigurationError(f"security_protocol {protocol} needs user:password@ in the URL")
-            kwargs["auth"] = KafkaAuth(protocol, mechanism.upper(), username, password or "")  # type: ignore[arg-type]
-        elif protocol not in ("PLAINTEXT", "SSL"):
-            raise ConfigurationError(
-                f"security_protocol {protocol!r} is invalid: use PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
-            )
-        elif username:
-            raise ConfigurationError("credentials in the URL need security_protocol SASL_PLAINTEXT or SASL_SSL")
+        servers, kwargs = parse_url(url)
+        for name, (seed_name, _, _) in DURATIONS.items():
+            if name in overrides or seed_name in overrides:  # either name overrides the URL's
+                kwargs.pop(name, None)
+                kwargs.pop(seed_name, None)
         kwargs.update(overrides)
-        return cls(netloc.split(","), **kwargs)
+        return cls(servers, **kwargs)
 
     def __repr__(self) -> str:
         return (

@@ -212,7 +212,7 @@ class KafkaSubscription:
             raise self._broker._translate(exc, "cannot start the Kafka consumer") from exc
         self._poll_task = asyncio.create_task(self._poll(), name=f"nova-kafka-poll-{self.group}")
         self._commit_task = asyncio.create_task(self._commit_loop(), name=f"nova-kafka-commit-{self.group}")
-        join_timeout = max(30.0, 2 * self._broker.session_timeout_ms / 1000)
+        join_timeout = max(30.0, 2 * self._broker.session_timeout.total_seconds())
         assigned = asyncio.ensure_future(self._assigned.wait())
         try:
             await asyncio.wait({assigned, self._poll_task}, timeout=join_timeout, return_when="FIRST_COMPLETED")
@@ -387,7 +387,7 @@ class KafkaSubscription:
                 self._wake.set()
 
     async def _commit_loop(self) -> None:
-        interval = self._broker.commit_interval_ms / 1000
+        interval = self._broker.commit_interval.total_seconds()
         while not self._closing:
             await asyncio.sleep(interval)
             await self._commit(limit_s=interval * 10 + 5)
