@@ -1,4 +1,60 @@
-"""Kafka adapter (aiokafka): ``nova.KafkaBroker``, ``nova.KafkaAuth``, ``nova.KafkaSSL``."""
+"""Kafka adapter on aiokafka: ``nova.KafkaBroker``, ``nova.KafkaAuth``, ``nova.KafkaSSL``.
+
+    broker = KafkaBroker("127.0.0.1:9092", group_id="billing", topic_prefix="shop")
+    broker = KafkaBroker.from_url("kafka://127.0.0.1:9092?group_id=billing&topic_prefix=shop")
+    broker = KafkaBroker(
+        "kafka1:9096",
+        auth=KafkaAuth("SASL_SSL", "SCRAM-SHA-256", "alice", "s3cret"),
+        ssl=KafkaSSL(ca_file="/etc/kafka/ca.pem"),
+    )
+
+How the broker contract maps onto Kafka:
+
+- **publish**: an idempotent producer with ``acks=all``; ``publish`` returns once
+  every record is acknowledged, else raises ``EnqueueError`` from the cause.
+  Messages are spread round robin over a topic's partitions; a call with many
+  messages for a partition builds its own record batch, small calls share the
+  producer's batches. A message's headers travel together as one Kafka header,
+  ``nova``, holding a JSON object with nova's header names shortened to one letter
+  (``{"i": "<nova-id>", "t": "<nova-type>", ...}``; the format is in ``_headers``):
+  aiokafka builds and parses each header of a record separately, so one header
+  costs much less than seven on both ends, and short names keep records small.
+  Packed headers with the full names are read too, and so are records with
+  ordinary Kafka headers (another producer's), their values as utf-8 text.
+  ``key`` is the record key (not used for partitioning: task ids buy no ordering).
+- **topics**: created with the admin client (``ensure_topics``; ``publish`` and
+  ``subscribe`` also ensure the topics they touch, once per process), with
+  ``partitions`` partitions and a replication factor of ``min(3, brokers)``
+  unless ``replication_factor`` is given. Existing topics are left as they are.
+- **consume**: manual commits only. Each partition tracks its delivered offsets;
+  the committed offset is the lowest one not yet acked, so out-of-order acks
+  from concurrent handlers never commit past unfinished work. Commits are
+  batched (every ``commit_interval``, on partition revoke and on close).
+- **window**: at most ``window`` unacked deliveries per partition. Fetching is
+  bounded apart: a partition with ``max(window, 4096)`` fetched records not yet
+  handed out is ``pause()``d while the poll loop keeps calling ``getmany`` for
+  the others, so a delivery may stay unacked for as long as it likes without
+  exceeding ``max_poll_interval``. Pauses are re-applied after a rebalance.
+- **nack**: the record goes back to the front of its partition's local queue
+  and is delivered again by this member (its offset stays uncommitted, so if
+  the partition moves to another member first, that member gets it instead).
+- **rebalance**: on revoke the records fetched but not yet delivered are
+  dropped and the acked prefix is committed; a partition that comes back keeps
+  its bookkeeping, so in-flight deliveries are not handed out twice. A sticky
+  assignor keeps partitions with their owners and never moves one that has
+  unacked deliveries while its owner lives (so a worker or delay forwarder
+  joining the group does not duplicate the messages another one holds).
+- ``auto_commit=True`` is an explicit **at-most-once** mode: an offset counts as
+  done as soon as it is delivered, whatever the handler does; ``nack`` then
+  does not redeliver.
+
+Where things are: ``_broker`` (KafkaBroker: connect, topics, publish), ``_config``
+(KafkaAuth, KafkaSSL, durations, URLs), ``_headers`` (the packed header),
+``_subscription`` (KafkaSubscription, KafkaDelivery, offsets and pauses), ``_assignor``
+(the sticky assignor), ``_errors`` (the one aiokafka -> nova error table) and
+``_aiokafka_internals`` (everything that reaches into aiokafka's private parts; what an
+aiokafka upgrade can break).
+"""
 
 try:
     import aiokafka  # type: ignore[import-untyped]  # noqa: F401

@@ -1,54 +1,5 @@
-"""Kafka backend on aiokafka.
-
-    broker = KafkaBroker("127.0.0.1:9092", group_id="billing", topic_prefix="shop")
-    broker = KafkaBroker.from_url("kafka://127.0.0.1:9092?group_id=billing&topic_prefix=shop")
-    broker = KafkaBroker(
-        "kafka1:9096",
-        auth=KafkaAuth("SASL_SSL", "SCRAM-SHA-256", "alice", "s3cret"),
-        ssl=KafkaSSL(ca_file="/etc/kafka/ca.pem"),
-    )
-
-How the broker contract maps onto Kafka:
-
-- **publish**: an idempotent producer with ``acks=all``; ``publish`` returns once
-  every record is acknowledged, else raises ``EnqueueError`` from the cause.
-  Messages are spread round robin over a topic's partitions; a call with many
-  messages for a partition builds its own record batch, small calls share the
-  producer's batches. A message's headers travel together as one Kafka header,
-  ``nova``, holding a JSON object with nova's header names shortened to one letter
-  (``{"i": "<nova-id>", "t": "<nova-type>", ...}``, see ``_PACKED_NAMES``; other names
-  are kept, escaped with "=" where they could be mistaken for one of those): aiokafka
-  parses and builds seven headers per record at about three times the cost of one,
-  on both ends (end to end ~15-20 % faster), and the short names make a record ~20 %
-  smaller. Packed headers with the full names are read too, and so are records with
-  ordinary Kafka headers (another producer's), their values as utf-8 text.
-  ``key`` is the record key (not used for partitioning: task ids buy no ordering).
-- **topics**: created with the admin client (``ensure_topics``; ``publish`` and
-  ``subscribe`` also ensure the topics they touch, once per process), with
-  ``partitions`` partitions and a replication factor of ``min(3, brokers)``
-  unless ``replication_factor`` is given. Existing topics are left as they are.
-- **consume**: manual commits only. Each partition tracks its delivered offsets;
-  the committed offset is the lowest one not yet acked, so out-of-order acks
-  from concurrent handlers never commit past unfinished work. Commits are
-  batched (every ``commit_interval``, on partition revoke and on close).
-- **window**: at most ``window`` unacked deliveries per partition. Fetching is
-  bounded apart: a partition with ``max(window, 4096)`` fetched records not yet
-  handed out is ``pause()``d while the poll loop keeps calling ``getmany`` for
-  the others, so a delivery may stay unacked for as long as it likes without
-  exceeding ``max_poll_interval``. Pauses are re-applied after a rebalance.
-- **nack**: the record goes back to the front of its partition's local queue
-  and is delivered again by this member (its offset stays uncommitted, so if
-  the partition moves to another member first, that member gets it instead).
-- **rebalance**: on revoke the records fetched but not yet delivered are
-  dropped and the acked prefix is committed; a partition that comes back keeps
-  its bookkeeping, so in-flight deliveries are not handed out twice. A sticky
-  assignor keeps partitions with their owners and never moves one that has
-  unacked deliveries while its owner lives (so a worker or delay forwarder
-  joining the group does not duplicate the messages another one holds).
-- ``auto_commit=True`` is an explicit **at-most-once** mode: an offset counts as
-  done as soon as it is delivered, whatever the handler does; ``nack`` then
-  does not redeliver.
-"""
+"""``KafkaBroker``: connecting, topics and publishing (the contract's mapping onto Kafka is
+the package docstring, ``nova.brokers.kafka``)."""
 
 from __future__ import annotations
 
@@ -105,7 +56,7 @@ def _key(message: Message) -> bytes | None:
 
 
 class KafkaBroker:
-    """Kafka backend (see the module docstring for the semantics).
+    """Kafka backend (the semantics: see the package docstring, ``nova.brokers.kafka``).
 
     >>> broker = KafkaBroker("127.0.0.1:9092", group_id="billing", partitions=3)
     >>> broker.group_id, broker.native_delay_max
@@ -118,8 +69,8 @@ class KafkaBroker:
     Durations are timedeltas (numbers are seconds): ``session_timeout`` (30 s),
     ``heartbeat_interval`` (1 s), ``max_poll_interval`` (5 min), ``commit_interval``
     (how often done offsets are committed, 200 ms), ``request_timeout`` (40 s) and
-    ``connect_timeout`` (10 s). The seed's names in milliseconds (``session_timeout_ms``,
-    ...; ``connect_timeout_s`` in seconds) are accepted too, one name per duration.
+    ``connect_timeout`` (10 s). Their unit-suffixed names are accepted too, one name per
+    duration: ``session_timeout_ms``, ... in integer milliseconds, ``connect_timeout_s``.
 
     >>> KafkaBroker("127.0.0.1:9092", session_timeout=timedelta(seconds=6)).session_timeout_ms
     6000
@@ -179,7 +130,7 @@ class KafkaBroker:
         self.connect_timeout = duration_option("connect_timeout", connect_timeout, connect_timeout_s)
         if self.heartbeat_interval >= self.session_timeout:
             raise ConfigurationError("heartbeat_interval must be below session_timeout")
-        # The seed's names, in the units aiokafka takes.
+        # The unit-suffixed names, in the units aiokafka takes.
         self.session_timeout_ms = millis(self.session_timeout)
         self.heartbeat_interval_ms = millis(self.heartbeat_interval)
         self.max_poll_interval_ms = millis(self.max_poll_interval)
@@ -221,10 +172,10 @@ class KafkaBroker:
         'p'
         """
         servers, kwargs = parse_url(url)
-        for name, (seed_name, _, _) in DURATIONS.items():
-            if name in overrides or seed_name in overrides:  # either name overrides the URL's
+        for name, (suffixed, _, _) in DURATIONS.items():
+            if name in overrides or suffixed in overrides:  # either name overrides the URL's
                 kwargs.pop(name, None)
-                kwargs.pop(seed_name, None)
+                kwargs.pop(suffixed, None)
         kwargs.update(overrides)
         return cls(servers, **kwargs)
 
@@ -343,7 +294,7 @@ class KafkaBroker:
         """Wait (up to ``within`` seconds) until every partition of freshly created topics has
         a leader that answers for it. A client that asks sooner is told the topic is unknown
         ("Topic ... not found in cluster metadata") or that the broker is not its leader
-        (KRaft shows the leader in the metadata ~10-40 ms before the broker takes the
+        (with KRaft the metadata names a leader shortly before that broker takes the
         partition), and aiokafka logs it as an error or a warning before retrying."""
         backoff = _common.Backoff(within)
         leaders: dict[int, list[tuple[str, int]]] = {}  # leader node -> its new partitions

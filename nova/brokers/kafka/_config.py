@@ -90,8 +90,8 @@ class KafkaSSL:
 _MS = timedelta(milliseconds=1)
 
 #: KafkaBroker's durations: timedelta (numbers are seconds) under these names, and under
-#: the seed's names, integer milliseconds (connect_timeout_s: seconds).
-#: name -> (the seed's name, its unit, default)
+#: their unit-suffixed names integer milliseconds (connect_timeout_s: seconds).
+#: name -> (unit-suffixed name, its unit, default)
 DURATIONS: dict[str, tuple[str, timedelta, timedelta]] = {
     "session_timeout": ("session_timeout_ms", _MS, timedelta(seconds=30)),
     "heartbeat_interval": ("heartbeat_interval_ms", _MS, timedelta(seconds=1)),
@@ -102,19 +102,19 @@ DURATIONS: dict[str, tuple[str, timedelta, timedelta]] = {
 }
 
 
-def duration_option(name: str, value: timedelta | float | None, seed_value: float | None) -> timedelta:
-    """One of ``DURATIONS``, given as ``name=`` (timedelta or seconds) or under the seed's name.
+def duration_option(name: str, value: timedelta | float | None, suffixed_value: float | None) -> timedelta:
+    """One of ``DURATIONS``, given as ``name=`` (timedelta or seconds) or under its unit-suffixed name.
 
     >>> duration_option("session_timeout", None, 6000)
     datetime.timedelta(seconds=6)
     """
-    seed_name, unit, default = DURATIONS[name]
-    if seed_value is not None:
+    suffixed, unit, default = DURATIONS[name]
+    if suffixed_value is not None:
         if value is not None:
-            raise ConfigurationError(f"give {name}= or {seed_name}=, not both")
+            raise ConfigurationError(f"give {name}= or {suffixed}=, not both")
         if unit == _MS:
-            return timedelta(milliseconds=positive_int(seed_name, seed_value))
-        return _common.duration(seed_name, seed_value)
+            return timedelta(milliseconds=positive_int(suffixed, suffixed_value))
+        return _common.duration(suffixed, suffixed_value)
     if value is None:
         return default
     result = _common.duration(name, value)

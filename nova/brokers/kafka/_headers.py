@@ -1,5 +1,17 @@
-"""The packed-header format: a message's headers as one Kafka header, ``nova`` (see the
-package docstring), written and read once per run of messages that differ only in the id."""
+"""The packed header: all of a message's headers as one Kafka header, ``nova``.
+
+Its value is a JSON object of strings. nova's own header names are shortened to one
+letter (``_PACKED_NAMES``); any other name is kept as it is, unless it is one of those
+letters or begins with "=": then it gets one more "=" in front. nova writes the id
+first, ``{"i":"<id>",<rest>``, so the tasks of one ``enqueue_batch``, which differ only
+in the id, are packed (``_Packer``) and parsed (``_PackedHeaders``) once per run.
+
+    >>> _headers(Message("t", b"", {"nova-id": "a1", "nova-type": "email", "trace": "x"}))
+    [('nova', b'{"i":"a1","t":"email","trace":"x"}')]
+
+Records with the full names (``{"nova-id": ...}``) decode too, and so do records with
+ordinary Kafka headers, one per name (another producer's), their values as UTF-8 text.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +23,7 @@ import orjson
 from nova._broker import Message
 from nova._envelope import H
 
-_PACKED = "nova"  # the Kafka header that carries all of a message's headers (see the module docstring)
+_PACKED = "nova"  # the Kafka header that carries all of a message's headers
 # How the packed header names nova's headers. Any other name is written as it is, unless it
 # is one of these letters or begins with "=": then with one more "=" in front.
 _PACKED_NAMES = {H.ID: "i", H.TYPE: "t", H.QUEUE: "q", H.PRIORITY: "p", H.ATTEMPT: "a", H.CONTENT_TYPE: "c",
@@ -33,7 +45,7 @@ def _full_name(name: str) -> str:
 
 
 _ID = H.ID
-_ID_FIRST = b'{"i":"'  # how nova's packed header begins: the id comes first (see task_headers)
+_ID_FIRST = b'{"i":"'  # how nova's packed header begins: the id comes first (see _envelope.task_headers)
 _ID_AT = len(_ID_FIRST)
 _ID_KEYS = (b'"i"', b'"nova-id"')  # an id's key, short or full, anywhere after the first
 
@@ -43,7 +55,7 @@ def _pack(headers: Mapping[str, str]) -> bytes:
 
 
 def _headers(message: Message) -> list[tuple[str, bytes]]:
-    """A message's headers as Kafka headers: one, ``nova``, packed (see the module docstring)."""
+    """A message's headers as Kafka headers: one, ``nova``, packed."""
     return [(_PACKED, _pack(message.headers))] if message.headers else []
 
 

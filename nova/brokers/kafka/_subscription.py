@@ -150,7 +150,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaSubscription:
-    """A consumer-group member; iterate it for deliveries. See the module docstring.
+    """A consumer-group member; iterate it for deliveries (see the package docstring).
 
     >>> async for delivery in sub:  # doctest: +SKIP
     ...     await delivery.ack()
@@ -173,7 +173,7 @@ class KafkaSubscription:
         self._end_offsets: dict[Any, int] = {}
         self._end_offsets_at = 0.0
         self._by_topic: dict[str, list[_PartitionState]] = {}  # backlog() reads it per task
-        self._states: list[_PartitionState] = []  # _parts' values, for _take
+        self._states: list[_PartitionState] = []  # _parts' values, for take_nowait
         # backlog_nowait's answers until something they count changes: records fetched, handed
         # out or given back, own sends, end offsets, assignment. (A partition's highwater can
         # also move in aiokafka's fetcher, but records past it come through _poll, and a paused
@@ -182,8 +182,8 @@ class KafkaSubscription:
         self._packed = _PackedHeaders()
         self._auto_commit = broker.auto_commit
         # Fetched records kept per partition before pausing it: several fetches' worth, so
-        # the next fetch is in flight long before the handlers run dry (a pause at one window
-        # left them idle for a fetch round trip, up to fetch_max_wait_ms, every few thousand).
+        # the next fetch is in flight long before the handlers run dry (pausing at one
+        # window's worth would leave them idle for a fetch round trip at every pause).
         self._buffer_limit = max(window, _PREFETCH_RECORDS)
         self._generation = -1
         self._refresh_task: asyncio.Task[None] | None = None
@@ -315,7 +315,7 @@ class KafkaSubscription:
     def _update_pause(self, state: _PartitionState) -> None:
         """Fetch a partition only while fewer than ``_buffer_limit`` fetched records wait to
         be handed out: bounded prefetch. Deliveries a handler holds do not count (``window``
-        caps those in ``_take``); pausing on them flipped the partition on every ack."""
+        caps those in ``take_nowait``); pausing on them would flip the partition on every ack."""
         if not state.assigned:
             return
         full = len(state.buffer) + len(state.retry) >= self._buffer_limit
