@@ -86,26 +86,7 @@ def bodies(deliveries: list[KafkaDelivery]) -> list[bytes]:
     return [d.body for d in deliveries]
 
 
-# --- the contract -------------------------------------------------------------------------------
-
-
-async def test_publish_then_subscribe_round_trip(kafka_broker: Factory, kafka_name: Names) -> None:
-    broker = kafka_broker()
-    topic = kafka_name("t")
-    before = time.time()
-    await broker.publish(
-        [Message(topic, b"one", {"nova-id": "1", "unicode": "h\u00e9"}, key="k1"), Message(topic, b"two")]
-    )
-    sub = await broker.subscribe([topic], group=kafka_name("g"), window=10)
-    first, second = await take(sub, 2)
-    assert (first.topic, first.body, dict(first.headers), first.key) == (
-        topic, b"one", {"nova-id": "1", "unicode": "h\u00e9"}, "k1"
-    )  # fmt: skip
-    assert (second.body, dict(second.headers), second.key) == (b"two", {}, None)
-    assert before - 1 <= first.published_at <= time.time() + 1
-    await first.ack()
-    await second.ack()
-    await sub.close()
+# --- how Kafka keeps the contract (the contract itself: conformance/contract/) ---------------------
 
 
 async def test_records_come_out_of_aiokafka_as_parsed_not_wrapped(kafka_broker: Factory, kafka_name: Names) -> None:
@@ -125,18 +106,6 @@ async def test_records_come_out_of_aiokafka_as_parsed_not_wrapped(kafka_broker: 
     ]
     for delivery in got:
         await delivery.ack()
-    await sub.close()
-
-
-async def test_subscribe_reads_what_was_published_before_the_group_existed(
-    kafka_broker: Factory, kafka_name: Names
-) -> None:
-    producer, consumer = kafka_broker(), kafka_broker()
-    topic = kafka_name("t")
-    await producer.publish([Message(topic, f"m{i}".encode()) for i in range(20)])
-    sub = await consumer.subscribe([topic], group=kafka_name("g"), window=50)
-    got = await take(sub, 20)
-    assert bodies(got) == [f"m{i}".encode() for i in range(20)]  # one partition keeps order
     await sub.close()
 
 
@@ -166,59 +135,6 @@ async def test_out_of_order_acks_commit_only_below_the_lowest_unfinished(
 
 async def _is(value: Awaitable[Any], expected: Any) -> bool:
     return (await value) == expected
-
-
-async def test_nack_redelivers_and_ack_is_idempotent(kafka_broker: Factory, kafka_name: Names) -> None:
-    broker = kafka_broker()
-    topic = kafka_name("t")
-    await broker.publish([Message(topic, b"a"), Message(topic, b"b")])
-    sub = await broker.subscribe([topic], group=kafka_name("g"), window=1)
-    (a,) = await take(sub)
-    await a.nack()
-    await a.nack()  # idempotent
-    await a.ack()  # no effect after nack
-    (again,) = await take(sub)
-    assert (again.body, again.offset) == (b"a", a.offset)
-    await again.ack()
-    await again.ack()
-    (b,) = await take(sub)
-    assert b.body == b"b"
-    await b.ack()
-    await eventually(lambda: _is(sub.backlog(topic), 0))
-    await sub.close()
-
-
-async def test_close_without_ack_redelivers_to_the_next_member(kafka_broker: Factory, kafka_name: Names) -> None:
-    broker = kafka_broker()
-    topic, group = kafka_name("t"), kafka_name("g")
-    await broker.publish([Message(topic, f"m{i}".encode()) for i in range(3)])
-    first = await broker.subscribe([topic], group=group, window=10)
-    got = await take(first, 3)
-    await got[0].ack()
-    await first.close()  # m1 and m2 were being worked on when this member left
-    await got[1].ack()  # too late: ignored, not an error
-    second = await kafka_broker().subscribe([topic], group=group, window=10)
-    assert bodies(await take(second, 2)) == [b"m1", b"m2"]
-    await second.close()
-
-
-async def test_full_window_pauses_one_topic_while_others_flow(kafka_broker: Factory, kafka_name: Names) -> None:
-    broker = kafka_broker()
-    slow, fast = kafka_name("slow"), kafka_name("fast")
-    await broker.publish([Message(slow, f"s{i}".encode()) for i in range(6)])
-    sub = await broker.subscribe([slow, fast], group=kafka_name("g"), window=2)
-    held = await take(sub, 2)
-    assert bodies(held) == [b"s0", b"s1"]
-    await broker.publish([Message(fast, f"f{i}".encode()) for i in range(2)])
-    # The slow topic's window is full; the fast topic is still served.
-    assert bodies(await take(sub, 2)) == [b"f0", b"f1"]
-    slow_state = next(s for tp, s in sub._parts.items() if tp.topic == slow)
-    assert slow_state.held == 2
-    assert sub.take_nowait() is None  # nothing more may be handed out: both windows are full
-    assert await sub.backlog(slow) == 4
-    await held[1].ack()  # out of order: frees one slot
-    (nxt,) = await take(sub)
-    assert nxt.body == b"s2"
 
 
 async def test_concurrent_small_and_large_publishes_all_land(kafka_broker: Factory, kafka_name: Names) -> None:
@@ -323,21 +239,6 @@ async def test_created_topics_have_leaders_before_they_are_used(
     assert about_ours == []
 
 
-async def test_backlog_counts_undelivered_records(kafka_broker: Factory, kafka_name: Names) -> None:
-    broker = kafka_broker()
-    topic, other = kafka_name("t"), kafka_name("o")
-    sub = await broker.subscribe([topic, other], group=kafka_name("g"), window=1)
-    assert await sub.backlog(topic) == 0
-    await broker.publish([Message(topic, b"x") for _ in range(4)])
-    await eventually(lambda: _is(sub.backlog(topic), 4))
-    (d,) = await take(sub)
-    assert await sub.backlog(topic) == 3
-    assert await sub.backlog(other) == 0
-    assert await sub.backlog("not-subscribed") == 0
-    await d.ack()
-    await sub.close()
-
-
 async def test_two_members_share_partitions(kafka_broker: Factory, kafka_name: Names) -> None:
     broker = kafka_broker(partitions=2)
     topic, group = kafka_name("t"), kafka_name("g")
@@ -376,16 +277,6 @@ async def test_publish_refused_raises_enqueue_error_with_cause(kafka_broker: Fac
         await broker.publish([Message(kafka_name("t"), b"x" * 3_000_000)])
     assert info.value.__cause__ is not None
     assert "MessageSizeTooLarge" in repr(info.value.__cause__)
-
-
-async def test_closed_broker_refuses_work(kafka_broker: Factory, kafka_name: Names) -> None:
-    broker = kafka_broker()
-    await broker.connect()
-    await broker.connect()  # idempotent
-    await broker.close()
-    await broker.close()  # idempotent
-    with pytest.raises(errors.ClosedError):
-        await broker.publish([Message(kafka_name("t"), b"x")])
 
 
 # --- auth and TLS --------------------------------------------------------------------------------
@@ -590,14 +481,6 @@ def test_missing_aiokafka_names_the_extra() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert "pip install 'nova-taskqueue[kafka]'" in out.stdout
-
-
-async def test_iterating_a_closed_subscription_stops(kafka_broker: Factory, kafka_name: Names) -> None:
-    broker = kafka_broker()
-    sub = await broker.subscribe([kafka_name("t")], group=kafka_name("g"), window=1)
-    await sub.close()
-    with pytest.raises(StopAsyncIteration):
-        await sub.__aiter__().__anext__()
 
 
 async def test_joining_member_gets_the_idle_partition_not_the_busy_one(
