@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nova._broker import Message
-from nova._rocketmq import RocketMQAdmin, RocketMQBroker, _client
+from nova.brokers.rocketmq._broker import RocketMQAdmin, RocketMQBroker, _client
 
 
 def _env_auth(prefix: str = "NOVA_ROCKETMQ_") -> tuple[str, str] | None:

@@ -27,7 +27,7 @@ import pytest
 
 import nova._errors as errors
 from nova._broker import Delivery, Message
-from nova._rocketmq import (
+from nova.brokers.rocketmq._broker import (
     ConsumerModel,
     RocketMQAdmin,
     RocketMQBroker,
@@ -462,7 +462,7 @@ def test_importing_the_client_leaves_logging_and_home_alone(tmp_path: Path) -> N
 import logging, os, sys
 handler = logging.StreamHandler(sys.stdout)
 logging.getLogger().addHandler(handler)
-from nova._rocketmq import _client
+from nova.brokers.rocketmq._broker import _client
 _client()
 assert handler in logging.getLogger().handlers, "root handlers were replaced"
 assert handler.stream is sys.stdout and not sys.stdout.closed
