@@ -28,7 +28,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nova._broker import Message
-from nova.brokers.rocketmq._broker import RocketMQAdmin, RocketMQBroker, _client
+from nova.brokers.rocketmq._admin import RocketMQAdmin
+from nova.brokers.rocketmq._broker import RocketMQBroker
+from nova.brokers.rocketmq._client_patches import _client
 
 
 def _env_auth(prefix: str = "NOVA_ROCKETMQ_") -> tuple[str, str] | None:

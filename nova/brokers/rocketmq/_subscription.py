@@ -1,0 +1,527 @@
+"""Consuming: SimpleConsumers per topic, a window, batched acks, renewed invisibility."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nova._broker import Delivery
+from nova._errors import ConfigurationError, NovaError
+from nova.brokers.rocketmq._client_patches import _client, _telemetry_streams_on_the_io_thread
+from nova.brokers.rocketmq._errors import _is_auth_failure
+
+if TYPE_CHECKING:
+    from nova.brokers.rocketmq._broker import RocketMQBroker
+
+log = logging.getLogger("nova.rocketmq")
+
+_HEADER_MARK = "="  # header values are stored as "=value": RocketMQ rejects blank property values
+
+
+def _shutdown_quietly(client: Any) -> None:
+    try:
+        client.shutdown()
+    except Exception:
+        log.debug("RocketMQ client shutdown failed", exc_info=True)
+
+
+# ---------------------------------------------------------------- consuming
+
+
+@dataclass(eq=False)
+class _Delivery:
+    topic: str
+    body: bytes
+    headers: Mapping[str, str]
+    published_at: float
+    _sub: _Subscription
+    _native: Any
+    _consumer: Any
+    _visible_until: float
+    _done: bool = False
+
+    async def ack(self) -> None:
+        await self._sub._settle(self, ack=True)
+
+    async def nack(self) -> None:
+        await self._sub._settle(self, ack=False)
+
+    def __repr__(self) -> str:
+        return f"<RocketMQ delivery topic={self.topic} id={self._native.message_id}>"
+
+
+#: Messages per receive (the proxy hands out at most 32)...
+_RECEIVE_BATCH = 32
+#: ...and receives in flight per topic while it has a backlog (the second overlaps the first's round trip).
+_RECEIVES_IN_FLIGHT = 2
+#: Acks ride in AckMessage requests of up to this many entries...
+_ACK_BATCH = 64
+#: ...with at most this many requests in flight; acks made meanwhile wait and join bigger batches.
+_ACKS_IN_FLIGHT = 4
+_ACK_ATTEMPTS = 3
+_CODE_OK, _CODE_MULTIPLE_RESULTS = 20000, 30000
+
+
+class _Subscription:
+    """SimpleConsumers of one group, one per topic, so each topic has its own window.
+
+    ``ack()`` returns at once: the delivery leaves the window and a background
+    task sends the acks in batches (one AckMessage request per topic carries
+    many receipt handles). An ack that never reaches the broker only means a
+    redelivery after ``consume_timeout``; ``close()`` sends the pending ones first.
+    """
+
+    def __init__(self, broker: RocketMQBroker, topics: list[str], group: str, window: int) -> None:
+        self._broker = broker
+        self.topics = topics
+        self.group = group
+        self.window = window
+        self._invisible = int(broker.consume_timeout.total_seconds())
+        self._consumers: dict[str, Any] = {}
+        self._retired: list[Any] = []
+        self._held: dict[str, set[_Delivery]] = {t: set() for t in topics}
+        self._buffered: dict[str, int] = dict.fromkeys(topics, 0)
+        # per topic: the group's received offset read before each receive in flight
+        self._receive_bases: dict[str, list[int]] = {t: [] for t in topics}
+        self._reserved: dict[str, int] = dict.fromkeys(topics, 0)
+        self._busy: dict[str, asyncio.Event] = {t: asyncio.Event() for t in topics}
+        self._reads_running: dict[str, asyncio.Future[tuple[int, int]]] = {}
+        self._reads_queued: dict[str, asyncio.Future[tuple[int, int]]] = {}
+        self._ack_pending: list[_Delivery] = []
+        self._ack_wake = asyncio.Event()
+        self._ack_task: asyncio.Task[None] | None = None
+        self._acks_stop = False
+        self._queue: asyncio.Queue[_Delivery | BaseException | None] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._closed = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<RocketMQ subscription group={self.group} topics={self.topics}>"
+
+    async def start(self) -> None:
+        try:
+            for topic in self.topics:
+                await self._broker._query_route(self._broker._producer, topic)
+                self._consumers[topic] = await self._new_consumer(topic)
+            for topic in self._consumers:
+                for lane in range(_RECEIVES_IN_FLIGHT):
+                    self._tasks.append(asyncio.create_task(self._pump(topic, lane)))
+            self._ack_task = asyncio.create_task(self._ack_loop())
+            self._tasks.append(asyncio.create_task(self._renew()))
+        except BaseException as exc:
+            for task in [*self._tasks, *([self._ack_task] if self._ack_task else [])]:
+                task.cancel()
+            await self._shutdown_consumers()
+            if isinstance(exc, NovaError) or not isinstance(exc, Exception):
+                raise
+            raise self._broker._err(exc, f"subscribe {self.group}") from exc
+
+    async def _new_consumer(self, topic: str) -> Any:
+        rmq = _client()
+        consumer = rmq.SimpleConsumer(
+            self._broker._config,
+            self.group,
+            {topic: rmq.FilterExpression()},
+            await_duration=self._broker.poll_seconds,
+        )
+        _telemetry_streams_on_the_io_thread(consumer)
+        await self._broker._run(consumer.startup)
+        # The proxy refuses receives until it has the client's settings (sent on a stream).
+        ready = getattr(consumer, "_init_settings_event", None)
+        if ready is not None:
+            await self._broker._run(ready.wait, float(self._broker.request_timeout))
+        return consumer
+
+    async def _receive(self, consumer: Any, count: int) -> list[Any]:
+        fut = await self._broker._run(consumer.receive_async, count, self._invisible)
+        result: list[Any] = await asyncio.wrap_future(fut)
+        return result
+
+    async def _pump(self, topic: str, lane: int) -> None:
+        try:
+            await self._pump_loop(topic, lane)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer of the subscription
+            err = self._broker._err(exc, f"consume {topic}")
+            err.__cause__ = exc
+            self._queue.put_nowait(err)
+
+    async def _pump_loop(self, topic: str, lane: int) -> None:
+        """Receive into the window. Lane 0 always polls; the other lanes only help while
+        receives come back full, and leave failures to lane 0."""
+        backoff = 0.2
+        failures = 0
+        held = self._held[topic]
+        busy = self._busy[topic]
+        bases = self._receive_bases[topic]
+        while not self._closing:
+            if lane:
+                await busy.wait()
+            while len(held) + self._reserved[topic] >= self.window and not self._closing:
+                self._room.clear()
+                await self._room.wait()
+            if self._closing:
+                break
+            count = min(self.window - len(held) - self._reserved[topic], _RECEIVE_BATCH)
+            self._reserved[topic] += count
+            consumer = self._consumers[topic]
+            base: list[int] = []
+            started = time.monotonic()
+            try:
+                if self._broker._admin is not None:
+                    # backlog() counts from here while the receive is in flight: the
+                    # broker moves the group's offset before the messages reach us.
+                    base.append((await self._offsets(topic, fresh=False))[1])
+                    bases.extend(base)
+                asked = time.monotonic()
+                messages = await self._receive(consumer, count)
+                if log.isEnabledFor(logging.DEBUG):  # with the timer trail: a stalled pump or a held message
+                    log.debug("receive on %s (lane %d): %d of %d in %.3f s, after %.3f s reading offsets",
+                              topic, lane, len(messages), count, time.monotonic() - asked, asked - started)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried or surfaced below
+                if base:
+                    bases.remove(base[0])
+                if self._closing:
+                    break
+                if lane:
+                    busy.clear()
+                    log.debug("RocketMQ receive on %s failed: %s", topic, exc)
+                    continue
+                text = str(exc)
+                if "group not found" in text.lower() or type(exc).__name__ == "NotFoundException":
+                    self._queue.put_nowait(
+                        ConfigurationError(
+                            f"RocketMQ consumer group {self.group!r} or topic {topic!r} does not exist. "
+                            "Give RocketMQBroker namesrv= so nova creates them, or run: mqadmin "
+                            f"updateSubGroup -n <namesrv> -c <cluster> -g {self.group}"
+                        )
+                    )
+                    return
+                if _is_auth_failure(exc):
+                    err = self._broker._err(exc, f"receive {topic}")
+                    err.__cause__ = exc
+                    self._queue.put_nowait(err)
+                    return
+                failures += 1
+                log.warning("RocketMQ receive on %s failed (retrying): %s", topic, self._broker._err(exc, "receive"))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                if failures >= 3 or "settings" in text:
+                    # After a proxy restart the client's settings stream stays dead for
+                    # minutes: start a fresh consumer (the old one still acks what it gave).
+                    try:
+                        consumer = await self._new_consumer(topic)
+                    except Exception as rebuild_exc:  # noqa: BLE001 - retried on the next round
+                        log.warning("RocketMQ consumer restart on %s failed: %s", topic, rebuild_exc)
+                    else:
+                        self._retired.append(self._consumers[topic])
+                        self._consumers[topic] = consumer
+                        failures = 0
+                continue
+            finally:
+                self._reserved[topic] -= count
+                # What the receive did not fill is room again: a lane waiting for room asks
+                # for it (the messages it got join `held` before that lane runs). Else a
+                # helping lane's short receive left lane 0 waiting for an ack that may never
+                # come: a batch waiting for its last task held the rest of the window.
+                self._room.set()
+            backoff = 0.2
+            failures = 0
+            if base:
+                bases.remove(base[0])  # (the messages are counted in _buffered below)
+            if len(messages) >= count:
+                busy.set()
+            else:
+                busy.clear()
+            now = time.time()
+            for native in messages:
+                delivery = self._wrap(topic, native, consumer, now)
+                if self._closing:
+                    await self._give_back(delivery)
+                    continue
+                held.add(delivery)
+                self._buffered[topic] += 1
+                self._queue.put_nowait(delivery)
+
+    def _wrap(self, topic: str, native: Any, consumer: Any, now: float) -> _Delivery:
+        props = native.properties or {}
+        headers = {k: (v[1:] if v.startswith(_HEADER_MARK) else v) for k, v in props.items()}
+        # store_timestamp has no public accessor in the client; born_timestamp is whole seconds.
+        # Timer messages are stored again when due, so their store time is the due time.
+        stored = None if native.delivery_timestamp else getattr(native, "_Message__store_timestamp", None)
+        stamp = stored or native.born_timestamp or now * 1000
+        if native.delivery_timestamp and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "timer message %s received on %s by %s, %.3f s after it was due",
+                native.message_id,
+                topic,
+                self.group,
+                now - native.delivery_timestamp / 1000.0,
+            )
+        return _Delivery(
+            topic=topic,
+            body=bytes(native.body or b""),
+            headers=headers,
+            published_at=stamp / 1000.0,
+            _sub=self,
+            _native=native,
+            _consumer=consumer,
+            _visible_until=now + self._invisible,
+        )
+
+    async def _renew(self) -> None:
+        """Extend the invisible time of deliveries still held near their deadline."""
+        margin = max(self._invisible / 3.0, 3.0)
+        while not self._closing:
+            now = time.time()
+            soonest = now + margin
+            for held in self._held.values():
+                for d in list(held):
+                    if d._done:
+                        continue
+                    if d._visible_until - now <= margin:
+                        try:
+                            await self._change(d, self._invisible)
+                            d._visible_until = time.time() + self._invisible
+                        except Exception as exc:  # noqa: BLE001 - retried on the next round
+                            log.warning("RocketMQ could not extend a delivery: %s", self._broker._err(exc, "renew"))
+                    soonest = min(soonest, d._visible_until - margin)
+            await asyncio.sleep(min(max(soonest - time.time(), 0.5), margin))
+
+    async def _change(self, d: _Delivery, seconds: int) -> None:
+        await self._broker._run(d._consumer.change_invisible_duration, d._native, seconds)
+
+    async def _give_back(self, d: _Delivery) -> None:
+        try:
+            await self._change(d, 0)
+        except Exception:
+            log.debug("RocketMQ give-back failed", exc_info=True)
+
+    async def _settle(self, d: _Delivery, *, ack: bool) -> None:
+        if d._done:
+            return
+        d._done = True
+        held = self._held[d.topic]
+        if ack:
+            held.discard(d)
+            self._room.set()
+            if not self._closed.is_set():  # (else already given back at close)
+                self._ack_pending.append(d)
+                self._ack_wake.set()
+            return
+        try:
+            if self._closed.is_set():
+                return  # already given back at close
+            await self._change(d, 0)
+        except Exception as exc:
+            d._done = False
+            raise self._broker._err(exc, "nack") from exc
+        finally:
+            if d._done:
+                held.discard(d)
+                self._room.set()
+
+    async def _ack_loop(self) -> None:
+        """Send pending acks in batches until close() has stopped it and none are left."""
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                if not self._ack_pending:
+                    if self._acks_stop:
+                        break
+                    self._ack_wake.clear()
+                    await self._ack_wake.wait()
+                    continue
+                while len(in_flight) >= _ACKS_IN_FLIGHT:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                pending, self._ack_pending = self._ack_pending, []
+                batches: dict[tuple[int, str], list[_Delivery]] = {}
+                for d in pending:
+                    batches.setdefault((id(d._consumer), d._native.topic), []).append(d)
+                for batch in batches.values():
+                    for i in range(0, len(batch), _ACK_BATCH):
+                        task = asyncio.create_task(self._send_acks(batch[i : i + _ACK_BATCH]))
+                        in_flight.add(task)
+                        task.add_done_callback(in_flight.discard)
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _send_acks(self, batch: list[_Delivery]) -> None:
+        """One AckMessage request for deliveries of one consumer and topic (retried a little)."""
+        from rocketmq.grpc_protocol import AckMessageRequest  # type: ignore[import-untyped]
+
+        consumer, first = batch[0]._consumer, batch[0]._native
+        namespace = self._broker.namespace
+        req = AckMessageRequest()
+        req.group.name = self.group
+        req.group.resource_namespace = namespace
+        req.topic.name = first.topic
+        req.topic.resource_namespace = namespace
+        for d in batch:
+            entry = req.entries.add()
+            entry.message_id = d._native.message_id
+            entry.receipt_handle = d._native.receipt_handle
+        for attempt in range(1, _ACK_ATTEMPTS + 1):
+            try:
+                fut = consumer.rpc_client.ack_message_async(
+                    first.endpoints, req, metadata=consumer.sign(), timeout=self._broker.request_timeout
+                )
+                res = await asyncio.wrap_future(fut)
+            except Exception as exc:  # noqa: BLE001 - retried, then logged: the broker redelivers
+                if attempt == _ACK_ATTEMPTS:
+                    log.warning(
+                        "RocketMQ did not take %d acks on %s; they will be redelivered: %s",
+                        len(batch),
+                        first.topic,
+                        self._broker._err(exc, "ack"),
+                    )
+                    return
+                await asyncio.sleep(0.2 * attempt)
+                continue
+            code = res.status.code
+            if code == _CODE_MULTIPLE_RESULTS:
+                failed = [e for e in res.entries if e.status.code != _CODE_OK]
+                if failed:
+                    log.warning(
+                        "RocketMQ refused %d of %d acks on %s (they will be redelivered): %s",
+                        len(failed),
+                        len(batch),
+                        first.topic,
+                        failed[0].status.message,
+                    )
+            elif code != _CODE_OK:
+                log.warning(
+                    "RocketMQ refused %d acks on %s (they will be redelivered): %s %s",
+                    len(batch),
+                    first.topic,
+                    code,
+                    res.status.message,
+                )
+            return
+
+    async def _offsets(self, topic: str, *, fresh: bool) -> tuple[int, int]:
+        """The admin's ``offsets`` of ``topic``, one read shared by the callers that wait for it.
+
+        ``fresh`` callers only share a read that starts after they asked (so a
+        task published before the call is counted); the others take any read
+        on its way.
+        """
+        read = self._reads_running.get(topic)
+        if read is None:
+            read = self._start_read(topic, None)
+        elif fresh:
+            read = self._reads_queued.get(topic) or self._start_read(topic, read)
+        return await asyncio.shield(read)
+
+    def _start_read(self, topic: str, after: asyncio.Future[tuple[int, int]] | None) -> asyncio.Future[tuple[int, int]]:
+        admin = self._broker._admin
+        assert admin is not None
+
+        async def read() -> tuple[int, int]:
+            if after is not None:
+                await asyncio.wait([after])
+                if self._reads_queued.get(topic) is task:
+                    del self._reads_queued[topic]
+                self._reads_running[topic] = task
+            by_queue = await admin.queue_offsets(topic, self.group)
+            # The broker counts a message in its queue's max offset only once it has
+            # dispatched it (a moment after confirming the send): what this process
+            # published is counted from the send receipts already.
+            published = self._broker._published.get(topic, {})
+            written = sum(max(high, published.get(queue, 0)) for queue, (high, _) in by_queue.items())
+            return written, sum(received for _, received in by_queue.values())
+
+        task = asyncio.ensure_future(read())
+        (self._reads_running if after is None else self._reads_queued)[topic] = task
+
+        def forget(done: asyncio.Future[tuple[int, int]]) -> None:
+            for reads in (self._reads_running, self._reads_queued):
+                if reads.get(topic) is done:
+                    del reads[topic]
+            if not done.cancelled():
+                done.exception()  # retrieved here; each caller still gets it raised
+
+        task.add_done_callback(forget)
+        return task
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Delivery]:
+        while True:
+            if self._closing and self._queue.empty():
+                return
+            item = await self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self._buffered[item.topic] -= 1
+            if item._done:
+                continue
+            yield item
+
+    async def backlog(self, topic: str) -> int:
+        """Received but not yet handed out, plus (given ``namesrv``) what the group has not popped."""
+        local = max(self._buffered.get(topic, 0), 0)
+        admin = self._broker._admin
+        if admin is None or self._closing or topic not in self._held:
+            return local
+        try:
+            written, received = await self._offsets(topic, fresh=True)
+        except NovaError as exc:
+            log.debug("RocketMQ backlog of %s unknown: %s", topic, exc)
+            return local
+        bases = self._receive_bases.get(topic)
+        if bases:
+            received = min(received, *bases)
+        return max(self._buffered.get(topic, 0), 0) + max(written - received, 0)
+
+    async def close(self) -> None:
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        self._room.set()
+        for busy in self._busy.values():
+            busy.set()
+        # Let in-flight receives finish (at most poll_seconds) so their messages go back too.
+        pumps = self._tasks[:-1]
+        renew = self._tasks[-1:] if self._tasks else []
+        for task in renew:
+            task.cancel()
+        if pumps:
+            _, pending = await asyncio.wait(pumps, timeout=self._broker.poll_seconds + self._broker.request_timeout + 1)
+            for task in pending:
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._acks_stop = True  # send what was acked before giving the rest back
+        self._ack_wake.set()
+        if self._ack_task is not None:
+            await asyncio.gather(self._ack_task, return_exceptions=True)
+        for read in [*self._reads_running.values(), *self._reads_queued.values()]:
+            read.cancel()
+        unacked = [d for held in self._held.values() for d in held if not d._done]
+        await asyncio.gather(*(self._give_back(d) for d in unacked))
+        for held in self._held.values():
+            held.clear()
+        self._closed.set()
+        await self._shutdown_consumers()
+        self._queue.put_nowait(None)
+        self._broker._subscriptions.discard(self)
+
+    async def _shutdown_consumers(self) -> None:
+        consumers = list(self._consumers.values()) + self._retired
+        self._consumers.clear()
+        self._retired.clear()
+        await asyncio.gather(*(self._broker._run(_shutdown_quietly, c) for c in consumers))
