@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nova._broker import Message
 from nova.brokers.rocketmq._admin import RocketMQAdmin
 from nova.brokers.rocketmq._broker import RocketMQBroker
-from nova.brokers.rocketmq._client_patches import _client
+from nova.brokers.rocketmq._client_patches import client, wait_for_settings
 
 
 def _env_auth(prefix: str = "NOVA_ROCKETMQ_") -> tuple[str, str] | None:
@@ -48,7 +48,7 @@ async def _make_topic(topic: str, group: str) -> None:
 def raw(n: int, endpoints: str | None = None, *, batched_acks: bool = False) -> dict[str, float]:
     """The raw client: send_async for all, then receive and ack (acks from 16 threads,
     or one AckMessage request per received batch)."""
-    rmq = _client()
+    rmq = client()
     topic, group = f"bench{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:8]}"
     asyncio.run(_make_topic(topic, group))
     ak, sk = _env_auth() or ("", "")
@@ -67,7 +67,7 @@ def raw(n: int, endpoints: str | None = None, *, batched_acks: bool = False) -> 
     publish = n / (time.perf_counter() - t0)
     consumer = rmq.SimpleConsumer(config, group, {topic: rmq.FilterExpression()}, await_duration=2)
     consumer.startup()
-    consumer._init_settings_event.wait(5)  # the proxy refuses receives before the settings arrive
+    wait_for_settings(consumer, 5)  # the proxy refuses receives before the settings arrive
     t0 = time.perf_counter()
     got = 0
     with ThreadPoolExecutor(16) as pool:

@@ -29,7 +29,10 @@ import nova._errors as errors
 from nova._broker import Delivery, Message
 from nova.brokers.rocketmq._admin import RocketMQAdmin
 from nova.brokers.rocketmq._broker import ConsumerModel, RocketMQBroker
-from nova.brokers.rocketmq._client_patches import _client, _telemetry_streams_on_the_io_thread
+from nova.brokers.rocketmq._client_patches import client as _client
+from nova.brokers.rocketmq._client_patches import (
+    telemetry_streams_on_the_io_thread as _telemetry_streams_on_the_io_thread,
+)
 from nova.brokers.rocketmq._subscription import _Subscription
 
 pytestmark = pytest.mark.broker("rocketmq")
@@ -458,8 +461,8 @@ def test_importing_the_client_leaves_logging_and_home_alone(tmp_path: Path) -> N
 import logging, os, sys
 handler = logging.StreamHandler(sys.stdout)
 logging.getLogger().addHandler(handler)
-from nova.brokers.rocketmq._client_patches import _client
-_client()
+from nova.brokers.rocketmq._client_patches import client
+client()
 assert handler in logging.getLogger().handlers, "root handlers were replaced"
 assert handler.stream is sys.stdout and not sys.stdout.closed
 assert not os.path.exists(os.path.expanduser("~/logs/rocketmq_python")), "client made ~/logs"

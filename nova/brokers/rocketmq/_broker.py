@@ -66,13 +66,8 @@ from nova._errors import (
     EnqueueError,
     NovaError,
 )
+from nova.brokers.rocketmq import _client_patches as patches
 from nova.brokers.rocketmq._admin import RocketMQAdmin
-from nova.brokers.rocketmq._client_patches import (
-    _client,
-    _no_route_lookups_on_the_io_thread,
-    _precise_timestamps,
-    _telemetry_streams_on_the_io_thread,
-)
 from nova.brokers.rocketmq._errors import _translate
 from nova.brokers.rocketmq._subscription import _HEADER_MARK, _shutdown_quietly, _Subscription
 
@@ -272,7 +267,7 @@ class RocketMQBroker:
         async with self._connect_lock:
             if self._producer is not None:
                 return
-            rmq = _client()
+            rmq = patches.client()
             ak, sk = self._auth or ("", "")
             try:
                 config = rmq.ClientConfiguration(
@@ -282,9 +277,9 @@ class RocketMQBroker:
                     request_timeout=self.request_timeout,
                 )
                 producer = rmq.Producer(config)
-                _precise_timestamps(producer)
-                _no_route_lookups_on_the_io_thread(producer)
-                _telemetry_streams_on_the_io_thread(producer)
+                patches.precise_timestamps(producer)
+                patches.no_route_lookups_on_the_io_thread(producer)
+                patches.telemetry_streams_on_the_io_thread(producer)
                 await self._run(producer.startup)
             except Exception as exc:
                 raise self._err(exc, "connect") from exc
@@ -303,22 +298,8 @@ class RocketMQBroker:
 
     async def _query_route(self, client: Any, topic: str) -> None:
         """One QueryRoute RPC; raises nova errors (NotFound -> ConfigurationError)."""
-        from rocketmq.grpc_protocol import QueryRouteRequest  # type: ignore[import-untyped]
-        from rocketmq.v5.util import MessagingResultChecker  # type: ignore[import-untyped]
-
-        req = QueryRouteRequest()
-        req.topic.name = topic
-        req.topic.resource_namespace = self.namespace
-        req.endpoints.CopyFrom(client.client_configuration.rpc_endpoints.endpoints)
         try:
-            fut = client.rpc_client.query_topic_route_async(
-                client.client_configuration.rpc_endpoints,
-                req,
-                metadata=client.sign(),
-                timeout=self.request_timeout,
-            )
-            res = await asyncio.wrap_future(fut)
-            MessagingResultChecker.check(res.status)
+            await patches.query_route(client, topic, namespace=self.namespace, timeout=self.request_timeout)
         except Exception as exc:
             if type(exc).__name__ == "NotFoundException":
                 raise ConfigurationError(
@@ -395,14 +376,12 @@ class RocketMQBroker:
         for message, receipt in zip(native, receipts, strict=True):
             if message.delivery_timestamp:
                 continue  # timer messages sit in the timer's own topic until due
-            queue = receipt.message_queue
-            name = getattr(queue, "_MessageQueue__broker_name", None)
-            queue_id = getattr(queue, "_MessageQueue__queue_id", None)
-            offset = getattr(receipt, "offset", None)
-            if name is None or queue_id is None or offset is None:
+            queue = patches.queue_of(receipt)
+            offset = receipt.offset
+            if queue is None or offset is None:
                 return  # the client changed shape: rely on the broker's offsets alone
             ends = self._published.setdefault(message.topic, {})
-            ends[(name, queue_id)] = max(ends.get((name, queue_id), 0), int(offset) + 1)
+            ends[queue] = max(ends.get(queue, 0), int(offset) + 1)
 
     async def _reset_producer(self, producer: Any) -> None:
         async with self._connect_lock:
@@ -411,7 +390,7 @@ class RocketMQBroker:
                 await self._run(_shutdown_quietly, producer)
 
     def _to_native(self, message: Message) -> Any:
-        rmq = _client()
+        rmq = patches.client()
         native = rmq.Message()
         native.topic = message.topic
         native.body = message.body
@@ -425,7 +404,7 @@ class RocketMQBroker:
             step = self.timer_precision.total_seconds()
             due = math.ceil(round(message.deliver_at / step, 6)) * step
             native.delivery_timestamp = math.ceil(due)  # the client sends whole seconds...
-            native._nova_due = due  # ...so _precise_timestamps adds the fraction
+            patches.set_due(native, due)  # ...so precise_timestamps adds the fraction
         return native
 
     async def subscribe(self, topics: Sequence[str], *, group: str, window: int) -> _Subscription:
@@ -479,7 +458,7 @@ def _log_timer_sends(native: Sequence[Any], receipts: Sequence[Any]) -> None:
     """
     now = time.time()
     for message, receipt in zip(native, receipts, strict=True):
-        due = getattr(message, "_nova_due", None)
+        due = patches.due_of(message)
         if due is not None:
             log.debug(
                 "timer message %s sent to %s, due in %.3f s (at %.3f)",

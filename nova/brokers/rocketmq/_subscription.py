@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from nova._broker import Delivery
 from nova._errors import ConfigurationError, NovaError
-from nova.brokers.rocketmq._client_patches import _client, _telemetry_streams_on_the_io_thread
+from nova.brokers.rocketmq import _client_patches as patches
 from nova.brokers.rocketmq._errors import _is_auth_failure
 
 if TYPE_CHECKING:
@@ -123,19 +123,16 @@ class _Subscription:
             raise self._broker._err(exc, f"subscribe {self.group}") from exc
 
     async def _new_consumer(self, topic: str) -> Any:
-        rmq = _client()
+        rmq = patches.client()
         consumer = rmq.SimpleConsumer(
             self._broker._config,
             self.group,
             {topic: rmq.FilterExpression()},
             await_duration=self._broker.poll_seconds,
         )
-        _telemetry_streams_on_the_io_thread(consumer)
+        patches.telemetry_streams_on_the_io_thread(consumer)
         await self._broker._run(consumer.startup)
-        # The proxy refuses receives until it has the client's settings (sent on a stream).
-        ready = getattr(consumer, "_init_settings_event", None)
-        if ready is not None:
-            await self._broker._run(ready.wait, float(self._broker.request_timeout))
+        await self._broker._run(patches.wait_for_settings, consumer, float(self._broker.request_timeout))
         return consumer
 
     async def _receive(self, consumer: Any, count: int) -> list[Any]:
@@ -257,7 +254,7 @@ class _Subscription:
         headers = {k: (v[1:] if v.startswith(_HEADER_MARK) else v) for k, v in props.items()}
         # store_timestamp has no public accessor in the client; born_timestamp is whole seconds.
         # Timer messages are stored again when due, so their store time is the due time.
-        stored = None if native.delivery_timestamp else getattr(native, "_Message__store_timestamp", None)
+        stored = None if native.delivery_timestamp else patches.store_timestamp(native)
         stamp = stored or native.born_timestamp or now * 1000
         if native.delivery_timestamp and log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -358,25 +355,11 @@ class _Subscription:
 
     async def _send_acks(self, batch: list[_Delivery]) -> None:
         """One AckMessage request for deliveries of one consumer and topic (retried a little)."""
-        from rocketmq.grpc_protocol import AckMessageRequest  # type: ignore[import-untyped]
-
         consumer, first = batch[0]._consumer, batch[0]._native
-        namespace = self._broker.namespace
-        req = AckMessageRequest()
-        req.group.name = self.group
-        req.group.resource_namespace = namespace
-        req.topic.name = first.topic
-        req.topic.resource_namespace = namespace
-        for d in batch:
-            entry = req.entries.add()
-            entry.message_id = d._native.message_id
-            entry.receipt_handle = d._native.receipt_handle
+        req = patches.ack_request(self.group, self._broker.namespace, [d._native for d in batch])
         for attempt in range(1, _ACK_ATTEMPTS + 1):
             try:
-                fut = consumer.rpc_client.ack_message_async(
-                    first.endpoints, req, metadata=consumer.sign(), timeout=self._broker.request_timeout
-                )
-                res = await asyncio.wrap_future(fut)
+                res = await patches.send_acks(consumer, req, first.endpoints, timeout=self._broker.request_timeout)
             except Exception as exc:  # noqa: BLE001 - retried, then logged: the broker redelivers
                 if attempt == _ACK_ATTEMPTS:
                     log.warning(

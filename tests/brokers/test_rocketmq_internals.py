@@ -1,0 +1,173 @@
+"""The installed rocketmq-python-client still has the shape ``_client_patches`` relies on.
+
+No broker needed (this runs in the sim suite): an upgrade of the client that moves
+one of the names nova reaches for fails here, naming it, even where nova itself
+would quietly fall back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nova.brokers.rocketmq import _client_patches as patches
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def rmq() -> Any:
+    return patches.client()
+
+
+@pytest.fixture(scope="module")
+def config(rmq: Any) -> Any:
+    return rmq.ClientConfiguration("127.0.0.1:9", rmq.Credentials("", ""), "", request_timeout=3)
+
+
+@pytest.fixture
+def producer(rmq: Any, config: Any) -> Iterator[Any]:
+    made = rmq.Producer(config)  # never started: nothing is sent
+    yield made
+    made.rpc_client.stop()
+
+
+def _received(rmq: Any, body: bytes = b"hi", *, message_id: str = "m1", stored_ms: int = 1_234_567) -> Any:
+    """A client Message as the client makes it from a ReceiveMessage response."""
+    from rocketmq.grpc_protocol import DigestType, Encoding, definition_pb2  # type: ignore[import-untyped]
+    from rocketmq.v5.util import Misc  # type: ignore[import-untyped]
+
+    raw = definition_pb2.Message()
+    raw.topic.name = "t"
+    raw.body = body
+    props = raw.system_properties
+    props.message_id = message_id
+    props.receipt_handle = f"handle-{message_id}"
+    props.body_encoding = Encoding.IDENTITY
+    props.body_digest.type = DigestType.CRC32
+    props.body_digest.checksum = Misc.crc32_checksum(body)
+    props.born_timestamp.FromMilliseconds(stored_ms - 10)
+    props.store_timestamp.FromMilliseconds(stored_ms)
+    return rmq.Message().fromProtobuf(raw)
+
+
+def _queue(broker_name: str, queue_id: int) -> Any:
+    from rocketmq.grpc_protocol import definition_pb2
+    from rocketmq.v5.model.topic_route import MessageQueue  # type: ignore[import-untyped]
+
+    raw = definition_pb2.MessageQueue()
+    raw.topic.name = "t"
+    raw.id = queue_id
+    raw.broker.name = broker_name
+    return MessageQueue(raw)
+
+
+def _owner(dotted: str) -> Any:
+    try:
+        return importlib.import_module(dotted)
+    except ImportError:
+        module, _, name = dotted.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+
+def _instances(rmq: Any, config: Any) -> dict[str, Callable[[], Any]]:
+    return {
+        "rocketmq.v5.client.client.Client": lambda: rmq.SimpleConsumer(
+            config, "g", {"t": rmq.FilterExpression()}, await_duration=1
+        ),
+        "rocketmq.v5.model.message.Message": lambda: _received(rmq),
+        "rocketmq.v5.model.topic_route.MessageQueue": lambda: _queue("b", 0),
+    }
+
+
+@pytest.mark.parametrize(
+    ("owner", "attribute", "kind", "used_by"),
+    patches.CLIENT_SHAPE,
+    ids=[f"{owner.rsplit('.', 1)[-1]}.{attribute}" for owner, attribute, _, _ in patches.CLIENT_SHAPE],
+)
+def test_the_client_has_what_nova_reaches_for(
+    rmq: Any, config: Any, owner: str, attribute: str, kind: str, used_by: str
+) -> None:
+    try:
+        where = _owner(owner)
+    except (ImportError, AttributeError) as exc:
+        pytest.fail(f"rocketmq-python-client changed: {owner} is gone ({used_by} needs its {attribute}): {exc}")
+    if kind == "instance":
+        where = _instances(rmq, config)[owner]()
+    assert hasattr(where, attribute), (
+        f"rocketmq-python-client changed: {owner}.{attribute} is gone ({used_by} relies on it)"
+    )
+
+
+def test_the_client_logs_through_novas_stand_in(tmp_path: Path) -> None:
+    code = (
+        "import logging, os, sys\n"
+        "handler = logging.StreamHandler(sys.stdout)\n"
+        "logging.getLogger().addHandler(handler)\n"
+        "from nova.brokers.rocketmq import _client_patches as patches\n"
+        "patches.client()\n"
+        "import rocketmq.v5.log\n"
+        "assert rocketmq.v5.log.logger is logging.getLogger(patches.CLIENT_LOGGER), 'the client has its own logger'\n"
+        "assert handler in logging.getLogger().handlers, 'root handlers were replaced'\n"
+        "assert not os.path.exists(os.path.expanduser('~/logs/rocketmq_python')), 'the client made ~/logs'\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_precise_timestamps_send_the_fraction_of_a_second(rmq: Any, producer: Any) -> None:
+    patches.precise_timestamps(producer)
+    message = rmq.Message()
+    message.topic = "t"
+    message.body = b"x"
+    message.delivery_timestamp = 101
+    patches.set_due(message, 100.25)
+    assert patches.due_of(message) == 100.25
+    producer._Producer__wrap_sending_message(message, False)  # (what send_async does first)
+    req = producer._Producer__send_req(message)
+    assert req.messages[0].system_properties.delivery_timestamp.ToNanoseconds() == 100_250_000_000
+
+
+def test_a_route_asked_for_on_the_io_thread_never_waits_for_that_thread(producer: Any) -> None:
+    from rocketmq.v5.client.connection.rpc_client import RpcClient  # type: ignore[import-untyped]
+
+    patches.no_route_lookups_on_the_io_thread(producer)
+
+    async def look_up() -> Any:
+        return producer._retrieve_topic_route_data("never-used")
+
+    answer = asyncio.run_coroutine_threadsafe(look_up(), RpcClient._io_loop)
+    with pytest.raises(RuntimeError, match="no route of never-used"):
+        answer.result(10)
+
+
+def test_received_messages_and_receipts_give_what_nova_reads(rmq: Any) -> None:
+    message = _received(rmq, stored_ms=1_234_567)
+    assert patches.store_timestamp(message) == 1_234_567
+    receipt = rmq.SendReceipt("id", "", _queue("broker-a", 3), 7)
+    assert patches.queue_of(receipt) == ("broker-a", 3)
+
+
+def test_one_ack_request_carries_every_message(rmq: Any) -> None:
+    messages = [_received(rmq, message_id=f"m{i}") for i in range(3)]
+    req = patches.ack_request("g", "ns", messages)
+    assert (req.group.name, req.group.resource_namespace, req.topic.name) == ("g", "ns", "t")
+    assert [(e.message_id, e.receipt_handle) for e in req.entries] == [(f"m{i}", f"handle-m{i}") for i in range(3)]
+
+
+def test_waiting_for_settings_gives_up_after_the_timeout(rmq: Any, config: Any) -> None:
+    consumer = rmq.SimpleConsumer(config, "g", {"t": rmq.FilterExpression()}, await_duration=1)
+    try:
+        patches.wait_for_settings(consumer, 0.01)  # not started: no settings ever come
+        assert not consumer._init_settings_event.is_set()
+    finally:
+        consumer.rpc_client.stop()
