@@ -1,4 +1,5 @@
-"""The installed rocketmq-python-client still has the shape ``_client_patches`` relies on.
+"""The installed rocketmq-python-client still has the shape ``_client_patches`` relies on,
+and its failures map onto nova's errors as ``_errors`` says.
 
 No broker needed (this runs in the sim suite): an upgrade of the client that moves
 one of the names nova reaches for fails here, naming it, even where nova itself
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from nova.brokers.rocketmq import _client_patches as patches
+from nova.brokers.rocketmq._errors import is_auth_failure, is_not_found, refusal, translate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -171,3 +173,80 @@ def test_waiting_for_settings_gives_up_after_the_timeout(rmq: Any, config: Any) 
         assert not consumer._init_settings_event.is_set()
     finally:
         consumer.rpc_client.stop()
+
+
+# ---------------------------------------------------------------- the error table
+
+
+def _grpc_error(status: str) -> Exception:
+    import grpc
+    import grpc.aio
+
+    return grpc.aio.AioRpcError(getattr(grpc.StatusCode, status), grpc.aio.Metadata(), grpc.aio.Metadata(), "details")
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda: _grpc_error("UNAVAILABLE"), "ConnectionError"),
+        (lambda: _grpc_error("DEADLINE_EXCEEDED"), "ConnectionError"),
+        (lambda: _grpc_error("UNAUTHENTICATED"), "AuthenticationError"),
+        (lambda: _grpc_error("PERMISSION_DENIED"), "AuthenticationError"),
+        (lambda: _grpc_error("INTERNAL"), "BrokerError"),
+        (lambda: _client_error("UnauthorizedException", "UNAUTHORIZED"), "AuthenticationError"),
+        (lambda: _client_error("ForbiddenException", "FORBIDDEN"), "AuthenticationError"),
+        (lambda: _client_error("ClientException", "FORBIDDEN"), "AuthenticationError"),
+        (lambda: _client_error("NotFoundException", "TOPIC_NOT_FOUND"), "BrokerError"),
+        (lambda: _client_error("InternalErrorException", "INTERNAL_ERROR"), "BrokerError"),
+        (lambda: ConnectionRefusedError(111, "Connection refused"), "ConnectionError"),
+        (lambda: TimeoutError(), "ConnectionError"),
+        (lambda: Exception("failed to fetch topic:t route."), "BrokerError"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_client_failures_become_novas_errors(rmq: Any, make: Callable[[], Exception], expected: str) -> None:
+    import nova
+
+    error = translate(make(), "publish", ["s3cr3t"])
+    assert type(error) is getattr(nova, expected)
+    assert "publish" in str(error)
+
+
+def _client_error(name: str, code: str) -> Exception:
+    import rocketmq.v5.exception as client_errors  # type: ignore[import-untyped]
+    from rocketmq.grpc_protocol import Code
+
+    error: Exception = getattr(client_errors, name)("refused", getattr(Code, code))
+    return error
+
+
+def test_the_table_tells_the_callers_cases_apart(rmq: Any) -> None:
+    import nova
+
+    not_found = _client_error("NotFoundException", "CONSUMER_GROUP_NOT_FOUND")
+    assert is_not_found(not_found) and not is_auth_failure(not_found)
+    assert is_auth_failure(_client_error("UnauthorizedException", "UNAUTHORIZED"))
+    assert not is_not_found(_grpc_error("UNAVAILABLE"))
+    closed = nova.ClosedError("closed")
+    assert translate(closed, "publish", []) is closed  # nova's own errors pass as they are
+    error = translate(Exception("signed with s3cr3t, s3cr3t"), "connect", ["s3cr3t"])
+    assert "s3cr3t" not in str(error) and "***" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("code", "remark", "expected"),
+    [
+        (16, "no permission to access topic t", "AuthenticationError"),
+        (17, "user alice has no permission", "AuthenticationError"),
+        (1, "check signature failed, accessKey alice", "AuthenticationError"),
+        (1, "authentication failed for alice", "AuthenticationError"),
+        (1, "the broker is busy", "BrokerError"),
+        (17, "topic t does not exist", "BrokerError"),
+    ],
+)
+def test_remoting_refusals_become_novas_errors(code: int, remark: str, expected: str) -> None:
+    import nova
+
+    error = refusal("create topic t", code, remark + " s3cr3t", ["s3cr3t"])
+    assert type(error) is getattr(nova, expected)
+    assert "create topic t" in str(error) and "s3cr3t" not in str(error)

@@ -15,13 +15,12 @@ import time
 from collections.abc import Mapping, Sequence
 
 from nova._errors import (
-    AuthenticationError,
     BrokerError,
     ConfigurationError,
     ConnectionError,  # noqa: A004 - nova.ConnectionError on purpose
     NovaError,
 )
-from nova.brokers.rocketmq._errors import _scrub
+from nova.brokers.rocketmq._errors import refusal
 
 _GET_ROUTEINFO_BY_TOPIC = 105
 _GET_BROKER_CLUSTER_INFO = 106
@@ -244,13 +243,7 @@ class RocketMQAdmin:
         return sorted(addrs)
 
     def _refused(self, what: str, code: int, remark: str) -> NovaError:
-        secrets = [self._auth[1]] if self._auth else []
-        detail = _scrub(f"code {code}: {remark}", secrets)
-        if code in (16, 17) and ("auth" in remark.lower() or "permission" in remark.lower()):
-            return AuthenticationError(f"RocketMQ refused to {what}: {detail}")
-        if "signature" in remark.lower() or "authentic" in remark.lower() or "accessKey" in remark:
-            return AuthenticationError(f"RocketMQ refused to {what}: {detail}")
-        return BrokerError(f"RocketMQ refused to {what}: {detail}")
+        return refusal(what, code, remark, [self._auth[1]] if self._auth else [])
 
     async def topic_exists(self, topic: str) -> bool:
         code, remark, _ = await self._namesrv_call(_GET_ROUTEINFO_BY_TOPIC, {"topic": topic})

@@ -68,7 +68,7 @@ from nova._errors import (
 )
 from nova.brokers.rocketmq import _client_patches as patches
 from nova.brokers.rocketmq._admin import RocketMQAdmin
-from nova.brokers.rocketmq._errors import _translate
+from nova.brokers.rocketmq._errors import is_not_found, lost_route, lost_settings, translate
 from nova.brokers.rocketmq._subscription import _HEADER_MARK, _shutdown_quietly, _Subscription
 
 if TYPE_CHECKING:
@@ -257,7 +257,7 @@ class RocketMQBroker:
         )
 
     def _err(self, exc: BaseException, what: str) -> NovaError:
-        return _translate(exc, what, self._secrets)
+        return translate(exc, what, self._secrets)
 
     # -- lifecycle
 
@@ -301,7 +301,7 @@ class RocketMQBroker:
         try:
             await patches.query_route(client, topic, namespace=self.namespace, timeout=self.request_timeout)
         except Exception as exc:
-            if type(exc).__name__ == "NotFoundException":
+            if is_not_found(exc):
                 raise ConfigurationError(
                     f"RocketMQ topic {topic!r} does not exist. Give RocketMQBroker namesrv= so nova creates "
                     f"it, or run: mqadmin updateTopic -n <namesrv> -c <cluster> -t {topic} "
@@ -359,14 +359,14 @@ class RocketMQBroker:
             ) from exc
         except Exception as exc:
             cause = self._err(exc, "publish")
-            if "route" in str(exc):
+            if lost_route(exc):
                 # The client hides why a route lookup failed (permission, unknown topic): ask again.
                 for topic in dict.fromkeys(m.topic for m in messages):
                     try:
                         await self._query_route(producer, topic)
                     except NovaError as why:
                         raise EnqueueError(f"RocketMQ refused the publish to {topic}: {why}") from why
-            if isinstance(cause, ConnectionError) or "settings" in str(exc):
+            if isinstance(cause, ConnectionError) or lost_settings(exc):
                 # the next publish starts from a fresh producer (see _Subscription._pump_loop)
                 await self._reset_producer(producer)
             raise EnqueueError(f"RocketMQ did not confirm the publish: {cause}") from exc

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from nova._broker import Delivery
 from nova._errors import ConfigurationError, NovaError
 from nova.brokers.rocketmq import _client_patches as patches
-from nova.brokers.rocketmq._errors import _is_auth_failure
+from nova.brokers.rocketmq._errors import is_auth_failure, is_not_found, lost_settings
 
 if TYPE_CHECKING:
     from nova.brokers.rocketmq._broker import RocketMQBroker
@@ -193,8 +193,7 @@ class _Subscription:
                     busy.clear()
                     log.debug("RocketMQ receive on %s failed: %s", topic, exc)
                     continue
-                text = str(exc)
-                if "group not found" in text.lower() or type(exc).__name__ == "NotFoundException":
+                if is_not_found(exc):
                     self._queue.put_nowait(
                         ConfigurationError(
                             f"RocketMQ consumer group {self.group!r} or topic {topic!r} does not exist. "
@@ -203,7 +202,7 @@ class _Subscription:
                         )
                     )
                     return
-                if _is_auth_failure(exc):
+                if is_auth_failure(exc):
                     err = self._broker._err(exc, f"receive {topic}")
                     err.__cause__ = exc
                     self._queue.put_nowait(err)
@@ -212,7 +211,7 @@ class _Subscription:
                 log.warning("RocketMQ receive on %s failed (retrying): %s", topic, self._broker._err(exc, "receive"))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-                if failures >= 3 or "settings" in text:
+                if failures >= 3 or lost_settings(exc):
                     # After a proxy restart the client's settings stream stays dead for
                     # minutes: start a fresh consumer (the old one still acks what it gave).
                     try:
