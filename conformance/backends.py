@@ -109,6 +109,8 @@ def make_backend(name: str) -> Backend:
         if os.environ.get("NOVA_ROCKETMQ_ADMIN_ACCESS_KEY"):
             kwargs["admin_auth"] = (os.environ["NOVA_ROCKETMQ_ADMIN_ACCESS_KEY"],
                                     os.environ["NOVA_ROCKETMQ_ADMIN_SECRET_KEY"])
+        if os.environ.get("NOVA_ROCKETMQ_TIMER_PRECISION_MS"):  # the broker's timerPrecisionMs
+            kwargs["timer_precision"] = timedelta(milliseconds=int(os.environ["NOVA_ROCKETMQ_TIMER_PRECISION_MS"]))
         return Backend("rocketmq", SystemClock(), lambda: RocketMQBroker(endpoints, **kwargs),
                        delay_slots=real_slots, lateness=timedelta(milliseconds=1500))
     raise ValueError(f"unknown backend {name!r}")

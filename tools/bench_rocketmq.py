@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,17 @@ from nova.brokers.rocketmq._client_patches import client, wait_for_settings
 def _env_auth(prefix: str = "NOVA_ROCKETMQ_") -> tuple[str, str] | None:
     ak = os.environ.get(prefix + "ACCESS_KEY")
     return (ak, os.environ.get(prefix + "SECRET_KEY", "")) if ak else None
+
+
+def harness_options() -> dict[str, Any]:
+    """RocketMQBroker's options for the harness's broker (``tools/brokers.py env rocketmq``):
+    its name server (nova creates topics and groups, and reads offsets), admin user and timer precision."""
+    options: dict[str, Any] = {"auth": _env_auth(), "namesrv": os.environ["NOVA_ROCKETMQ_NAMESRV"]}
+    if _env_auth("NOVA_ROCKETMQ_ADMIN_"):
+        options["admin_auth"] = _env_auth("NOVA_ROCKETMQ_ADMIN_")
+    if os.environ.get("NOVA_ROCKETMQ_TIMER_PRECISION_MS"):
+        options["timer_precision"] = timedelta(milliseconds=int(os.environ["NOVA_ROCKETMQ_TIMER_PRECISION_MS"]))
+    return options
 
 
 async def _make_topic(topic: str, group: str) -> None:
@@ -99,7 +111,7 @@ def _ack_all(consumer: Any, group: str, topic: str, batch: list[Any]) -> None:
 
 
 async def _adapter(n: int) -> dict[str, float]:
-    broker = RocketMQBroker(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], auth=_env_auth())
+    broker = RocketMQBroker(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], **harness_options())
     topic, group = f"bench{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:8]}"
     await broker.ensure_topics([topic])
     t0 = time.perf_counter()

@@ -62,6 +62,12 @@ def _admin_auth() -> tuple[str, str] | None:
     return (ak, os.environ.get("NOVA_ROCKETMQ_ADMIN_SECRET_KEY", "")) if ak else None
 
 
+def _timer_precision() -> timedelta | None:
+    """The harness broker's timerPrecisionMs (None: the broker's default)."""
+    ms = os.environ.get("NOVA_ROCKETMQ_TIMER_PRECISION_MS")
+    return timedelta(milliseconds=int(ms)) if ms else None
+
+
 needs_acl = pytest.mark.skipif(_acl() is None, reason="harness started without NOVA_ROCKETMQ_ACL=1")
 
 
@@ -89,6 +95,7 @@ async def rocketmq_make(rocketmq_endpoints: str, rocketmq_namesrv: str) -> Async
         kwargs.setdefault("namesrv", rocketmq_namesrv)
         kwargs.setdefault("auth", _acl())
         kwargs.setdefault("admin_auth", _admin_auth())
+        kwargs.setdefault("timer_precision", _timer_precision())
         broker = RocketMQBroker(rocketmq_endpoints, **kwargs)  # type: ignore[arg-type]
         made.append(broker)
         return broker

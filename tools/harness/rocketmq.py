@@ -19,8 +19,8 @@ In local mode the proxy must use the ``Proxy*MetadataProvider`` classes (users
 and ACLs read from the embedded broker).
 
 Topics and groups: gRPC clients cannot create them. ``nova.RocketMQBroker``
-creates them over the remoting protocol when it knows the name server
-(``NOVA_ROCKETMQ_NAMESRV``, with the admin user). ``create_topics(names, type)``
+creates them over the remoting protocol when it is given the name server
+(``namesrv=``; the tests pass ``NOVA_ROCKETMQ_NAMESRV``, with the admin user). ``create_topics(names, type)``
 here drives RocketMQ's own admin tool (``MQAdminStartup updateTopic``, one JVM
 per topic) for use by hand. Topics are ``message.type=MIXED``
 (``enableMixedMessageType=true``) and the proxy runs with

@@ -8,9 +8,7 @@
     queue = TaskQueue(broker)
 
 Topics and consumer groups. gRPC clients cannot create either, and the proxy
-refuses unknown ones. Given ``namesrv=`` (or ``rocketmq://...?namesrv=...``, or,
-when neither is given, the ``NOVA_ROCKETMQ_NAMESRV`` variable, with
-``NOVA_ROCKETMQ_ADMIN_ACCESS_KEY``/``_SECRET_KEY`` as ``admin_auth``),
+refuses unknown ones. Given ``namesrv=`` (or ``rocketmq://...?namesrv=...``),
 ``ensure_topics`` and ``subscribe`` create them through RocketMQ's remoting admin
 protocol (the same requests as ``mqadmin updateTopic`` / ``updateSubGroup``,
 signed with ``admin_auth`` or else ``auth``), which takes milliseconds. Without
@@ -48,7 +46,6 @@ import asyncio
 import enum
 import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -168,9 +165,7 @@ class RocketMQBroker:
         self.native_delay_max: timedelta | None = max_delay - timedelta(seconds=10)
         self.max_message_bytes: int | None = max_message_bytes
         if timer_precision is None:
-            # the broker's timerPrecisionMs (default 1000); the harness runs 100
-            env_ms = os.environ.get("NOVA_ROCKETMQ_TIMER_PRECISION_MS")
-            timer_precision = timedelta(milliseconds=int(env_ms)) if env_ms else timedelta(seconds=1)
+            timer_precision = timedelta(seconds=1)  # the broker's default timerPrecisionMs
         if timer_precision <= timedelta(0):
             raise ConfigurationError("timer_precision must be positive")
         self.timer_precision = timer_precision
@@ -182,15 +177,6 @@ class RocketMQBroker:
         self.poll_seconds = poll_seconds
         self._auth = auth
         self._admin: RocketMQAdmin | None = None
-        if namesrv is None and os.environ.get("NOVA_ROCKETMQ_NAMESRV"):
-            # The harness's variables (see the module docstring): lets tests and
-            # `nova` CLI runs create topics without extra wiring.
-            namesrv = os.environ["NOVA_ROCKETMQ_NAMESRV"]
-            if admin_auth is None and os.environ.get("NOVA_ROCKETMQ_ADMIN_ACCESS_KEY"):
-                admin_auth = (
-                    os.environ["NOVA_ROCKETMQ_ADMIN_ACCESS_KEY"],
-                    os.environ.get("NOVA_ROCKETMQ_ADMIN_SECRET_KEY", ""),
-                )
         if namesrv is not None:
             self._admin = RocketMQAdmin(namesrv, auth=admin_auth or auth)
         self._secrets = [s for s in ((auth or ("", ""))[1], (admin_auth or ("", ""))[1]) if s]
@@ -217,8 +203,12 @@ class RocketMQBroker:
         """``rocketmq://[ak:sk@]host:8081[,host2:8081]?group_id=..&topic_prefix=..&namesrv=..``
 
         Other query keys: ``consumer_model`` (clustering|broadcasting),
-        ``consume_timeout`` and ``max_delay`` (seconds), ``max_reconsume_times``,
-        ``namespace``, ``topic_message_type``.
+        ``consume_timeout`` and ``max_delay`` (seconds), ``timer_precision_ms`` (the
+        broker's ``timerPrecisionMs``), ``max_reconsume_times``, ``namespace``,
+        ``topic_message_type``.
+
+        >>> RocketMQBroker.from_url("rocketmq://127.0.0.1:8081?timer_precision_ms=100").timer_precision
+        datetime.timedelta(microseconds=100000)
         """
         parts = urlsplit(url)
         if parts.scheme != "rocketmq":
@@ -240,6 +230,8 @@ class RocketMQBroker:
             for key in ("consume_timeout", "max_delay"):
                 if key in query:
                     kwargs[key] = timedelta(seconds=float(query.pop(key)))
+            if "timer_precision_ms" in query:
+                kwargs["timer_precision"] = timedelta(milliseconds=int(query.pop("timer_precision_ms")))
             if "max_reconsume_times" in query:
                 kwargs["max_reconsume_times"] = int(query.pop("max_reconsume_times"))
         except ValueError as exc:
