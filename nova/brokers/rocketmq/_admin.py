@@ -13,6 +13,7 @@ import re
 import struct
 import time
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 
 from nova._errors import (
     BrokerError,
@@ -20,6 +21,7 @@ from nova._errors import (
     ConnectionError,  # noqa: A004 - nova.ConnectionError on purpose
     NovaError,
 )
+from nova.brokers._common import Backoff, duration, split_host_port
 from nova.brokers.rocketmq._errors import refusal
 
 _GET_ROUTEINFO_BY_TOPIC = 105
@@ -41,6 +43,9 @@ class RocketMQAdmin:
         admin = RocketMQAdmin("127.0.0.1:9876", auth=("admin", "secret"))
         await admin.create_topics(["app_default_normal"], message_type="MIXED")
         await admin.create_groups(["app_workers"], retry_max_times=3)
+
+    ``timeout`` (a timedelta, or seconds) bounds each round trip and the wait for a
+    new topic to be routable.
     """
 
     def __init__(
@@ -48,15 +53,18 @@ class RocketMQAdmin:
         namesrv: str | Sequence[str],
         *,
         auth: tuple[str, str] | None = None,
-        timeout: float = 10.0,
+        timeout: timedelta | float = timedelta(seconds=10),
         cluster: str | None = None,
     ) -> None:
         addrs = namesrv.replace(";", ",").split(",") if isinstance(namesrv, str) else list(namesrv)
         self.namesrv = [a.strip() for a in addrs if a.strip()]
         if not self.namesrv:
             raise ConfigurationError("RocketMQAdmin needs at least one name server address host:port")
+        for addr in self.namesrv:
+            split_host_port(addr, "RocketMQ name server")
         self._auth = auth
-        self.timeout = timeout
+        self.timeout = duration("timeout", timeout)
+        self._within = self.timeout.total_seconds()
         self.cluster = cluster
         self._opaque = itertools.count(1)
         self._conns: dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
@@ -118,11 +126,11 @@ class RocketMQAdmin:
             for attempt in (1, 2):
                 replies.clear()
                 try:
-                    async with asyncio.timeout(self.timeout):
+                    async with asyncio.timeout(self._within):
                         conn = self._conns.get(addr)
                         if conn is None:
-                            host, _, port = addr.rpartition(":")
-                            conn = self._conns[addr] = await asyncio.open_connection(host, int(port))
+                            host, port = split_host_port(addr, "RocketMQ address")
+                            conn = self._conns[addr] = await asyncio.open_connection(host, port)
                         reader, writer = conn
                         writer.write(b"".join(frames))
                         await writer.drain()
@@ -273,12 +281,11 @@ class RocketMQAdmin:
                 code, remark, _ = await self._call(broker, _UPDATE_AND_CREATE_TOPIC, ext)
                 if code != 0:
                     raise self._refused(f"create topic {topic}", code, remark)
-        deadline = time.monotonic() + self.timeout
+        backoff = Backoff(within=self._within, first=0.05, longest=0.05)
         for topic in topics:
             while not await self.topic_exists(topic):
-                if time.monotonic() > deadline:
+                if not await backoff.wait():
                     raise BrokerError(f"topic {topic} was created but the name server does not route it")
-                await asyncio.sleep(0.05)
 
     async def create_groups(self, groups: Sequence[str], *, retry_max_times: int = 16) -> None:
         """Create (or update) consumer groups."""

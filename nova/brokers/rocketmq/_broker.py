@@ -63,10 +63,12 @@ from nova._errors import (
     EnqueueError,
     NovaError,
 )
+from nova.brokers._common import delay_slots as _delay_slots
+from nova.brokers._common import duration, optional_group, optional_prefix, quietly, split_host_port
 from nova.brokers.rocketmq import _client_patches as patches
 from nova.brokers.rocketmq._admin import RocketMQAdmin
 from nova.brokers.rocketmq._errors import is_not_found, lost_route, lost_settings, translate
-from nova.brokers.rocketmq._subscription import _HEADER_MARK, _shutdown_quietly, _Subscription
+from nova.brokers.rocketmq._subscription import _HEADER_MARK, _Subscription
 
 if TYPE_CHECKING:
     from nova._clock import Clock
@@ -94,17 +96,27 @@ class ConsumerModel(enum.Enum):
 _BROKER_RETRY_MAX_TIMES = 10_000
 
 
-
 def _parse_endpoints(endpoints: Sequence[str] | str) -> list[str]:
     items = endpoints.replace(";", ",").split(",") if isinstance(endpoints, str) else list(endpoints)
     out = [e.strip() for e in items if e and e.strip()]
     if not out:
         raise ConfigurationError("RocketMQBroker needs at least one proxy endpoint host:port")
     for e in out:
-        host, _, port = e.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigurationError(f"RocketMQ endpoint {e!r} is not host:port")
+        split_host_port(e, "RocketMQ proxy endpoint")
     return out
+
+
+def _access_key_pair(name: str, value: tuple[str, str] | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, tuple | list) or len(value) != 2 or not all(isinstance(x, str) and x for x in value):
+        raise ConfigurationError(f"{name} must be (access_key, secret_key), both non-empty strings")
+    return value[0], value[1]
+
+
+def _whole_seconds(value: timedelta) -> int:
+    """For the client's settings that are whole seconds (at least 1), rounded up."""
+    return max(1, math.ceil(value.total_seconds()))
 
 
 class RocketMQBroker:
@@ -112,6 +124,11 @@ class RocketMQBroker:
 
     broker = RocketMQBroker(["127.0.0.1:8081"], namesrv="127.0.0.1:9876",
                             consume_timeout=timedelta(minutes=5))
+
+    Durations are timedeltas (numbers are taken as seconds). ``request_timeout``
+    bounds each request to the proxy (the client's own settings get it in whole
+    seconds, rounded up); ``poll_seconds`` is how long a receive waits for messages
+    (whole seconds, rounded up).
     """
 
     clock: Clock | None = None
@@ -123,39 +140,40 @@ class RocketMQBroker:
         group_id: str | None = None,
         topic_prefix: str | None = None,
         consumer_model: ConsumerModel = ConsumerModel.CLUSTERING,
-        consume_timeout: timedelta = timedelta(minutes=5),
+        consume_timeout: timedelta | float = timedelta(minutes=5),
         max_reconsume_times: int = 3,
         auth: tuple[str, str] | None = None,
         credentials: tuple[str, str] | None = None,
-        delay_slots: tuple[int, timedelta] | None = None,
+        delay_slots: tuple[int, timedelta | float] | None = None,
         namesrv: str | Sequence[str] | None = None,
         admin_auth: tuple[str, str] | None = None,
         namespace: str = "",
-        max_delay: timedelta = timedelta(days=1),
+        max_delay: timedelta | float = timedelta(days=1),
         topic_message_type: str = "MIXED",
         queues_per_topic: int = 1,
-        request_timeout: int = 5,
-        poll_seconds: int = 2,
+        request_timeout: timedelta | float = timedelta(seconds=5),
+        poll_seconds: timedelta | float = timedelta(seconds=2),
         max_message_bytes: int = 4 * 1024 * 1024,
-        timer_precision: timedelta | None = None,
+        timer_precision: timedelta | float | None = None,
     ) -> None:
         if auth is not None and credentials is not None and auth != credentials:
             raise ConfigurationError("give auth= or credentials= (the same thing), not both")
-        auth = auth or credentials
-        if auth is not None and (len(auth) != 2 or not all(isinstance(x, str) and x for x in auth)):
-            raise ConfigurationError("auth must be (access_key, secret_key), both non-empty strings")
+        auth = _access_key_pair("auth", auth or credentials)
+        admin_auth = _access_key_pair("admin_auth", admin_auth)
         if not isinstance(consumer_model, ConsumerModel):
             raise ConfigurationError(f"consumer_model must be a ConsumerModel, not {consumer_model!r}")
+        consume_timeout = duration("consume_timeout", consume_timeout)
         if consume_timeout < timedelta(seconds=10) or consume_timeout > timedelta(hours=12):
             raise ConfigurationError("consume_timeout must be between 10 s and 12 h (RocketMQ invisible time)")
         if max_reconsume_times < 0:
             raise ConfigurationError("max_reconsume_times must be >= 0")
+        max_delay = duration("max_delay", max_delay)
         if max_delay <= timedelta(seconds=30):
             raise ConfigurationError("max_delay must be longer than 30 s")
         self.endpoints = _parse_endpoints(endpoints)
-        self.group_id = group_id
-        self.topic_prefix = topic_prefix
-        self.delay_slots = delay_slots
+        self.group_id = optional_group(group_id)
+        self.topic_prefix = optional_prefix(topic_prefix)
+        self.delay_slots = _delay_slots(delay_slots)
         self.consumer_model = consumer_model
         self.consume_timeout = consume_timeout
         self.max_reconsume_times = max_reconsume_times
@@ -166,15 +184,15 @@ class RocketMQBroker:
         self.max_message_bytes: int | None = max_message_bytes
         if timer_precision is None:
             timer_precision = timedelta(seconds=1)  # the broker's default timerPrecisionMs
-        if timer_precision <= timedelta(0):
-            raise ConfigurationError("timer_precision must be positive")
-        self.timer_precision = timer_precision
+        self.timer_precision = duration("timer_precision", timer_precision)
         self.topic_message_type = topic_message_type
         self.queues_per_topic = queues_per_topic
-        self.request_timeout = request_timeout
+        self.request_timeout = duration("request_timeout", request_timeout)
+        self._request_s = self.request_timeout.total_seconds()
         # The client tries a send up to 3 times, each up to request_timeout, with backoff between.
-        self._confirm_within = 4.0 * request_timeout + 5.0
-        self.poll_seconds = poll_seconds
+        self._confirm_within = 4.0 * _whole_seconds(self.request_timeout) + 5.0
+        self.poll_seconds = duration("poll_seconds", poll_seconds)
+        self._poll_s = _whole_seconds(self.poll_seconds)
         self._auth = auth
         self._admin: RocketMQAdmin | None = None
         if namesrv is not None:
@@ -195,6 +213,10 @@ class RocketMQBroker:
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _shut_down(self, client: Any) -> None:
+        """Stop a producer or consumer of the client; a failure is logged, never raised."""
+        await quietly(self._run(client.shutdown), log, "RocketMQ client shutdown")
 
     # -- construction helpers
 
@@ -266,7 +288,7 @@ class RocketMQBroker:
                     ";".join(self.endpoints),
                     rmq.Credentials(ak, sk),
                     self.namespace,
-                    request_timeout=self.request_timeout,
+                    request_timeout=_whole_seconds(self.request_timeout),
                 )
                 producer = rmq.Producer(config)
                 patches.precise_timestamps(producer)
@@ -285,13 +307,13 @@ class RocketMQBroker:
                 if authenticated_but_not_allowed or not isinstance(exc, (AuthenticationError, ConnectionError)):
                     return  # reachable and signed in; the topic itself may be hidden
                 self._producer = None
-                await self._run(_shutdown_quietly, producer)
+                await self._shut_down(producer)
                 raise
 
     async def _query_route(self, client: Any, topic: str) -> None:
         """One QueryRoute RPC; raises nova errors (NotFound -> ConfigurationError)."""
         try:
-            await patches.query_route(client, topic, namespace=self.namespace, timeout=self.request_timeout)
+            await patches.query_route(client, topic, namespace=self.namespace, timeout=self._request_s)
         except Exception as exc:
             if is_not_found(exc):
                 raise ConfigurationError(
@@ -379,7 +401,7 @@ class RocketMQBroker:
         async with self._connect_lock:
             if self._producer is producer:
                 self._producer = None
-                await self._run(_shutdown_quietly, producer)
+                await self._shut_down(producer)
 
     def _to_native(self, message: Message) -> Any:
         rmq = patches.client()
@@ -421,10 +443,10 @@ class RocketMQBroker:
             await sub.close()
         producer, self._producer = self._producer, None
         if producer is not None:
-            await self._run(_shutdown_quietly, producer)
+            await self._shut_down(producer)
         self._executor.shutdown(wait=False)
         if self._admin is not None:
-            await self._admin.aclose()
+            await quietly(self._admin.aclose(), log, "RocketMQ admin close")
 
 
 class _Unconfirmed(Exception):

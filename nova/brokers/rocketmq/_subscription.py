@@ -22,13 +22,6 @@ log = logging.getLogger("nova.rocketmq")
 _HEADER_MARK = "="  # header values are stored as "=value": RocketMQ rejects blank property values
 
 
-def _shutdown_quietly(client: Any) -> None:
-    try:
-        client.shutdown()
-    except Exception:
-        log.debug("RocketMQ client shutdown failed", exc_info=True)
-
-
 # ---------------------------------------------------------------- consuming
 
 
@@ -128,11 +121,11 @@ class _Subscription:
             self._broker._config,
             self.group,
             {topic: rmq.FilterExpression()},
-            await_duration=self._broker.poll_seconds,
+            await_duration=self._broker._poll_s,
         )
         patches.telemetry_streams_on_the_io_thread(consumer)
         await self._broker._run(consumer.startup)
-        await self._broker._run(patches.wait_for_settings, consumer, float(self._broker.request_timeout))
+        await self._broker._run(patches.wait_for_settings, consumer, self._broker._request_s)
         return consumer
 
     async def _receive(self, consumer: Any, count: int) -> list[Any]:
@@ -358,7 +351,7 @@ class _Subscription:
         req = patches.ack_request(self.group, self._broker.namespace, [d._native for d in batch])
         for attempt in range(1, _ACK_ATTEMPTS + 1):
             try:
-                res = await patches.send_acks(consumer, req, first.endpoints, timeout=self._broker.request_timeout)
+                res = await patches.send_acks(consumer, req, first.endpoints, timeout=self._broker._request_s)
             except Exception as exc:  # noqa: BLE001 - retried, then logged: the broker redelivers
                 if attempt == _ACK_ATTEMPTS:
                     log.warning(
@@ -477,13 +470,14 @@ class _Subscription:
         self._room.set()
         for busy in self._busy.values():
             busy.set()
-        # Let in-flight receives finish (at most poll_seconds) so their messages go back too.
+        # Let in-flight receives finish (each waits at most poll_seconds) so their messages go back too.
         pumps = self._tasks[:-1]
         renew = self._tasks[-1:] if self._tasks else []
         for task in renew:
             task.cancel()
         if pumps:
-            _, pending = await asyncio.wait(pumps, timeout=self._broker.poll_seconds + self._broker.request_timeout + 1)
+            within = self._broker._poll_s + self._broker._request_s + 1
+            _, pending = await asyncio.wait(pumps, timeout=within)
             for task in pending:
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -506,4 +500,4 @@ class _Subscription:
         consumers = list(self._consumers.values()) + self._retired
         self._consumers.clear()
         self._retired.clear()
-        await asyncio.gather(*(self._broker._run(_shutdown_quietly, c) for c in consumers))
+        await asyncio.gather(*(self._broker._shut_down(c) for c in consumers))
