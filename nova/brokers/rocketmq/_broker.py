@@ -1,43 +1,6 @@
-"""RocketMQ 5 backend on Apache's ``rocketmq-python-client`` (gRPC, through the proxy).
+"""RocketMQBroker: connect, topics, publish; consuming is in ``_subscription``.
 
-    broker = RocketMQBroker(
-        "127.0.0.1:8081",                  # proxy gRPC endpoint(s)
-        namesrv="127.0.0.1:9876",          # lets nova create topics and groups itself
-        auth=("nova-app", "secret"),       # ACL 2.0 user, if the cluster has ACL on
-    )
-    queue = TaskQueue(broker)
-
-Topics and consumer groups. gRPC clients cannot create either, and the proxy
-refuses unknown ones. Given ``namesrv=`` (or ``rocketmq://...?namesrv=...``),
-``ensure_topics`` and ``subscribe`` create them through RocketMQ's remoting admin
-protocol (the same requests as ``mqadmin updateTopic`` / ``updateSubGroup``,
-signed with ``admin_auth`` or else ``auth``), which takes milliseconds. Without
-it they only check that the topics exist and raise ``ConfigurationError`` naming
-the ``mqadmin`` commands to run. :class:`RocketMQAdmin` does the same by hand::
-
-    await RocketMQAdmin("127.0.0.1:9876").create_topics(["myapp_default_normal"])
-    await RocketMQAdmin("127.0.0.1:9876").create_groups(["myapp_workers"])
-
-Topics carry normal and timer messages alike, so nova creates them with
-``message.type=MIXED`` (the broker needs ``enableMixedMessageType=true``), or use
-``topic_message_type=`` with a proxy running ``enableTopicMessageTypeCheck=false``.
-
-Delays: ``Message.deliver_at`` becomes the message's delivery timestamp (a timer
-message, rounded up to ``timer_precision`` — the broker's ``timerPrecisionMs`` —
-so never early) when it fits ``max_delay`` (the proxy's ``maxDelayTimeMills``,
-1 day by default); the engine cascades longer delays. ``consume_timeout`` is
-the invisible duration of a received message; nova extends it while a handler
-still holds the message. ``max_reconsume_times`` (the seed's option) is kept as
-an attribute for the engine's retry policy; RocketMQ's own redelivery limit
-(the group's ``retryMaxTimes``, after which the broker moves a message to
-``%DLQ%<group>`` where nova never sees it) is set very high, so failed tasks
-reach nova's dead-letter queue instead.
-Acks: ``Delivery.ack()`` returns at once and a background task sends the acks
-of each topic in batches (one AckMessage request carries up to 64 receipt
-handles); ``close()`` sends the pending ones first. An ack that never reaches
-the broker means a redelivery after ``consume_timeout``, never a lost task.
-``ConsumerModel.BROADCASTING`` gives each subscription its own group
-(``<group>-b<random>``), so every worker sees every task published while it runs.
+The package docstring (``nova.brokers.rocketmq``) says how the broker contract maps onto RocketMQ.
 """
 
 from __future__ import annotations
@@ -120,7 +83,7 @@ def _whole_seconds(value: timedelta) -> int:
 
 
 class RocketMQBroker:
-    """A RocketMQ 5 cluster reached through its proxy (gRPC). See the module docstring.
+    """A RocketMQ 5 cluster reached through its proxy (gRPC). See the package docstring.
 
     broker = RocketMQBroker(["127.0.0.1:8081"], namesrv="127.0.0.1:9876",
                             consume_timeout=timedelta(minutes=5))
@@ -361,7 +324,7 @@ class RocketMQBroker:
         try:
             futures = await self._run(submit)
             # Bounded: a send the client lost track of must not hang the caller (see
-            # _no_route_lookups_on_the_io_thread); it raises EnqueueError like any failure.
+            # patches.no_route_lookups_on_the_io_thread); it raises EnqueueError like any failure.
             receipts = await _confirmed(futures, self._confirm_within)
             self._note_published(native, receipts)
             if log.isEnabledFor(logging.DEBUG):

@@ -219,9 +219,9 @@ class _Subscription:
             finally:
                 self._reserved[topic] -= count
                 # What the receive did not fill is room again: a lane waiting for room asks
-                # for it (the messages it got join `held` before that lane runs). Else a
-                # helping lane's short receive left lane 0 waiting for an ack that may never
-                # come: a batch waiting for its last task held the rest of the window.
+                # for it (the messages it got join `held` before that lane runs). Acks alone
+                # would not do: after a helping lane's short receive, lane 0 could wait for
+                # an ack that never comes (a batch waiting for its last task holds the rest).
                 self._room.set()
             backoff = 0.2
             failures = 0
