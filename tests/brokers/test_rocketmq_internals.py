@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from nova.brokers.rocketmq import _client_patches as patches
-from nova.brokers.rocketmq._errors import is_auth_failure, is_not_found, refusal, translate
+from nova.brokers.rocketmq._errors import is_auth_failure, is_not_found, permission_denied, refusal, translate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -227,6 +227,11 @@ def test_the_table_tells_the_callers_cases_apart(rmq: Any) -> None:
     assert is_not_found(not_found) and not is_auth_failure(not_found)
     assert is_auth_failure(_client_error("UnauthorizedException", "UNAUTHORIZED"))
     assert not is_not_found(_grpc_error("UNAVAILABLE"))
+    # the proxy's one code for bad credentials and for a denied permission (40100), told apart
+    wrong_secret = _client_error("UnauthorizedException", "UNAUTHORIZED")
+    denied = type(wrong_secret)("User:app has no permission to access Topic:t, the decision is deny.", 40100)
+    assert is_auth_failure(denied) and permission_denied(translate(denied, "connect", []))
+    assert not permission_denied(translate(wrong_secret, "connect", []))
     closed = nova.ClosedError("closed")
     assert translate(closed, "publish", []) is closed  # nova's own errors pass as they are
     error = translate(Exception("signed with s3cr3t, s3cr3t"), "connect", ["s3cr3t"])
@@ -236,9 +241,9 @@ def test_the_table_tells_the_callers_cases_apart(rmq: Any) -> None:
 @pytest.mark.parametrize(
     ("code", "remark", "expected"),
     [
-        (16, "no permission to access topic t", "AuthenticationError"),
-        (17, "user alice has no permission", "AuthenticationError"),
-        (1, "check signature failed, accessKey alice", "AuthenticationError"),
+        (16, "check signature failed.", "AuthenticationError"),
+        (16, "User:nobody is not found.", "AuthenticationError"),
+        (16, "User:app has no permission to access Topic:t, no matched policies.", "AuthenticationError"),
         (1, "authentication failed for alice", "AuthenticationError"),
         (1, "the broker is busy", "BrokerError"),
         (17, "topic t does not exist", "BrokerError"),

@@ -30,7 +30,7 @@ from nova.brokers._common import delay_slots as _delay_slots
 from nova.brokers._common import duration, optional_group, optional_prefix, quietly, split_host_port
 from nova.brokers.rocketmq import _client_patches as patches
 from nova.brokers.rocketmq._admin import RocketMQAdmin
-from nova.brokers.rocketmq._errors import is_not_found, lost_route, lost_settings, translate
+from nova.brokers.rocketmq._errors import is_not_found, lost_route, lost_settings, permission_denied, translate
 from nova.brokers.rocketmq._subscription import _HEADER_MARK, _Subscription
 
 if TYPE_CHECKING:
@@ -266,8 +266,7 @@ class RocketMQBroker:
                 # Any RPC checks reachability and credentials: ask for a route.
                 await self._query_route(producer, "TBW102")
             except NovaError as exc:
-                authenticated_but_not_allowed = "no permission" in str(exc)
-                if authenticated_but_not_allowed or not isinstance(exc, (AuthenticationError, ConnectionError)):
+                if permission_denied(exc) or not isinstance(exc, (AuthenticationError, ConnectionError)):
                     return  # reachable and signed in; the topic itself may be hidden
                 self._producer = None
                 await self._shut_down(producer)

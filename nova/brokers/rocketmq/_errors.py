@@ -13,9 +13,10 @@ subscribe, receive, ack, nack and renew)::
 
 ``NotFoundException`` (unknown topic or group) becomes a ConfigurationError naming
 the ``mqadmin`` command, where the caller knows which one. Through the name server
-and brokers (remoting; ``refusal``, used by RocketMQAdmin): a refused signature or
-ACL is an AuthenticationError, any other refusal a BrokerError, and an unreachable
-or silent server a ConnectionError (raised by RocketMQAdmin itself).
+and brokers (remoting; ``refusal``, used by RocketMQAdmin): an ACL refusal
+(NO_PERMISSION: bad signature, unknown user, denied permission) is an
+AuthenticationError, any other refusal a BrokerError, and an unreachable or silent
+server a ConnectionError (raised by RocketMQAdmin itself).
 """
 
 from __future__ import annotations
@@ -32,7 +33,15 @@ from nova._errors import (
 )
 from nova.brokers._common import scrub
 
-__all__ = ["is_auth_failure", "is_not_found", "lost_route", "lost_settings", "refusal", "translate"]
+__all__ = [
+    "is_auth_failure",
+    "is_not_found",
+    "lost_route",
+    "lost_settings",
+    "permission_denied",
+    "refusal",
+    "translate",
+]
 
 #: gRPC status names (``grpc.StatusCode``) per nova error.
 _GRPC_AUTH = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
@@ -76,6 +85,16 @@ def is_auth_failure(exc: BaseException) -> bool:
     return (code is not None and code // 100 in _CODE_AUTH_CLASSES) or _grpc_status(exc) in _GRPC_AUTH
 
 
+def permission_denied(exc: BaseException) -> bool:
+    """An authentication failure that signed in but lacks the permission (vs. wrong credentials).
+
+    The proxy answers both with UNAUTHORIZED (40100): "check signature failed" or
+    "User:x is not found" for the credentials, "User:x has no permission to access
+    ..." for the permission. Only the message tells them apart.
+    """
+    return "no permission" in str(exc)
+
+
 def is_not_found(exc: BaseException) -> bool:
     """The proxy knows no such topic or consumer group."""
     return _client_exception(exc, "NotFoundException")
@@ -93,7 +112,8 @@ def lost_route(exc: BaseException) -> bool:
 def lost_settings(exc: BaseException) -> bool:
     """The client's settings did not reach the proxy (or the proxy lost them, e.g. on a restart).
 
-    Neither the client nor the proxy gives this its own type or code: the message
+    Neither the client nor the proxy gives this its own type or code (the proxy's
+    receive fails with INTERNAL_ERROR 50001, '"settings" is null'): the message
     text is the only sign.
     """
     return "settings" in str(exc)
@@ -115,21 +135,19 @@ def translate(exc: BaseException, what: str, secrets: Iterable[str]) -> NovaErro
     return BrokerError(f"RocketMQ failed during {what}: {detail}")
 
 
-#: Remoting response codes (``RemotingSysResponseCode`` / ``ResponseCode``) that may be an ACL refusal.
-_NO_PERMISSION, _TOPIC_NOT_EXIST_OR_REFUSED = 16, 17
+#: The remoting response code (``ResponseCode.NO_PERMISSION``) of every ACL refusal: a bad
+#: signature, an unknown or missing user, a denied permission.
+_NO_PERMISSION = 16
+_AUTH_REMARKS = ("signature", "authentic", "accesskey", "permission")
 
 
 def refusal(what: str, code: int, remark: str, secrets: Iterable[str]) -> NovaError:
     """nova's error for a remoting request the name server or a broker answered with ``code``.
 
-    The remoting protocol has no code of its own for a refused signature or ACL: the
-    broker answers with a shared one (NO_PERMISSION 16, or 17 and others) and says
-    why in the remark, so the remark decides.
+    NO_PERMISSION is an AuthenticationError. A server that refuses credentials under
+    another code can only say so in its remark, which then decides.
     """
     detail = scrub(f"code {code}: {remark}", secrets)
-    lowered = remark.lower()
-    if code in (_NO_PERMISSION, _TOPIC_NOT_EXIST_OR_REFUSED) and ("auth" in lowered or "permission" in lowered):
-        return AuthenticationError(f"RocketMQ refused to {what}: {detail}")
-    if "signature" in lowered or "authentic" in lowered or "accessKey" in remark:
+    if code == _NO_PERMISSION or any(word in remark.lower() for word in _AUTH_REMARKS):
         return AuthenticationError(f"RocketMQ refused to {what}: {detail}")
     return BrokerError(f"RocketMQ refused to {what}: {detail}")
