@@ -255,3 +255,22 @@ def test_remoting_refusals_become_novas_errors(code: int, remark: str, expected:
     error = refusal("create topic t", code, remark + " s3cr3t", ["s3cr3t"])
     assert type(error) is getattr(nova, expected)
     assert "create topic t" in str(error) and "s3cr3t" not in str(error)
+
+
+async def test_an_admin_reply_nova_cannot_read_is_a_broker_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nova
+    from nova.brokers.rocketmq import RocketMQBroker
+
+    broker = RocketMQBroker("127.0.0.1:8081", namesrv="127.0.0.1:9876")
+    assert broker._admin is not None
+
+    async def unreadable(*args: object, **kwargs: object) -> None:
+        raise ValueError("Expecting value: line 1 column 1 (char 0)")
+
+    monkeypatch.setattr(broker._admin, "create_groups", unreadable)
+    try:
+        with pytest.raises(nova.BrokerError, match="create consumer group g") as info:
+            await broker._ensure_group("g")
+        assert isinstance(info.value.__cause__, ValueError)
+    finally:
+        await broker.close()

@@ -291,7 +291,14 @@ class RocketMQBroker:
         if not missing:
             return
         if self._admin is not None:
-            await self._admin.create_topics(missing, message_type=self.topic_message_type, queues=self.queues_per_topic)
+            try:
+                await self._admin.create_topics(
+                    missing, message_type=self.topic_message_type, queues=self.queues_per_topic
+                )
+            except NovaError:
+                raise
+            except Exception as exc:  # a reply the admin could not read
+                raise self._err(exc, "create topics") from exc
         else:
             for topic in missing:
                 await self._query_route(self._producer, topic)
@@ -300,7 +307,12 @@ class RocketMQBroker:
     async def _ensure_group(self, group: str) -> None:
         if group in self._known_groups or self._admin is None:
             return
-        await self._admin.create_groups([group], retry_max_times=_BROKER_RETRY_MAX_TIMES)
+        try:
+            await self._admin.create_groups([group], retry_max_times=_BROKER_RETRY_MAX_TIMES)
+        except NovaError:
+            raise
+        except Exception as exc:  # a reply the admin could not read
+            raise self._err(exc, f"create consumer group {group}") from exc
         self._known_groups.add(group)
 
     async def publish(self, messages: Sequence[Message]) -> None:
