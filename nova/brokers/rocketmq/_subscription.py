@@ -187,13 +187,13 @@ class _Subscription:
                     log.debug("RocketMQ receive on %s failed: %s", topic, exc)
                     continue
                 if is_not_found(exc):
-                    self._queue.put_nowait(
-                        ConfigurationError(
-                            f"RocketMQ consumer group {self.group!r} or topic {topic!r} does not exist. "
-                            "Give RocketMQBroker namesrv= so nova creates them, or run: mqadmin "
-                            f"updateSubGroup -n <namesrv> -c <cluster> -g {self.group}"
-                        )
+                    missing = ConfigurationError(
+                        f"RocketMQ consumer group {self.group!r} or topic {topic!r} does not exist. "
+                        "Give RocketMQBroker namesrv= so nova creates them, or run: mqadmin "
+                        f"updateSubGroup -n <namesrv> -c <cluster> -g {self.group}"
                     )
+                    missing.__cause__ = exc
+                    self._queue.put_nowait(missing)
                     return
                 if is_auth_failure(exc):
                     err = self._broker._err(exc, f"receive {topic}")
@@ -210,7 +210,8 @@ class _Subscription:
                     try:
                         consumer = await self._new_consumer(topic)
                     except Exception as rebuild_exc:  # noqa: BLE001 - retried on the next round
-                        log.warning("RocketMQ consumer restart on %s failed: %s", topic, rebuild_exc)
+                        log.warning("RocketMQ consumer restart on %s failed: %s", topic,
+                                    self._broker._err(rebuild_exc, "consumer restart"))
                     else:
                         self._retired.append(self._consumers[topic])
                         self._consumers[topic] = consumer
