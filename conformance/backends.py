@@ -100,7 +100,7 @@ def make_backend(name: str) -> Backend:
         return Backend("rabbitmq", SystemClock(), lambda: RabbitMQBroker(url), delay_slots=real_slots,
                        lateness=timedelta(seconds=1))
     if name == "rocketmq":
-        from nova.brokers.rocketmq._broker import RocketMQBroker
+        from nova.brokers.rocketmq import RocketMQBroker
 
         endpoints = _require("NOVA_ROCKETMQ_ENDPOINTS", "rocketmq")
         kwargs: dict[str, Any] = {"namesrv": _require("NOVA_ROCKETMQ_NAMESRV", "rocketmq")}

@@ -29,8 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nova._broker import Message
-from nova.brokers.rocketmq._admin import RocketMQAdmin
-from nova.brokers.rocketmq._broker import RocketMQBroker
+from nova.brokers.rocketmq import RocketMQAdmin, RocketMQBroker
 from nova.brokers.rocketmq._client_patches import client, wait_for_settings
 
 

@@ -27,8 +27,7 @@ import pytest
 
 import nova._errors as errors
 from nova._broker import Delivery, Message
-from nova.brokers.rocketmq._admin import RocketMQAdmin
-from nova.brokers.rocketmq._broker import ConsumerModel, RocketMQBroker
+from nova.brokers.rocketmq import ConsumerModel, RocketMQAdmin, RocketMQBroker
 from nova.brokers.rocketmq._client_patches import client as _client
 from nova.brokers.rocketmq._client_patches import (
     telemetry_streams_on_the_io_thread as _telemetry_streams_on_the_io_thread,

@@ -363,7 +363,7 @@ def _smoke_test() -> None:
 import asyncio, sys, uuid
 sys.path.insert(0, {str(root)!r})
 from nova._broker import Message
-from nova.brokers.rocketmq._broker import RocketMQBroker
+from nova.brokers.rocketmq import RocketMQBroker
 
 async def main():
     broker = RocketMQBroker("{HOST}:{GRPC_PORT}", namesrv="{HOST}:{NAMESRV_PORT}", auth={creds})
