@@ -11,7 +11,6 @@ when the harness was started with ACL (``NOVA_ROCKETMQ_ACCESS_KEY`` is set).
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import subprocess
 import sys
@@ -138,25 +137,6 @@ class Collector:
         await asyncio.wait_for(self.task, PATIENCE)
 
 
-async def test_publish_then_subscribe_roundtrip(
-    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
-) -> None:
-    broker = rocketmq_make()
-    topic = f"{rocketmq_prefix}_q_normal"
-    await broker.ensure_topics([topic])
-    before = time.time()
-    headers = {"nova-id": "abc", "nova-empty": "", "nova-uni": "é✓"}
-    await broker.publish([Message(topic, b"\x00hello\xff", headers, key="abc")])
-    sub = await broker.subscribe([topic], group=f"{rocketmq_prefix}_g", window=4)
-    c = Collector(sub, ack=True)
-    await wait_for(lambda: len(c.got) == 1)
-    d = c.got[0][1]
-    assert (d.topic, d.body, dict(d.headers)) == (topic, b"\x00hello\xff", headers)
-    assert before - 2 <= d.published_at <= time.time() + 1
-    await c.stop()
-    assert c.error is None
-
-
 async def test_the_clients_io_thread_never_waits_for_itself_for_a_route(
     rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
 ) -> None:
@@ -265,114 +245,6 @@ def test_a_telemetry_stream_asked_for_off_the_io_thread_is_made_on_it() -> None:
         assert channel.telemetry_stream_stream_call is not None
     finally:
         rpc.stop()
-
-
-async def test_nack_redelivers_and_ack_is_final(
-    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
-) -> None:
-    broker = rocketmq_make()
-    topic = f"{rocketmq_prefix}_q_normal"
-    await broker.ensure_topics([topic])
-    sub = await broker.subscribe([topic], group=f"{rocketmq_prefix}_g", window=4)
-    await broker.publish([Message(topic, b"again")])
-    seen: list[Delivery] = []
-    async with asyncio.timeout(PATIENCE):
-        async for d in sub:
-            seen.append(d)
-            if len(seen) == 1:
-                await d.nack()
-                await d.nack()  # idempotent
-            else:
-                await d.ack()
-                await d.ack()  # idempotent
-                break
-    assert [d.body for d in seen] == [b"again", b"again"]
-    await broker.publish([Message(topic, b"marker")])
-    async with asyncio.timeout(PATIENCE):
-        async for d in sub:
-            await d.ack()
-            assert d.body == b"marker"  # the acked one never came back
-            break
-    await sub.close()
-
-
-async def test_close_gives_unacked_back_to_the_group(
-    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
-) -> None:
-    broker = rocketmq_make()
-    topic = f"{rocketmq_prefix}_q_normal"
-    group = f"{rocketmq_prefix}_g"
-    await broker.ensure_topics([topic])
-    await broker.publish([Message(topic, f"m{i}".encode()) for i in range(3)])
-    first = Collector(await broker.subscribe([topic], group=group, window=8), ack=False)
-    await wait_for(lambda: len(first.got) == 3)
-    started = time.monotonic()
-    await first.stop()
-    second = Collector(await broker.subscribe([topic], group=group, window=8), ack=True)
-    await wait_for(lambda: len(second.got) == 3)
-    # far sooner than consume_timeout (5 min): close made them visible at once
-    assert time.monotonic() - started < 60
-    assert sorted(second.bodies()) == [b"m0", b"m1", b"m2"]
-    await second.stop()
-
-
-async def test_timer_message_is_never_early_and_about_on_time(
-    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG, logger="nova.rocketmq")
-    broker = rocketmq_make()
-    assert broker.native_delay_max is not None and broker.native_delay_max >= timedelta(hours=23)
-    topic = f"{rocketmq_prefix}_q_normal"
-    await broker.ensure_topics([topic])
-    c = Collector(await broker.subscribe([topic], group=f"{rocketmq_prefix}_g", window=8), ack=True)
-    now = time.time()
-    due = {f"d{i}".encode(): now + 2.0 + i * 0.7 for i in range(3)}
-    await broker.publish([Message(topic, body, deliver_at=at) for body, at in due.items()])
-    await wait_for(lambda: len(c.got) == 3)
-    for arrived, d in c.got:
-        assert arrived >= due[d.body], f"{d.body!r} came {due[d.body] - arrived:.3f} s early"
-        assert arrived - due[d.body] <= 1.5, f"{d.body!r} came {arrived - due[d.body]:.3f} s late"
-    # The debug trail that tells a held timer from a late receive (see _log_timer_sends).
-    trail = [r.getMessage() for r in caplog.records if r.name == "nova.rocketmq"]
-    assert sum(f"sent to {topic}, due in" in m for m in trail) == 3, trail
-    assert sum(f"received on {topic} by {rocketmq_prefix}_g," in m for m in trail) == 3, trail
-    await c.stop()
-
-
-async def test_window_is_per_topic_without_head_of_line_blocking(
-    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
-) -> None:
-    broker = rocketmq_make()
-    busy, other = f"{rocketmq_prefix}_q_high", f"{rocketmq_prefix}_q_low"
-    await broker.ensure_topics([busy, other])
-    await broker.publish([Message(busy, f"b{i}".encode()) for i in range(5)])
-    c = Collector(await broker.subscribe([busy, other], group=f"{rocketmq_prefix}_g", window=2), ack=False)
-    await wait_for(lambda: len(c.bodies(busy)) == 2)
-    await broker.publish([Message(other, b"o0")])
-    await wait_for(lambda: c.bodies(other) == [b"o0"])  # served while busy's window is full
-    assert len(c.bodies(busy)) == 2
-    await c.got[0][1].ack()
-    await wait_for(lambda: len(c.bodies(busy)) == 3)
-    assert len(c.bodies(busy)) == 3
-    await c.stop()
-
-
-async def test_backlog_counts_what_the_group_has_not_received(
-    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
-) -> None:
-    broker = rocketmq_make()
-    topic, empty = f"{rocketmq_prefix}_q_normal", f"{rocketmq_prefix}_q_low"
-    await broker.ensure_topics([topic, empty])
-    await broker.publish([Message(topic, f"m{i}".encode()) for i in range(5)])
-    sub = await broker.subscribe([topic, empty], group=f"{rocketmq_prefix}_g", window=1)
-    c = Collector(sub, ack=False)
-    await wait_for(lambda: len(c.got) == 1)
-    assert await sub.backlog(topic) == 4
-    assert await sub.backlog(empty) == 0
-    await c.got[0][1].ack()
-    await wait_for(lambda: len(c.got) == 2)
-    assert await sub.backlog(topic) == 3
-    await c.stop()
 
 
 async def test_a_long_held_delivery_is_not_redelivered(
