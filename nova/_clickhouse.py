@@ -52,6 +52,7 @@ from nova._recording import (
     TaskRecord,
     TaskStatus,
     columns_from_events,
+    write_pending,
 )
 
 if TYPE_CHECKING:
@@ -566,6 +567,7 @@ class ClickHouseTaskRecorder:
 
     async def get(self, task_id: str) -> TaskRecord | None:
         """The latest state of one task, or None."""
+        await write_pending(self)
         sql = _LATEST.format(table=self._quoted, where="WHERE task_id = {task_id:String}")
         rows = await self._query("get", sql, {"task_id": task_id})
         return self._to_record(rows[0]) if rows else None
@@ -587,6 +589,7 @@ class ClickHouseTaskRecorder:
     # -- queries ---------------------------------------------------------------
     async def history(self, task_id: str) -> list[TaskEvent]:
         """Every event of one task, oldest (lowest version) first."""
+        await write_pending(self)
         rows = await self._query("history", _HISTORY.format(table=self._quoted), {"task_id": task_id},
                                  formats={"payload": "bytes"})
         return [
@@ -615,6 +618,7 @@ class ClickHouseTaskRecorder:
         """
         if limit < 0 or offset < 0:
             raise ValidationError("limit and offset must be >= 0")
+        await write_pending(self)
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         # A task's latest status/queue/type/update is one of its events, so a
         # task matching the filters has an event matching them: prefilter on
@@ -657,6 +661,7 @@ class ClickHouseTaskRecorder:
 
     async def counts(self) -> dict[TaskStatus, int]:
         """Number of tasks per current status."""
+        await write_pending(self)
         sql = f"SELECT r_status, count() FROM ({_STATE.format(table=self._quoted)}) GROUP BY r_status"
         rows = await self._query("counts", sql, {})
         out: dict[TaskStatus, int] = {}
@@ -667,6 +672,7 @@ class ClickHouseTaskRecorder:
 
     async def counts_by_queue(self) -> dict[str, dict[TaskStatus, int]]:
         """Number of tasks per current queue, then per current status."""
+        await write_pending(self)
         sql = (f"SELECT r_queue, r_status, count() FROM ({_STATE.format(table=self._quoted)})"
                " GROUP BY r_queue, r_status")
         rows = await self._query("counts", sql, {})
@@ -679,6 +685,7 @@ class ClickHouseTaskRecorder:
 
     async def delete(self, task_id: str) -> bool:
         """Forget one task (a lightweight DELETE, visible at once); True if it was recorded."""
+        await write_pending(self)
         params = {"task_id": task_id}
 
         def delete(client: Client) -> bool:

@@ -35,7 +35,8 @@ from nova._errors import (
 )
 from nova._naming import ready_topic, validate_group, validate_prefix, validate_queue, worker_group
 from nova._policies import PriorityPolicy, RetryPolicy, StrictPriority
-from nova._recording import RecordingSink, TaskRecorder, TaskStatus
+from nova._recording import TaskRecorder, TaskStatus
+from nova._sink import RecordingSink
 from nova._task import Priority, Result, Task, coerce_priority, new_result, validate_task
 from nova._worker import BatchHandler, BatchWorker, Handler, Worker
 from nova.brokers import broker_from_url
@@ -62,6 +63,10 @@ class TaskQueue:
     broker) override the ones given here. The clock comes from the broker
     (SimBroker: its virtual clock; real brokers: the system clock) unless
     ``clock=`` is given.
+
+    With ``recorder=``, every lifecycle step is recorded in the background;
+    ``stop()`` then waits at most ``recorder_stop_timeout`` (real time) for the
+    recorder to take what is left, and drops (counts, logs) the rest.
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class TaskQueue:
         clock: Clock | None = None,
         max_payload_size: int = DEFAULT_MAX_PAYLOAD,
         stop_timeout: timedelta = timedelta(seconds=30),
+        recorder_stop_timeout: timedelta = timedelta(seconds=5),
         close_broker: bool = False,
     ) -> None:
         self.broker = broker
@@ -110,7 +116,11 @@ class TaskQueue:
         self.stop_timeout = stop_timeout
         self.close_broker = close_broker
         self.recorder = recorder
-        self._sink = RecordingSink(recorder, self.clock) if recorder is not None else None
+        if not isinstance(recorder_stop_timeout, timedelta) or recorder_stop_timeout < timedelta(0):
+            raise ConfigurationError("recorder_stop_timeout must be a timedelta >= 0, e.g. timedelta(seconds=5), "
+                                     f"got {recorder_stop_timeout!r}")
+        self._sink = (None if recorder is None else
+                      RecordingSink(recorder, self.clock, stop_timeout=recorder_stop_timeout.total_seconds()))
         self.router = Router(broker, self.clock, self.prefix, self.tiers)
         if isinstance(broker, DelayTierAware):
             broker.declare_delay_tiers(

@@ -1,33 +1,26 @@
 """Task recording: the TaskRecorder protocol, TaskRecord, and the in-memory recorder.
 
-The engine calls ``recorder.record(event)`` at every lifecycle step through a
-:class:`RecordingSink` that never blocks or fails a task: events go into a
-bounded buffer written in the background; failures are logged and counted.
+The engine records every lifecycle step through a ``RecordingSink`` (``nova._sink``)
+that never blocks or fails a task: events go into a bounded buffer written in
+batches in the background; failures are logged and counted. nova's recorders read
+their own writes: ``get``, ``list``, ``counts``, ... first write what this process
+buffered for them (:func:`write_pending`).
 
     recorder = nova.MemoryTaskRecorder()
     queue = nova.TaskQueue(broker, recorder=recorder)
-    ...
-    record = await recorder.get(result.id)
-    assert record.status is nova.TaskStatus.COMPLETED
+    result = await queue.enqueue(nova.Task("email", b"hi"))
+    record = await recorder.get(result.id)     # QUEUED, without waiting for a batch
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
-import logging
-import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-from nova._clock import SystemClock, wait_with_timeout
-
-if TYPE_CHECKING:
-    from nova._clock import Clock
-    from nova._task import Result, Task
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "EVENT_FIELDS",
@@ -36,17 +29,16 @@ __all__ = [
     "EventRow",
     "MemoryTaskRecorder",
     "QueryableTaskRecorder",
-    "RecordingSink",
     "TaskEvent",
     "TaskRecord",
     "TaskRecorder",
     "TaskStatus",
     "columns_from_events",
     "event_from_row",
+    "feeds",
     "row_from_event",
+    "write_pending",
 ]
-
-log = logging.getLogger("nova.recording")
 
 
 class TaskStatus(enum.StrEnum):
@@ -271,6 +263,38 @@ def fold_events(events: Iterable[TaskEvent]) -> TaskRecord | None:
     return record
 
 
+class _Feed(Protocol):
+    async def sync(self) -> None: ...
+
+
+# The sinks of this process that feed each recorder (weakly: a sink or a recorder that
+# is gone leaves no trace), so the recorder's reads write what they buffered first.
+_FEEDS: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
+
+
+def feeds(recorder: object, sink: _Feed) -> None:
+    """Note that ``sink`` buffers events for ``recorder`` (see :func:`write_pending`)."""
+    # a recorder that cannot be weakly referenced or hashed: its reads do not sync
+    with contextlib.suppress(TypeError):
+        _FEEDS.setdefault(recorder, weakref.WeakSet()).add(sink)
+
+
+async def write_pending(recorder: object) -> None:
+    """Write what this process buffered for ``recorder`` so far (read your own writes).
+
+    nova's recorders call it at the start of every read; a recorder of yours may too.
+
+    >>> await write_pending(recorder)   # doctest: +SKIP
+    """
+    try:
+        sinks = _FEEDS.get(recorder)
+    except TypeError:
+        return
+    if sinks:
+        for sink in list(sinks):
+            await sink.sync()
+
+
 class MemoryTaskRecorder:
     """A TaskRecorder in a dict: for tests, the demo, and single-process use.
 
@@ -296,10 +320,13 @@ class MemoryTaskRecorder:
                 self._records[event.task_id] = folded
 
     async def get(self, task_id: str) -> TaskRecord | None:
+        """The latest state of one task, or None."""
+        await write_pending(self)
         return self._records.get(task_id)
 
     async def history(self, task_id: str) -> list[TaskEvent]:
         """Every event of one task, oldest first."""
+        await write_pending(self)
         return sorted(self._history.get(task_id, {}).values(), key=event_order)
 
     async def list(
@@ -314,6 +341,7 @@ class MemoryTaskRecorder:
         offset: int = 0,
     ) -> list[TaskRecord]:
         """Records matching every given filter, newest (by update) first."""
+        await write_pending(self)
         rows = [
             r for r in self._records.values()
             if (status is None or r.status is status)
@@ -327,6 +355,7 @@ class MemoryTaskRecorder:
 
     async def counts(self) -> dict[TaskStatus, int]:
         """Number of tasks per current status."""
+        await write_pending(self)
         out: dict[TaskStatus, int] = {}
         for r in self._records.values():
             out[r.status] = out.get(r.status, 0) + 1
@@ -334,6 +363,7 @@ class MemoryTaskRecorder:
 
     async def counts_by_queue(self) -> dict[str, dict[TaskStatus, int]]:
         """Number of tasks per current queue and status."""
+        await write_pending(self)
         out: dict[str, dict[TaskStatus, int]] = {}
         for r in self._records.values():
             per_queue = out.setdefault(r.queue, {})
@@ -341,231 +371,10 @@ class MemoryTaskRecorder:
         return out
 
     async def delete(self, task_id: str) -> bool:
+        """Forget one task (what this process buffered for it is written first); True if it was recorded."""
+        await write_pending(self)
         self._history.pop(task_id, None)
         return self._records.pop(task_id, None) is not None
 
     async def close(self) -> None:
         return None
-
-
-_WIDTH = len(EVENT_FIELDS)
-
-
-class RecordingSink:
-    """Feeds a TaskRecorder from the engine without ever blocking or failing it.
-
-    Events are buffered (at most ``max_buffer``; beyond that they are dropped
-    and counted) and written in batches of up to ``batch_size`` by one
-    background task, at ``batch_size`` events or ``flush_interval`` seconds of
-    the engine's clock, whichever comes first. A failing write is retried with backoff; after
-    ``max_attempts`` the batch is dropped, counted and logged. The defaults (50,000
-    events or 0.5 s) follow ClickHouse's advice of few, large inserts: every insert
-    makes a part that background merges rewrite (at 10,000 events a batch, merging
-    cost chDB more CPU than inserting).
-
-    The engine records a published batch with :meth:`emit_published` and each
-    consumer step with :meth:`emit_task`, which append the event's fields to one flat
-    list (~0.35 us per task and ~0.55 us per consumer step on the benchmark machine,
-    where a frozen TaskEvent takes ~2 us to build). A batch leaves that list as
-    :data:`EventColumns` (a strided slice per field): a :class:`ColumnarTaskRecorder`
-    gets them as they are, any other recorder gets TaskEvents built in the background.
-    """
-
-    def __init__(
-        self,
-        recorder: TaskRecorder,
-        clock: Clock,
-        *,
-        max_buffer: int = 500_000,
-        batch_size: int = 50_000,
-        max_attempts: int = 5,
-        flush_interval: float = 0.5,
-    ) -> None:
-        self.recorder = recorder
-        self._columnar = recorder if isinstance(recorder, ColumnarTaskRecorder) else None
-        self._clock = clock
-        # SystemClock.time() is time.time() behind one more call: the hot path skips it
-        self._time = time.time if type(clock) is SystemClock else clock.time
-        # buffered events, field after field: event i is _fields[i * _WIDTH:(i + 1) * _WIDTH]
-        self._fields: list[Any] = []
-        self._extend = self._fields.extend
-        self._room = max_buffer * _WIDTH  # lengths of _fields, in fields
-        self._batch_fields = batch_size * _WIDTH
-        self._max_attempts = max_attempts
-        self._wakeup = asyncio.Event()
-        self._full = asyncio.Event()
-        self._flush_interval = flush_interval
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        # The highest version given out. Every step gets a higher one, so a task's versions
-        # strictly increase even within one clock instant (a virtual clock), with no per-task state.
-        self._version = 0
-        self.dropped = 0
-        self.written = 0
-        self.failures = 0
-
-    def emit(self, event: TaskEvent) -> None:
-        """Queue one event; never raises, never waits."""
-        row = row_from_event(event)
-        version = event.version if event.version > self._version else self._version + 1
-        self._version = version
-        self._push((*row[:6], version, *row[7:]))
-
-    def emit_step(self, task_id: str, type_: str, queue: str, priority: int, status: TaskStatus,
-                  attempt: int, error: str | None, eta: datetime | None, headers: Mapping[str, str],
-                  payload: bytes | None) -> None:
-        """Queue one lifecycle step happening now (by the sink's clock); never raises, never waits.
-
-        :meth:`emit` without a TaskEvent. ``headers`` are copied now; ``payload`` is kept
-        as given (bytes do not change).
-        """
-        now, version = self._stamp()
-        self._append_rows([(task_id, type_, queue, priority, status, now, version, attempt, error, eta,
-                            tuple(headers.items()) if headers else (), payload)])
-
-    def emit_task(self, task: Task, status: TaskStatus, error: str | None = None) -> None:
-        """Queue a step a consumer takes on ``task`` now (the engine's path, twice per task).
-
-        :meth:`emit_step` with the fields read off the task and no payload (it travels with
-        QUEUED); :meth:`_stamp` and :meth:`_append_rows` written out, one call instead of three.
-        """
-        now = self._time()
-        version = int(now * 1_000_000)
-        if version <= self._version:
-            version = self._version + 1
-        self._version = version
-        headers = task.headers
-        row = (task.id, task.type, task.queue, task.priority, status, now, version, task.attempt, error,
-               task.eta, tuple(headers.items()) if headers else (), None)
-        buffered = len(self._fields)
-        if 0 < buffered < self._room:  # the common case: the writer is awake, there is room
-            self._extend(row)
-            if buffered + _WIDTH == self._batch_fields:
-                self._full.set()
-        else:  # the first event (wake or start the writer), or one too many (drop it)
-            self._push(row)
-
-    def emit_published(self, results: Sequence[Result], tasks: Sequence[Task], status: TaskStatus) -> None:
-        """Queue the QUEUED (or PENDING) step of tasks one confirmed publish just took (the engine's path).
-
-        They became queued at one instant: one time and one version for all (versions
-        only need to rise per task).
-        """
-        now, version = self._stamp()
-        self._append_rows([
-            (result.id, task.type, result.queue, result.priority, status, now, version, 1, None, result.eta,
-             tuple(task.headers.items()) if task.headers else (), bytes(task.payload))
-            for result, task in zip(results, tasks, strict=True)
-        ])
-
-    def emit_tasks(self, tasks: Sequence[Task], status: TaskStatus) -> None:
-        """Queue the same step of tasks a batch handler takes together (the batch worker's path).
-
-        One instant for all of them, as :meth:`emit_published`: one time and one version.
-        """
-        now, version = self._stamp()
-        self._append_rows([
-            (task.id, task.type, task.queue, task.priority, status, now, version, task.attempt, None, task.eta,
-             tuple(task.headers.items()) if task.headers else (), None)
-            for task in tasks
-        ])
-
-    def _stamp(self) -> tuple[float, int]:
-        """Now by the sink's clock, and a version above every one given so far: one counter
-        for the process, so a task's versions rise even within one clock instant."""
-        now = self._time()
-        version = int(now * 1_000_000)
-        if version <= self._version:
-            version = self._version + 1
-        self._version = version
-        return now, version
-
-    def _append_rows(self, rows: Sequence[Sequence[Any]]) -> None:
-        buffered = len(self._fields)
-        if buffered > 0 and buffered + len(rows) * _WIDTH <= self._room:  # the writer is awake, there is room
-            extend = self._extend
-            for row in rows:
-                extend(row)
-            if buffered < self._batch_fields <= len(self._fields):
-                self._full.set()
-        else:  # the first events (wake or start the writer), or too many (dropped and counted)
-            for row in rows:
-                self._push(row)
-
-    def _push(self, row: Sequence[Any]) -> None:
-        buffered = len(self._fields)
-        if buffered >= self._room:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("task recorder is behind; %d events dropped so far", self.dropped)
-            return
-        if not buffered:  # the writer drains the buffer before it waits again
-            self._wakeup.set()
-        self._extend(row)
-        if buffered + _WIDTH >= self._batch_fields:
-            self._full.set()
-        if self._task is None and not self._closing:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="nova-recorder")
-
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if len(self._fields) < self._batch_fields and not self._closing and self._flush_interval > 0:
-                # Gather a fuller batch: write at batch_size events or flush_interval, whichever first.
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    await wait_with_timeout(self._clock, self._full.wait(), self._flush_interval)
-            await self.flush()
-            if self._closing:
-                return
-
-    def _take(self) -> EventColumns:
-        """The oldest batch_size buffered events, out of the buffer, as columns."""
-        size = self._batch_fields
-        # The batch keeps the buffer's list and a new buffer gets what is past it: copying
-        # (and deleting) the batch's fields out of the buffer cost the event loop ~1 ms a batch.
-        batch = self._fields
-        self._fields = batch[size:]
-        self._extend = self._fields.extend
-        del batch[size:]
-        return tuple(batch[field::_WIDTH] for field in range(_WIDTH))
-
-    async def _write(self, batch: EventColumns) -> None:
-        count = len(batch[0])
-        columnar = self._columnar
-        events = [event_from_row(r) for r in zip(*batch, strict=True)] if columnar is None else []
-        delay = 0.05
-        for attempt in range(1, self._max_attempts + 1):
-            try:
-                if columnar is not None:
-                    await columnar.record_columns(batch)
-                else:
-                    await self.recorder.record(events)
-            except Exception as exc:  # noqa: BLE001 - a recorder must never break tasks
-                self.failures += 1
-                if attempt == self._max_attempts:
-                    self.dropped += count
-                    log.error("task recorder failed %d times, dropped %d events: %r", attempt, count, exc)
-                    return
-                log.warning("task recorder failed (attempt %d): %r", attempt, exc)
-                await self._clock.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            else:
-                self.written += count
-                return
-
-    async def flush(self) -> None:
-        """Write everything buffered so far (used by stop())."""
-        while self._fields:
-            await self._write(self._take())
-
-    async def close(self) -> None:
-        self._closing = True
-        self._wakeup.set()
-        self._full.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self.flush()

@@ -79,6 +79,7 @@ class _BaseWorker:
         # The recorder's steps, called straight on the sink (None: no recorder, no call).
         sink = tq._sink
         self.record = sink.emit_task if sink is not None else None
+        self.record_start = sink.emit_started if sink is not None else None
         self.record_all = sink.emit_tasks if sink is not None else None
 
     async def join(self) -> None:
@@ -363,7 +364,7 @@ class Worker(_BaseWorker):
             return
         record = self.record
         if record is not None:
-            record(task, TaskStatus.PROCESSING)
+            self.record_start(task)  # type: ignore[misc]
         try:
             if self.is_async:
                 await self.handler(task)  # type: ignore[misc]

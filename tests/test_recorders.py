@@ -27,13 +27,13 @@ from nova._errors import ConnectionError as NovaConnectionError
 from nova._recording import (
     MemoryTaskRecorder,
     QueryableTaskRecorder,
-    RecordingSink,
     TaskEvent,
     TaskRecord,
     TaskStatus,
     event_order,
     fold_events,
 )
+from nova._sink import RecordingSink
 from nova.sim import VirtualClock
 
 try:

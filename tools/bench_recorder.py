@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nova._clickhouse import ClickHouseTaskRecorder
 from nova._clock import SystemClock
-from nova._recording import RecordingSink, TaskEvent, TaskStatus
+from nova._recording import TaskEvent, TaskStatus
+from nova._sink import RecordingSink
 
 __all__ = ["recorder_throughput"]
 
