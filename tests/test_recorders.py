@@ -920,3 +920,92 @@ async def test_a_batch_worker_records_each_task_of_its_batches(make_recorder: Ma
         assert versions == sorted(set(versions))  # strictly increasing per task
         record = await recorder.get(result.id)
         assert record is not None and record.status is TaskStatus.COMPLETED and record.retry_count == 1
+
+
+# -- read your own writes: a recorder's reads first write what this process buffered ------------
+async def test_a_record_is_readable_right_after_enqueue(make_recorder: MakeRecorder) -> None:
+    import nova
+    from nova.sim import SimBroker
+
+    recorder = make_recorder()
+    clock = VirtualClock()
+    queue = nova.TaskQueue(SimBroker(clock=clock, seed=3), recorder=recorder)
+    result = await queue.enqueue(nova.Task("email", b"hi", headers={"k": "v"}), process_in=timedelta(minutes=1))
+    later = await queue.enqueue(nova.Task("email", b"hi"), queue="other")
+    # the clock never moves: no flush interval passes
+    record = await recorder.get(result.id)
+    assert record is not None
+    assert (record.status, record.queue, record.headers, record.eta) == (
+        TaskStatus.PENDING, "default", {"k": "v"}, result.eta)
+    assert ids(await recorder.list()) == [later.id, result.id]
+    assert await recorder.counts() == {TaskStatus.PENDING: 1, TaskStatus.QUEUED: 1}
+    assert await recorder.counts_by_queue() == {"default": {TaskStatus.PENDING: 1},
+                                                "other": {TaskStatus.QUEUED: 1}}
+    assert [e.status for e in await recorder.history(later.id)] == [TaskStatus.QUEUED]
+    assert queue.recording_stats["written"] == 2
+    await queue.stop()
+
+
+async def test_a_running_task_reads_as_processing_then_completed(make_recorder: MakeRecorder) -> None:
+    import nova
+    from nova.sim import SimBroker
+
+    recorder = make_recorder()
+    clock = VirtualClock()
+    queue = nova.TaskQueue(SimBroker(clock=clock, seed=4), recorder=recorder)
+    release = asyncio.Event()
+
+    async def handle(task: nova.Task) -> None:
+        await release.wait()
+
+    result = await queue.enqueue(nova.Task("slow", b""))
+    await queue.start(handle)
+    await clock.advance(0)  # the handler started and waits; no flush interval passed
+    record = await recorder.get(result.id)
+    assert record is not None and record.status is TaskStatus.PROCESSING
+    assert record.started_at == clock.now()
+    release.set()
+    await clock.advance(0)
+    record = await recorder.get(result.id)
+    assert record is not None and record.status is TaskStatus.COMPLETED
+    history = await recorder.history(result.id)
+    assert [e.status for e in history] == [TaskStatus.QUEUED, TaskStatus.PROCESSING, TaskStatus.COMPLETED]
+    assert [e.version for e in history] == sorted({e.version for e in history})
+    await queue.stop()
+    assert queue.recording_stats == {"written": 3, "dropped": 0, "failures": 0}
+
+
+async def test_a_read_waits_for_a_write_in_flight() -> None:
+    clock = VirtualClock()
+    recorder = GatedRecorder()
+    sink = RecordingSink(recorder, clock, flush_interval=0)
+    sink.emit_step("w1", "email", "default", 2, TaskStatus.QUEUED, 1, None, None, {}, None)
+    await recorder.entered.wait()  # the writer's insert is in flight
+    reading = asyncio.ensure_future(recorder.get("w1"))
+    await clock.advance(0)
+    assert not reading.done()
+    recorder.gate.set()
+    record = await reading
+    assert record is not None and record.status is TaskStatus.QUEUED
+    await sink.close()
+
+
+async def test_a_failed_write_before_a_read_is_left_to_the_writer() -> None:
+    clock = VirtualClock()
+    recorder = FailingRecorder(failures=1)
+    sink = RecordingSink(recorder, clock)
+    sink.emit_step("f1", "email", "default", 2, TaskStatus.QUEUED, 1, None, None, {}, None)
+    assert await recorder.get("f1") is None  # the read's write failed; the read goes on
+    assert (sink.written, sink.failures) == (0, 1)
+    assert await clock.run_until(lambda: sink.written == 1, within=timedelta(seconds=10))
+    assert await recorder.get("f1") is not None
+    assert sink.dropped == 0
+    await sink.close()
+
+
+async def test_reads_of_an_unfed_recorder_and_of_another_loop_write_nothing() -> None:
+    recorder = MemoryTaskRecorder()
+    assert await recorder.get("x") is None  # no sink feeds it
+    sink = RecordingSink(recorder, VirtualClock())  # fed, but nothing emitted on this loop yet
+    assert await recorder.counts() == {}
+    assert sink.written == 0
