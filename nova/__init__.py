@@ -35,6 +35,7 @@ from nova._errors import (
     BrokerError,
     ClosedError,
     ConfigurationError,
+    ConfigurationTypeError,
     ConnectionError,
     DecodeError,
     EnqueueError,
@@ -42,6 +43,7 @@ from nova._errors import (
     PayloadTooLarge,
     StateError,
     ValidationError,
+    ValidationTypeError,
 )
 from nova._naming import dead_letter_queue
 from nova._policies import (
@@ -84,6 +86,7 @@ __all__ = [
     "Clock",
     "ClosedError",
     "ConfigurationError",
+    "ConfigurationTypeError",
     "ConnectionError",
     "ConstantBackoff",
     "ConsumerModel",
@@ -127,6 +130,7 @@ __all__ = [
     "TimeAggregator",
     "TimeCountAggregator",
     "ValidationError",
+    "ValidationTypeError",
     "WeightedPriority",
     "dead_letter_queue",
 ]

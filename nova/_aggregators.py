@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
-from nova._errors import ConfigurationError
+from nova._errors import ConfigurationError, ConfigurationTypeError
 
 __all__ = ["Aggregator", "CountAggregator", "TimeAggregator", "TimeCountAggregator"]
 
@@ -33,12 +33,16 @@ class Aggregator(Protocol):
 
 
 def _check_size(n: object) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise ConfigurationTypeError(f"aggregator size must be an int >= 1, got {n!r}")
+    if n < 1:
         raise ConfigurationError(f"aggregator size must be an int >= 1, got {n!r}")
 
 
 def _check_window(w: object) -> None:
-    if not isinstance(w, timedelta) or w <= timedelta(0):
+    if not isinstance(w, timedelta):
+        raise ConfigurationTypeError(f"aggregator window must be a positive timedelta, got {w!r}")
+    if w <= timedelta(0):
         raise ConfigurationError(f"aggregator window must be a positive timedelta, got {w!r}")
 
 

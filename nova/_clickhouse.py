@@ -40,8 +40,10 @@ from nova._errors import (
     BrokerError,
     ClosedError,
     ConfigurationError,
+    ConfigurationTypeError,
     NovaError,
     ValidationError,
+    ValidationTypeError,
 )
 from nova._errors import ConnectionError as NovaConnectionError
 from nova._recording import (
@@ -208,7 +210,7 @@ class _Target:
 
 def _parse_url(url: str) -> _Target:
     if not isinstance(url, str):
-        raise ConfigurationError(f"recorder URL must be a str, got {type(url).__name__}")
+        raise ConfigurationTypeError(f"recorder URL must be a str, got {type(url).__name__}")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -254,7 +256,7 @@ def _parse_url(url: str) -> _Target:
 def _quote_table(table: str) -> tuple[str, str, str | None]:
     """Validate ``table`` or ``database.table``; return (quoted, table, database)."""
     if not isinstance(table, str):
-        raise ConfigurationError(f"table name must be a str, got {type(table).__name__}")
+        raise ConfigurationTypeError(f"table name must be a str, got {type(table).__name__}")
     names = table.split(".")
     if len(names) > 2 or not all(_IDENTIFIER.fullmatch(n) for n in names):
         raise ConfigurationError(
@@ -616,6 +618,9 @@ class ClickHouseTaskRecorder:
 
         >>> failed = await recorder.list(status=TaskStatus.FAILED, queue="email", limit=20)  # doctest: +SKIP
         """
+        for name, value in (("limit", limit), ("offset", offset)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValidationTypeError(f"{name} must be an int >= 0, got {value!r}")
         if limit < 0 or offset < 0:
             raise ValidationError("limit and offset must be >= 0")
         await write_pending(self)

@@ -33,7 +33,7 @@ from datetime import timedelta
 from nova._broker import Broker, Delivery, Message, Subscription
 from nova._clock import Clock
 from nova._envelope import H
-from nova._errors import ConfigurationError
+from nova._errors import ConfigurationError, ConfigurationTypeError
 from nova._naming import delay_topic, forwarder_group
 
 __all__ = ["DelayForwarder", "DelayTiers", "Router"]
@@ -49,9 +49,13 @@ class DelayTiers:
     longest: timedelta = timedelta(hours=1)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.count, int) or not 1 <= self.count <= 40:
+        if isinstance(self.count, bool) or not isinstance(self.count, int):
+            raise ConfigurationTypeError(f"delay_slots count must be an int from 1 to 40, got {self.count!r}")
+        if not 1 <= self.count <= 40:
             raise ConfigurationError(f"delay_slots count must be an int from 1 to 40, got {self.count!r}")
-        if not isinstance(self.longest, timedelta) or self.longest <= timedelta(0):
+        if not isinstance(self.longest, timedelta):
+            raise ConfigurationTypeError(f"delay_slots duration must be a positive timedelta, got {self.longest!r}")
+        if self.longest <= timedelta(0):
             raise ConfigurationError("delay_slots duration must be a positive timedelta")
         if self.seconds(self.count - 1) < 0.0001:
             raise ConfigurationError(

@@ -3,8 +3,19 @@
 
     NovaError
     ├── ConfigurationError (also ValueError)   bad option or URL, caught before anything is sent
+    │   └── ConfigurationTypeError (also TypeError)  an option of the wrong type
     ├── ValidationError (also ValueError)      a task or enqueue argument is wrong
+    │   ├── ValidationTypeError (also TypeError)     a task field or argument of the wrong type
     │   └── PayloadTooLarge
+
+A value of the wrong type raises the ``...TypeError`` flavour, so ``except TypeError``
+works as in Python itself, and ``except nova.ValidationError`` (or ``ConfigurationError``)
+still catches every invalid argument:
+
+    try:
+        await queue.enqueue(nova.Task("email", "not bytes"))
+    except TypeError as exc:      # nova.ValidationTypeError: Task.payload must be bytes, ...
+        ...
     ├── EnqueueError                           the broker refused or did not confirm a publish
     ├── DecodeError                            bytes no codec can turn into a task (carries them)
     ├── BrokerError                            the broker failed while consuming/acking
@@ -23,6 +34,7 @@ __all__ = [
     "BrokerError",
     "ClosedError",
     "ConfigurationError",
+    "ConfigurationTypeError",
     "ConnectionError",
     "DecodeError",
     "EnqueueError",
@@ -30,6 +42,7 @@ __all__ = [
     "PayloadTooLarge",
     "StateError",
     "ValidationError",
+    "ValidationTypeError",
 ]
 
 
@@ -41,8 +54,16 @@ class ConfigurationError(NovaError, ValueError):
     """An option, URL or combination of options is invalid."""
 
 
+class ConfigurationTypeError(ConfigurationError, TypeError):
+    """An option has the wrong type (e.g. a number where a timedelta goes)."""
+
+
 class ValidationError(NovaError, ValueError):
     """A task or an enqueue argument is invalid; nothing was published."""
+
+
+class ValidationTypeError(ValidationError, TypeError):
+    """A task field or an argument has the wrong type (e.g. a str payload); nothing was published."""
 
 
 class PayloadTooLarge(ValidationError):

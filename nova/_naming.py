@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from nova._errors import ConfigurationError, ValidationError
+from nova._errors import ConfigurationError, ConfigurationTypeError, ValidationError, ValidationTypeError
 from nova._task import Priority
 
 __all__ = [
@@ -36,7 +36,7 @@ _LEVEL_NAMES = {Priority.HIGH: "high", Priority.NORMAL: "normal", Priority.LOW: 
 
 def validate_queue(name: object) -> str:
     if not isinstance(name, str) or not QUEUE_RE.fullmatch(name):
-        raise ValidationError(
+        raise (ValidationError if isinstance(name, str) else ValidationTypeError)(
             f"queue name {name!r} is invalid: use 1-100 characters from A-Z, a-z, 0-9, '_' and '-'"
         )
     return name
@@ -44,7 +44,7 @@ def validate_queue(name: object) -> str:
 
 def validate_prefix(prefix: object) -> str:
     if not isinstance(prefix, str) or not PREFIX_RE.fullmatch(prefix):
-        raise ConfigurationError(
+        raise (ConfigurationError if isinstance(prefix, str) else ConfigurationTypeError)(
             f"topic_prefix {prefix!r} is invalid: use 1-40 characters from A-Z, a-z, 0-9 and '-' "
             "(no '_', which separates the parts of topic names)"
         )
@@ -53,7 +53,7 @@ def validate_prefix(prefix: object) -> str:
 
 def validate_group(group_id: object) -> str:
     if not isinstance(group_id, str) or not GROUP_RE.fullmatch(group_id):
-        raise ConfigurationError(
+        raise (ConfigurationError if isinstance(group_id, str) else ConfigurationTypeError)(
             f"group_id {group_id!r} is invalid: use 1-80 characters from A-Z, a-z, 0-9, '_' and '-'"
         )
     return group_id

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
 
-from nova._errors import ConfigurationError
+from nova._errors import ConfigurationError, ConfigurationTypeError
 from nova._task import Priority
 
 __all__ = [
@@ -36,6 +36,12 @@ class ConstantBackoff:
 
     interval: timedelta = timedelta(seconds=1)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.interval, timedelta):
+            raise ConfigurationTypeError(f"ConstantBackoff interval must be a timedelta, got {self.interval!r}")
+        if self.interval < timedelta(0):
+            raise ConfigurationError("ConstantBackoff interval must be >= 0")
+
     def delay(self, attempt: int) -> timedelta:
         return self.interval
 
@@ -50,6 +56,11 @@ class ExponentialBackoff:
     max: timedelta = timedelta(minutes=10)
 
     def __post_init__(self) -> None:
+        for name, value in (("base", self.base), ("max", self.max)):
+            if not isinstance(value, timedelta):
+                raise ConfigurationTypeError(f"ExponentialBackoff {name} must be a timedelta, got {value!r}")
+        if isinstance(self.factor, bool) or not isinstance(self.factor, int | float):
+            raise ConfigurationTypeError(f"ExponentialBackoff factor must be a number >= 1, got {self.factor!r}")
         if self.base < timedelta(0) or self.factor < 1 or self.max < self.base:
             raise ConfigurationError("ExponentialBackoff needs base >= 0, factor >= 1 and max >= base")
 
@@ -68,8 +79,13 @@ class RetryPolicy:
     backoff: Backoff = field(default_factory=ExponentialBackoff)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
+            raise ConfigurationTypeError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
+        if self.max_retries < 0:
             raise ConfigurationError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
+        if not callable(getattr(self.backoff, "delay", None)):
+            raise ConfigurationTypeError("backoff must be a nova.ConstantBackoff or ExponentialBackoff "
+                                         f"(anything with delay(attempt)), got {type(self.backoff).__name__}")
 
 
 class PriorityPolicy(Protocol):
@@ -98,7 +114,9 @@ class WeightedPriority:
 
     def __post_init__(self) -> None:
         for name, w in (("high", self.high), ("normal", self.normal), ("low", self.low)):
-            if not isinstance(w, int) or w < 1:
+            if isinstance(w, bool) or not isinstance(w, int):
+                raise ConfigurationTypeError(f"WeightedPriority weight {name} must be an int >= 1, got {w!r}")
+            if w < 1:
                 raise ConfigurationError(f"WeightedPriority weight {name} must be an int >= 1, got {w!r}")
 
     def weight(self, level: Priority) -> int:

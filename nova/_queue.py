@@ -27,11 +27,13 @@ from nova._envelope import shared_headers, task_headers
 from nova._errors import (
     ClosedError,
     ConfigurationError,
+    ConfigurationTypeError,
     EnqueueError,
     NovaError,
     PayloadTooLarge,
     StateError,
     ValidationError,
+    ValidationTypeError,
 )
 from nova._naming import ready_topic, validate_group, validate_prefix, validate_queue, worker_group
 from nova._policies import PriorityPolicy, RetryPolicy, StrictPriority
@@ -92,15 +94,18 @@ class TaskQueue:
         self.prefix = validate_prefix(broker.topic_prefix or topic_prefix)
         self.group = worker_group(self.prefix, self.group_id)
         slots = broker.delay_slots or delay_slots
-        if not isinstance(slots, tuple) or len(slots) != 2:
+        if not isinstance(slots, tuple):
+            raise ConfigurationTypeError(
+                f"delay_slots must be a (count, timedelta) pair, e.g. (24, timedelta(hours=1)), got {slots!r}")
+        if len(slots) != 2:
             raise ConfigurationError("delay_slots must be a (count, timedelta) pair, e.g. (24, timedelta(hours=1))")
         self.tiers = DelayTiers(*slots)
         if codec is None:
             if not isinstance(message_format, MessageFormat):
-                raise ConfigurationError(f"message_format must be a nova.MessageFormat, got {message_format!r}")
+                raise ConfigurationTypeError(f"message_format must be a nova.MessageFormat, got {message_format!r}")
             codec = codec_for(message_format)
         elif not isinstance(codec, MessageCodec):
-            raise ConfigurationError("codec must have content_type, carries_envelope, encode() and decode()")
+            raise ConfigurationTypeError("codec must have content_type, carries_envelope, encode() and decode()")
         self.codec = codec
         self.codecs = CodecRegistry(codec)
         self.clock: Clock = clock or broker.clock or SystemClock()
@@ -108,15 +113,32 @@ class TaskQueue:
             # The seed's WithRocketMQMaxReconsumeTimes: a broker-level retry limit is the default.
             limit = getattr(broker, "max_reconsume_times", None)
             retry = RetryPolicy(max_retries=limit) if isinstance(limit, int) else RetryPolicy()
+        elif not isinstance(retry, RetryPolicy):
+            raise ConfigurationTypeError(f"retry must be a nova.RetryPolicy, got {type(retry).__name__}")
         self.retry = retry
+        if priority_policy is not None and not callable(getattr(priority_policy, "choose", None)):
+            raise ConfigurationTypeError("priority_policy must be a nova.StrictPriority or WeightedPriority "
+                                         f"(anything with choose()), got {type(priority_policy).__name__}")
         self.priority_policy: PriorityPolicy = priority_policy or StrictPriority()
-        if not isinstance(max_payload_size, int) or max_payload_size < 1:
+        if isinstance(max_payload_size, bool) or not isinstance(max_payload_size, int):
+            raise ConfigurationTypeError(
+                f"max_payload_size must be a positive int (bytes), got {type(max_payload_size).__name__}")
+        if max_payload_size < 1:
             raise ConfigurationError("max_payload_size must be a positive int (bytes)")
         self.max_payload_size = max_payload_size
+        if not isinstance(stop_timeout, timedelta):
+            raise ConfigurationTypeError(
+                f"stop_timeout must be a timedelta, e.g. timedelta(seconds=30), got {stop_timeout!r}")
         self.stop_timeout = stop_timeout
         self.close_broker = close_broker
         self.recorder = recorder
-        if not isinstance(recorder_stop_timeout, timedelta) or recorder_stop_timeout < timedelta(0):
+        if recorder is not None and not isinstance(recorder, TaskRecorder):
+            raise ConfigurationTypeError("recorder must be a nova.TaskRecorder (record(), get(), close()), "
+                                         f"got {type(recorder).__name__}")
+        if not isinstance(recorder_stop_timeout, timedelta):
+            raise ConfigurationTypeError("recorder_stop_timeout must be a timedelta >= 0, e.g. "
+                                         f"timedelta(seconds=5), got {recorder_stop_timeout!r}")
+        if recorder_stop_timeout < timedelta(0):
             raise ConfigurationError("recorder_stop_timeout must be a timedelta >= 0, e.g. timedelta(seconds=5), "
                                      f"got {recorder_stop_timeout!r}")
         self._sink = (None if recorder is None else
@@ -225,7 +247,7 @@ class TaskQueue:
         Every task is validated before anything is sent.
         """
         if isinstance(tasks, Task) or not isinstance(tasks, Sequence):
-            raise ValidationError("enqueue_batch takes a list of nova.Task")
+            raise ValidationTypeError(f"enqueue_batch takes a list of nova.Task, got {type(tasks).__name__}")
         level = coerce_priority(priority)
         validate_queue(queue)
         eta = self._eta(process_in, process_at)
@@ -256,7 +278,7 @@ class TaskQueue:
             raise ValidationError("give process_in or process_at, not both")
         if process_at is not None:
             if not isinstance(process_at, datetime):
-                raise ValidationError(f"process_at must be a datetime, got {type(process_at).__name__}")
+                raise ValidationTypeError(f"process_at must be a datetime, got {type(process_at).__name__}")
             if process_at.tzinfo is None or process_at.utcoffset() is None:
                 raise ValidationError(
                     "process_at must be timezone-aware, e.g. datetime.now(timezone.utc) + timedelta(...)"
@@ -269,7 +291,7 @@ class TaskQueue:
             elif isinstance(process_in, int | float) and not isinstance(process_in, bool):
                 seconds = float(process_in)
             else:
-                raise ValidationError(f"process_in must be a timedelta (or seconds), got {process_in!r}")
+                raise ValidationTypeError(f"process_in must be a timedelta (or seconds), got {process_in!r}")
             return self.clock.time() + seconds if seconds > 0 else None
         return None
 
@@ -309,12 +331,10 @@ class TaskQueue:
         queue and priority level are fetched ahead (never fewer than ``concurrency``).
         """
         if not callable(handler):
-            raise ValidationError("handler must be callable: async def handle(task: nova.Task) -> None")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValidationError(f"concurrency must be an int >= 1, got {concurrency!r}")
+            raise ValidationTypeError("handler must be callable: async def handle(task: nova.Task) -> None")
+        _check_count("concurrency", concurrency)
         self._check_can_start(queues)
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
-            raise ValidationError(f"prefetch must be an int >= 1, got {prefetch!r}")
+        _check_count("prefetch", prefetch)
         worker = Worker(self, handler, list(queues), concurrency, prefetch)
         await self._start_worker(worker)
 
@@ -322,9 +342,9 @@ class TaskQueue:
                           queues: Sequence[str] = ("default",)) -> None:
         """Consume ``queues`` in batches made by ``aggregator``; ``handler`` gets ``list[Task]``."""
         if not callable(handler):
-            raise ValidationError("handler must be callable: async def handle(tasks: list[nova.Task]) -> None")
+            raise ValidationTypeError("handler must be callable: async def handle(tasks: list[nova.Task]) -> None")
         if not isinstance(aggregator, Aggregator):
-            raise ValidationError("aggregator must be a nova.CountAggregator, TimeAggregator or "
+            raise ValidationTypeError("aggregator must be a nova.CountAggregator, TimeAggregator or "
                                   "TimeCountAggregator")
         self._check_can_start(queues)
         worker = BatchWorker(self, handler, aggregator, list(queues))
@@ -335,7 +355,10 @@ class TaskQueue:
             raise StateError("this TaskQueue was stopped; make a new one to consume again")
         if self._worker is not None:
             raise StateError("this TaskQueue is already consuming; use one TaskQueue per consumer")
-        if isinstance(queues, str) or not queues:
+        if isinstance(queues, str) or not isinstance(queues, Sequence):
+            raise ValidationTypeError(f"queues must be a non-empty list of queue names, e.g. ['default'], "
+                                      f"got {queues!r}")
+        if not queues:
             raise ValidationError("queues must be a non-empty list of queue names, e.g. ['default']")
         for q in queues:
             validate_queue(q)
@@ -374,6 +397,8 @@ class TaskQueue:
         to the batch handler, ack, close. ``graceful=False``: cancel at once, ack nothing."""
         if self._stopped:
             return
+        if timeout is not None and not isinstance(timeout, timedelta):
+            raise ValidationTypeError(f"timeout must be a timedelta, e.g. timedelta(seconds=10), got {timeout!r}")
         self._stopped = True
         limit = (timeout or self.stop_timeout).total_seconds()
         try:
@@ -401,6 +426,13 @@ class TaskQueue:
         if self._sink is None:
             return {"written": 0, "dropped": 0, "failures": 0}
         return {"written": self._sink.written, "dropped": self._sink.dropped, "failures": self._sink.failures}
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationTypeError(f"{name} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValidationError(f"{name} must be an int >= 1, got {value!r}")
 
 
 def _dt(ts: float) -> datetime:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
-from nova._errors import ValidationError
+from nova._errors import ValidationError, ValidationTypeError
 
 __all__ = ["Priority", "Result", "Task"]
 
@@ -49,10 +49,11 @@ class Task:
     error: str | None = None  # set on dead-lettered tasks: the last error
 
     def __repr__(self) -> str:
-        return (
-            f"Task(type={self.type!r}, id={self.id!r}, queue={self.queue!r}, "
-            f"priority={self.priority.name}, attempt={self.attempt}, payload=<{len(self.payload)} bytes>)"
-        )
+        priority = self.priority.name if isinstance(self.priority, Priority) else repr(self.priority)
+        size = len(self.payload) if isinstance(self.payload, _BYTES_LIKE) else "?"
+        error = "" if self.error is None else f", error={self.error!r}"
+        return (f"Task(type={self.type!r}, id={self.id!r}, queue={self.queue!r}, priority={priority}, "
+                f"attempt={self.attempt}, payload=<{size} bytes>{error})")
 
 
 class Result(NamedTuple):
@@ -78,33 +79,42 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)  # a tuple: isinstance on a union i
 def validate_task(task: object) -> Task:
     """Check what a user may get wrong, with messages that say what to fix."""
     if not isinstance(task, Task):
-        raise ValidationError(f"expected a nova.Task, got {type(task).__name__}")
-    if not isinstance(task.type, str) or not task.type:
-        raise ValidationError(f"Task.type must be a non-empty str, got {task.type!r}")
+        raise ValidationTypeError(f"expected a nova.Task, got {type(task).__name__}")
+    if not isinstance(task.type, str):
+        raise ValidationTypeError(f"Task.type must be a non-empty str, got {type(task.type).__name__}")
+    if not task.type:
+        raise ValidationError("Task.type must be a non-empty str, got ''")
     if len(task.type) > 255:
         raise ValidationError("Task.type is longer than 255 characters")
     if not isinstance(task.payload, _BYTES_LIKE):
-        raise ValidationError(
+        raise ValidationTypeError(
             f"Task.payload must be bytes, got {type(task.payload).__name__}; "
             "encode it first (e.g. json.dumps(obj).encode())"
         )
     if type(task.headers) is not dict and not isinstance(task.headers, Mapping):
-        raise ValidationError(f"Task.headers must be a mapping of str to str, got {type(task.headers).__name__}")
+        raise ValidationTypeError(
+            f"Task.headers must be a mapping of str to str, got {type(task.headers).__name__}")
     for name, value in task.headers.items() if task.headers else ():
-        if not isinstance(name, str) or not name:
-            raise ValidationError(f"header name {name!r} must be a non-empty str")
+        if not isinstance(name, str):
+            raise ValidationTypeError(f"header name {name!r} must be a non-empty str, got {type(name).__name__}")
+        if not name:
+            raise ValidationError("header name '' must be a non-empty str")
         if name.lower().startswith(RESERVED_HEADER_PREFIX):
             raise ValidationError(f"header {name!r}: names starting with 'nova-' are reserved for nova")
         if not isinstance(value, str):
-            raise ValidationError(f"header {name!r} must have a str value, got {type(value).__name__}")
-    if task.id is not None and (not isinstance(task.id, str) or not task.id or len(task.id) > 128):
-        raise ValidationError("Task.id must be a non-empty str of at most 128 characters, or None")
+            raise ValidationTypeError(f"header {name!r} must have a str value, got {type(value).__name__}")
+    if task.id is not None:
+        if not isinstance(task.id, str):
+            raise ValidationTypeError(
+                f"Task.id must be a non-empty str of at most 128 characters, or None; got {type(task.id).__name__}")
+        if not task.id or len(task.id) > 128:
+            raise ValidationError("Task.id must be a non-empty str of at most 128 characters, or None")
     return task
 
 
 def coerce_priority(priority: object) -> Priority:
     if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ValidationError(f"priority must be nova.Priority (HIGH=3, NORMAL=2, LOW=1), got {priority!r}")
+        raise ValidationTypeError(f"priority must be nova.Priority (HIGH=3, NORMAL=2, LOW=1), got {priority!r}")
     try:
         return Priority(priority)
     except ValueError as exc:

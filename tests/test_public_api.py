@@ -10,7 +10,7 @@ import nova.sim
 
 EXPECTED = {
     "Aggregator", "AuthenticationError", "Backoff", "BlobCodec", "Broker", "BrokerError",
-    "ClickHouseTaskRecorder", "Clock", "ClosedError", "ConfigurationError", "ConnectionError",
+    "ClickHouseTaskRecorder", "Clock", "ClosedError", "ConfigurationError", "ConfigurationTypeError", "ConnectionError",
     "ConstantBackoff", "ConsumerModel", "CountAggregator", "DecodeError", "DelayTiers", "Delivery",
     "EnqueueError", "ExponentialBackoff", "JsonCodec", "KafkaAuth", "KafkaBroker", "KafkaSSL",
     "MemoryTaskRecorder", "Message", "MessageCodec", "MessageFormat", "NovaError", "PayloadTooLarge",
@@ -18,7 +18,7 @@ EXPECTED = {
     "RocketMQAdmin", "RocketMQBroker", "SonicCodec", "StateError", "StrictPriority", "Subscription", "SystemClock",
     "Task",
     "TaskBody", "TaskEvent", "TaskQueue", "TaskRecord", "TaskRecorder", "TaskStatus", "TimeAggregator",
-    "TimeCountAggregator", "ValidationError", "WeightedPriority", "dead_letter_queue",
+    "TimeCountAggregator", "ValidationError", "ValidationTypeError", "WeightedPriority", "dead_letter_queue",
 }
 
 
@@ -64,6 +64,11 @@ def test_error_tree() -> None:
     assert issubclass(nova.ValidationError, ValueError)
     assert issubclass(nova.ConnectionError, nova.BrokerError)
     assert issubclass(nova.ClosedError, nova.StateError)
+    # a value of the wrong type: a TypeError, still caught as the invalid argument it is
+    assert issubclass(nova.ValidationTypeError, nova.ValidationError)
+    assert issubclass(nova.ValidationTypeError, TypeError)
+    assert issubclass(nova.ConfigurationTypeError, nova.ConfigurationError)
+    assert issubclass(nova.ConfigurationTypeError, TypeError)
     for name in ("EnqueueError", "DecodeError", "BrokerError", "StateError", "ConfigurationError"):
         assert issubclass(getattr(nova, name), nova.NovaError)
 
