@@ -411,6 +411,11 @@ class ClickHouseTaskRecorder:
         recorder._setup(None, target, table, store_payload, clock)
         return recorder
 
+    @property
+    def store_payload(self) -> bool:
+        """Whether payloads are stored (a sink does not even buffer them otherwise)."""
+        return self._store_payload
+
     def __repr__(self) -> str:
         where = self._target.describe() if self._target is not None else "client"
         return (f"ClickHouseTaskRecorder({where}, table={self._table_name!r}, "

@@ -51,11 +51,11 @@ __all__ = ["RecordingSink"]
 log = logging.getLogger("nova.recording")
 
 _WIDTH = len(EVENT_FIELDS)  # a row: every field of one event
-# A published batch: (results, types, headers or None, payloads, status, at, version), one entry.
+# A published batch: (ids, queue, priority, eta, types, headers or None, payloads or None, status, at, version).
 # A task's PROCESSING step and its next one: one entry of _PAIR fields.
 _PAIR = 13  # id, type, queue, priority, attempt, eta, headers, started, its version, at, version, status, error
 _PROCESSING = TaskStatus.PROCESSING
-_RESULT_FIELDS = tuple(map(itemgetter, range(4)))  # Result: id, queue, priority, eta
+_id_of = itemgetter(0)  # of a Result
 _type_of = attrgetter("type")
 _headers_of = attrgetter("headers")
 _payload_of = attrgetter("payload")
@@ -102,6 +102,8 @@ class RecordingSink:
             raise ValueError(f"stop_timeout must be a number of seconds >= 0, got {stop_timeout!r}")
         self.recorder = recorder
         self._columnar = recorder if isinstance(recorder, ColumnarTaskRecorder) else None
+        # A recorder that says it stores no payload (ClickHouseTaskRecorder's store_payload) gets none.
+        self._payloads = getattr(recorder, "store_payload", True) is not False
         self._clock = clock
         # SystemClock.time() is time.time() behind one more call: the hot path skips it
         self._time = time.time if type(clock) is SystemClock else clock.time
@@ -204,9 +206,10 @@ class RecordingSink:
     def emit_published(self, results: Sequence[Result], tasks: Sequence[Task], status: TaskStatus) -> None:
         """Queue the QUEUED (or PENDING) step of tasks one confirmed publish just took.
 
-        They became queued at one instant: one time and one version for all (versions
-        only need to rise per task). One entry for the whole batch; what could change
-        later (the tasks' types, headers and payloads) is taken now.
+        One publish: one queue, priority and eta for all (``results[0]``'s), and one
+        instant: one time and one version (versions only need to rise per task). One
+        entry for the whole batch; what could change later (the tasks' types, headers and
+        payloads) is taken now.
         """
         size = len(results)
         if not size:
@@ -220,12 +223,15 @@ class RecordingSink:
             results, tasks, size = results[:room], tasks[:room], room
         snapshot: list[Mapping[str, str]] = list(map(_headers_of, tasks))
         headers = [tuple(h.items()) if h else () for h in snapshot] if any(snapshot) else None
-        payloads = list(map(_payload_of, tasks))
-        if set(map(type, payloads)) != _BYTES_ONLY:
-            payloads = [bytes(p) for p in payloads]
+        payloads: list[bytes] | None = None
+        if self._payloads:
+            payloads = list(map(_payload_of, tasks))
+            if set(map(type, payloads)) != _BYTES_ONLY:
+                payloads = [bytes(p) for p in payloads]
         self._admit(size, checked=True)
-        self._published.append((tuple(results), list(map(_type_of, tasks)), headers, payloads, status, now,
-                                version))
+        _, queue, priority, eta = results[0]
+        self._published.append((list(map(_id_of, results)), queue, priority, eta, list(map(_type_of, tasks)),
+                                headers, payloads, status, now, version))
 
     def emit_tasks(self, tasks: Sequence[Task], status: TaskStatus) -> None:
         """Queue the same step of tasks a batch handler takes together (the batch worker's path).
@@ -343,21 +349,20 @@ class RecordingSink:
             errors += [None] * n
             errors += pairs[12::_PAIR]
             payloads += [None] * (2 * n)
-        for results, types_, headers_, payloads_, status_, at_, version_ in published:
-            n = len(results)
-            ids, queues_, priorities_, etas_ = (list(map(field, results)) for field in _RESULT_FIELDS)
+        for ids, queue, priority, eta, types_, headers_, payloads_, status_, at_, version_ in published:
+            n = len(ids)
             task_ids += ids
             types += types_
-            queues += queues_
-            priorities += priorities_
+            queues += [queue] * n
+            priorities += [priority] * n
             statuses += [status_] * n
             ats += [at_] * n
             versions += [version_] * n
             attempts += [1] * n
             errors += [None] * n
-            etas += etas_
+            etas += [eta] * n
             headers += headers_ or [()] * n
-            payloads += payloads_
+            payloads += payloads_ or [None] * n
         return columns
 
     # -- writing ---------------------------------------------------------------------------

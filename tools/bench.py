@@ -1,6 +1,6 @@
 """Benchmarks: nova side by side with the raw client, in one process and one run.
 
-    python tools/bench.py --broker sim [--tasks 200000] [--recorder chdb]
+    python tools/bench.py --broker sim [--tasks 200000] [--recorder chdb [--pairs 3]]
     python tools/bench.py --broker kafka|rabbitmq|rocketmq   # needs the broker up (tools/brokers.py)
 
 On ``sim`` the "raw" baseline drives SimBroker through the bare broker
@@ -96,7 +96,8 @@ async def sim_raw(n: int) -> float:
     return n / elapsed
 
 
-async def sim_nova(n: int, fmt: nova.MessageFormat, *, batch: bool, recorder: Any = None) -> float:
+async def sim_nova(n: int, fmt: nova.MessageFormat, *, batch: bool, recorder: Any = None,
+                   stats: dict[str, int] | None = None) -> float:
     broker = SimBroker(clock=nova.SystemClock())
     queue = nova.TaskQueue(broker, message_format=fmt, recorder=recorder)
     handled = Handled()
@@ -110,6 +111,8 @@ async def sim_nova(n: int, fmt: nova.MessageFormat, *, batch: bool, recorder: An
     elapsed = time.perf_counter() - start
     await queue.stop()
     await broker.close()
+    if stats is not None:
+        stats.update(queue.recording_stats)
     return n / elapsed
 
 
@@ -135,21 +138,42 @@ async def bench_sim(args: argparse.Namespace) -> None:
 
 
 async def bench_recorder(args: argparse.Namespace) -> None:
+    """Recorder off vs on (every step recorded in chDB), in ``--pairs`` interleaved pairs.
+
+    Each pair runs off then on, so a machine that slows down or speeds up moves both
+    sides of a pair alike; the ratio printed is the median of the pairs' own ratios,
+    with the lowest and highest. Every "on" run must write all its records, none dropped.
+    """
     import tempfile
 
     n = min(args.tasks, 50_000)
+    offs: list[float] = []
+    ons: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         from nova._clickhouse import ClickHouseTaskRecorder
 
         recorder = ClickHouseTaskRecorder.from_url(f"chdb://{tmp}/bench")
         await recorder.counts()  # one-off engine start and CREATE TABLE stay out of the timing
-        off = await sim_nova(n, nova.MessageFormat.SONIC, batch=False)
-        on = await sim_nova(n, nova.MessageFormat.SONIC, batch=False, recorder=recorder)
+        for _ in range(args.pairs):
+            gc.collect()
+            offs.append(await sim_nova(n, nova.MessageFormat.SONIC, batch=False))
+            gc.collect()
+            stats: dict[str, int] = {}
+            ons.append(await sim_nova(n, nova.MessageFormat.SONIC, batch=False, recorder=recorder, stats=stats))
+            if (stats["written"], stats["dropped"]) != (3 * n, 0):
+                raise RuntimeError(f"the recorder lost records: {stats}")
         counts = await recorder.counts()
         await recorder.close()
-    _row(f"recorder off ({n:,} tasks, SONIC)", off)
-    _row("recorder on (ClickHouseTaskRecorder, chDB)", on, note=f"{on / off:.2f}x off")
-    print(f"  records by status after the run: { {str(k): v for k, v in counts.items()} }")
+    ratios = [on / off for off, on in zip(offs, ons, strict=True)]
+    _row(f"recorder off ({n:,} tasks, SONIC), median of {args.pairs}", statistics.median(offs),
+         note=f"({min(offs):,.0f}-{max(offs):,.0f})")
+    _row("recorder on (ClickHouseTaskRecorder, chDB), median", statistics.median(ons),
+         note=f"({min(ons):,.0f}-{max(ons):,.0f})")
+    label = "on / off, median of the pairs' ratios"
+    print(f"  {label:<62}{statistics.median(ratios):>10.2f} x        "
+          f"({min(ratios):.2f}-{max(ratios):.2f}; pairs: {', '.join(f'{r:.2f}' for r in ratios)})")
+    print(f"  every on run wrote all {3 * n:,} records, none dropped; records by status after the runs: "
+          f"{ {str(k): v for k, v in counts.items()} }")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -347,6 +371,8 @@ def main() -> int:
     parser.add_argument("--broker", default="sim", choices=["sim", "kafka", "rabbitmq", "rocketmq"])
     parser.add_argument("--tasks", type=int, default=None)
     parser.add_argument("--recorder", choices=["chdb"], default=None)
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="with --recorder: interleaved (off, on) pairs to run (default 3)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds of raw client then nova on a real broker (default: 3 on Kafka, else 1)")
     args = parser.parse_args()
