@@ -18,6 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from nova._aggregators import Aggregator, CountAggregator, TimeAggregator, TimeCountAggregator
+from nova._app import App
 from nova._broker import Broker, Delivery, Message, Subscription
 from nova._clock import Clock, SystemClock
 from nova._codecs import (
@@ -42,6 +43,7 @@ from nova._errors import (
     NovaError,
     PayloadTooLarge,
     StateError,
+    TaskTimeout,
     ValidationError,
     ValidationTypeError,
 )
@@ -64,7 +66,9 @@ from nova._recording import (
     TaskRecorder,
     TaskStatus,
 )
+from nova._sync import SyncTaskQueue
 from nova._task import Priority, Result, Task
+from nova._tasklog import TaskLogFilter
 from nova.brokers import PUBLIC_NAMES
 
 if TYPE_CHECKING:
@@ -77,6 +81,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Aggregator",
+    "App",
     "AuthenticationError",
     "Backoff",
     "BlobCodec",
@@ -119,14 +124,17 @@ __all__ = [
     "StateError",
     "StrictPriority",
     "Subscription",
+    "SyncTaskQueue",
     "SystemClock",
     "Task",
     "TaskBody",
     "TaskEvent",
+    "TaskLogFilter",
     "TaskQueue",
     "TaskRecord",
     "TaskRecorder",
     "TaskStatus",
+    "TaskTimeout",
     "TimeAggregator",
     "TimeCountAggregator",
     "ValidationError",

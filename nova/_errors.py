@@ -22,7 +22,8 @@ still catches every invalid argument:
     │   ├── ConnectionError                    cannot reach / lost the broker (also builtins.ConnectionError)
     │   └── AuthenticationError                credentials or certificate refused
     ├── StateError (also RuntimeError)         wrong lifecycle call: start twice, start after stop...
-    └── ClosedError (also StateError)          you closed it (distinct from the broker failing)
+    ├── ClosedError (also StateError)          you closed it (distinct from the broker failing)
+    └── TaskTimeout (also TimeoutError)        a handler ran past its timeout (the attempt failed)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "NovaError",
     "PayloadTooLarge",
     "StateError",
+    "TaskTimeout",
     "ValidationError",
     "ValidationTypeError",
 ]
@@ -108,3 +110,15 @@ class StateError(NovaError, RuntimeError):
 
 class ClosedError(StateError):
     """The object was closed by you; open a new one."""
+
+
+class TaskTimeout(NovaError, builtins.TimeoutError):
+    """A handler was still running at its ``timeout``: the attempt failed (the retry policy applies).
+
+    An async handler is cancelled at the limit; a sync one cannot be killed, so its thread
+    is left to finish and its outcome is ignored.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"the handler was still running after its timeout of {timeout:g} s")
+        self.timeout = timeout

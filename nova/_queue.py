@@ -148,11 +148,14 @@ class TaskQueue:
             broker.declare_delay_tiers(
                 {topic: self.tiers.seconds(i) for i, topic in enumerate(self.router.tier_topics)})
         self._forwarder: DelayForwarder | None = None
+        # nova.App runs one forwarder per process, not one per consumer.
+        self._runs_forwarder = True
         self._worker: Worker | BatchWorker | None = None
         self._known_topics: set[str] = set()
         self._connect_lock = asyncio.Lock()
         self._connected = False
         self._stopped = False
+        self._forced = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
@@ -323,31 +326,35 @@ class TaskQueue:
 
     # -- consuming ------------------------------------------------------------------
     async def start(self, handler: Handler, *, queues: Sequence[str] = ("default",),
-                    concurrency: int = 8, prefetch: int = 32) -> None:
+                    concurrency: int = 8, prefetch: int = 32,
+                    timeout: timedelta | float | None = None) -> None:
         """Consume ``queues`` with ``handler`` (async, or sync run in a thread).
 
         Returns once consuming. Raise in the handler to fail the task. At most
         ``concurrency`` handlers run at once; up to ``prefetch`` tasks per
         queue and priority level are fetched ahead (never fewer than ``concurrency``).
+        An attempt still running after ``timeout`` (the queue's clock) fails with
+        ``nova.TaskTimeout``: an async handler is cancelled, a sync one's thread is left to finish.
         """
         if not callable(handler):
             raise ValidationTypeError("handler must be callable: async def handle(task: nova.Task) -> None")
         _check_count("concurrency", concurrency)
         self._check_can_start(queues)
         _check_count("prefetch", prefetch)
-        worker = Worker(self, handler, list(queues), concurrency, prefetch)
+        worker = Worker(self, handler, list(queues), concurrency, prefetch, timeout=handler_timeout(timeout))
         await self._start_worker(worker)
 
     async def start_batch(self, handler: BatchHandler, aggregator: Aggregator, *,
-                          queues: Sequence[str] = ("default",)) -> None:
-        """Consume ``queues`` in batches made by ``aggregator``; ``handler`` gets ``list[Task]``."""
+                          queues: Sequence[str] = ("default",), timeout: timedelta | float | None = None) -> None:
+        """Consume ``queues`` in batches made by ``aggregator``; ``handler`` gets ``list[Task]``
+        (``timeout``: as in ``start``, per batch)."""
         if not callable(handler):
             raise ValidationTypeError("handler must be callable: async def handle(tasks: list[nova.Task]) -> None")
         if not isinstance(aggregator, Aggregator):
             raise ValidationTypeError("aggregator must be a nova.CountAggregator, TimeAggregator or "
                                   "TimeCountAggregator")
         self._check_can_start(queues)
-        worker = BatchWorker(self, handler, aggregator, list(queues))
+        worker = BatchWorker(self, handler, aggregator, list(queues), timeout=handler_timeout(timeout))
         await self._start_worker(worker)
 
     def _check_can_start(self, queues: Sequence[str]) -> None:
@@ -369,7 +376,7 @@ class TaskQueue:
         try:
             await self._connect()
             joins = [worker.join()]
-            if self._forwarder is None:
+            if self._forwarder is None and self._runs_forwarder:
                 forwarder = self._forwarder = DelayForwarder(self.router)
                 joins.append(forwarder.start())
             # Both join consumer groups (a broker round trip or several each): side by side.
@@ -394,12 +401,14 @@ class TaskQueue:
     async def stop(self, *, graceful: bool = True, timeout: timedelta | None = None) -> None:
         """Stop consuming. Graceful: wait for running handlers (up to ``timeout``,
         default ``stop_timeout``, then cancel them unacked), hand a partial batch
-        to the batch handler, ack, close. ``graceful=False``: cancel at once, ack nothing."""
-        if self._stopped:
+        to the batch handler, ack, close. ``graceful=False``: cancel at once, ack nothing;
+        it also cuts short a graceful stop under way (cancel that one's caller first)."""
+        if self._stopped and (graceful or self._forced):
             return
         if timeout is not None and not isinstance(timeout, timedelta):
             raise ValidationTypeError(f"timeout must be a timedelta, e.g. timedelta(seconds=10), got {timeout!r}")
         self._stopped = True
+        self._forced = not graceful
         limit = (timeout or self.stop_timeout).total_seconds()
         try:
             if self._worker is not None:
@@ -433,6 +442,21 @@ def _check_count(name: str, value: object) -> None:
         raise ValidationTypeError(f"{name} must be an int >= 1, got {value!r}")
     if value < 1:
         raise ValidationError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def handler_timeout(timeout: timedelta | float | None) -> float | None:
+    """A handler's ``timeout=`` in seconds (None: no limit)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        raise ValidationTypeError(f"timeout must be a timedelta (or seconds), got {timeout!r}")
+    if not seconds > 0:
+        raise ValidationError(f"timeout must be > 0, got {timeout!r}")
+    return seconds
 
 
 def _dt(ts: float) -> datetime:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import logging
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from nova._aggregators import Aggregator
 from nova._broker import Delivery, HeaderRuns, InstantBacklog, InstantDeliveries, Message, Subscription
@@ -24,6 +23,7 @@ from nova._clock import wait_with_timeout
 from nova._codecs import BlobCodec
 from nova._envelope import MAX_ERROR_CHARS, H, TaskDecoder, ms_ceil
 from nova._errors import DecodeError
+from nova._handlers import CURRENT_TASK, HandlerSpec, call_handler, is_async_callable
 from nova._naming import dead_letter_queue, ready_topic
 from nova._policies import StrictPriority
 from nova._recording import TaskStatus
@@ -32,7 +32,7 @@ from nova._task import Priority, Task
 if TYPE_CHECKING:
     from nova._queue import TaskQueue
 
-__all__ = ["BatchWorker", "Worker"]
+__all__ = ["BatchWorker", "Worker", "is_async_callable"]
 
 log = logging.getLogger("nova.worker")
 
@@ -41,12 +41,6 @@ BatchHandler = Callable[[list[Task]], Awaitable[None] | None]
 
 LEVELS = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 _HIGH, _NORMAL, _LOW = LEVELS  # (an enum member read from its class costs a lookup each time)
-
-
-def is_async_callable(fn: object) -> bool:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
 
 
 def _nothing() -> None:
@@ -81,6 +75,11 @@ class _BaseWorker:
         self.record = sink.emit_task if sink is not None else None
         self.record_start = sink.emit_started if sink is not None else None
         self.record_all = sink.emit_tasks if sink is not None else None
+
+    @property
+    def consuming(self) -> bool:
+        """Subscribed and still reading (False before ``join``, after ``stop`` or if the subscription failed)."""
+        return self._pull_task is not None and not self._pull_task.done()
 
     async def join(self) -> None:
         """Subscribe: deliveries start filling the buffers; no handler runs until ``run()``."""
@@ -161,13 +160,15 @@ class _BaseWorker:
         await delivery.ack()
         return True
 
-    async def fail(self, delivery: Delivery, task: Task, route: _Route, exc: BaseException) -> None:
-        """Retry with backoff through the delay path, or dead-letter after max_retries."""
-        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+    async def fail(self, delivery: Delivery, task: Task, route: _Route, exc: BaseException | str, *,
+                   retry: bool = True) -> None:
+        """Retry with backoff through the delay path, or dead-letter after max_retries (at once
+        with ``retry=False``). An ``exc`` given as a str is the error as it is."""
+        error = (exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}")[:MAX_ERROR_CHARS]
         tq = self.tq
         headers = {k: v for k, v in delivery.headers.items() if k not in (H.TARGET, H.HOLD_UNTIL, H.ETA)}
         headers[H.ERROR] = error
-        if task.attempt <= tq.retry.max_retries:
+        if retry and task.attempt <= tq.retry.max_retries:
             eta = tq.clock.time() + tq.retry.backoff.delay(task.attempt).total_seconds()
             headers[H.ATTEMPT] = str(task.attempt + 1)
             headers[H.ETA] = ms_ceil(eta)
@@ -179,8 +180,8 @@ class _BaseWorker:
         headers[H.QUEUE] = dlq
         message = Message(ready_topic(tq.prefix, dlq, Priority.NORMAL), delivery.body, headers, task.id)
         if await self._publish_then_ack(delivery, message):
-            log.warning("task %s (%s) failed %d times and went to %s: %s",
-                        task.id, task.type, task.attempt, dlq, error)
+            log.warning("task %s (%s) went to %s after %d attempt(s): %s",
+                        task.id, task.type, dlq, task.attempt, error)
             if self.record is not None:
                 self.record(task, TaskStatus.FAILED, error)
 
@@ -205,11 +206,18 @@ class Worker(_BaseWorker):
     policy picks from the fetched buffers, run it, ack it, and take the next.
     """
 
-    def __init__(self, tq: TaskQueue, handler: Handler, queues: Sequence[str], concurrency: int,
-                 prefetch: int) -> None:
+    def __init__(self, tq: TaskQueue, handler: Handler | None, queues: Sequence[str], concurrency: int,
+                 prefetch: int, *, timeout: float | None = None,
+                 handlers: Mapping[str, HandlerSpec] | None = None) -> None:
         super().__init__(tq, queues, window=max(prefetch, concurrency))
-        self.handler = handler
+        self.handler = cast(Handler, handler)  # None only with handlers=, where _run is not used
         self.is_async = is_async_callable(handler)
+        # ``handlers``: one handler per task type (nova.App); a type without one is dead-lettered.
+        self.handlers = handlers
+        self._spec = None if handler is None else HandlerSpec(handler, self.is_async, timeout)
+        # The plain path (one handler, no time limit) is the tuned one; the other one routes by
+        # type, applies time limits and names the task in log records.
+        self._run_one = self._run if handlers is None and timeout is None else self._run_routed
         self.concurrency = concurrency
         self.buffers: dict[Priority, deque[tuple[Delivery, _Route]]] = {lvl: deque() for lvl in LEVELS}
         self.running = 0
@@ -261,7 +269,7 @@ class Worker(_BaseWorker):
                     continue
             self.running += 1
             try:
-                await self._run(*picked)
+                await self._run_one(*picked)
             finally:
                 self.running -= 1
             streak += 1
@@ -380,6 +388,34 @@ class Worker(_BaseWorker):
         if record is not None:
             record(task, TaskStatus.COMPLETED)
 
+    async def _run_routed(self, delivery: Delivery, route: _Route) -> None:
+        task = self.decode(delivery, route)
+        if task is None:
+            return
+        spec = self._spec if self.handlers is None else self.handlers.get(task.type)
+        token = CURRENT_TASK.set(task)
+        try:
+            if spec is None:
+                await self.fail(delivery, task, route,
+                                f"no handler for task type {task.type!r} on queue {route.queue!r}", retry=False)
+                return
+            record = self.record
+            if record is not None:
+                self.record_start(task)  # type: ignore[misc]
+            try:
+                await call_handler(self.tq.clock, spec, task)
+            except asyncio.CancelledError:
+                raise  # stopped without grace: not acked, the broker redelivers
+            except Exception as exc:  # noqa: BLE001 - any handler error (TaskTimeout too) is a task failure
+                await self.fail(delivery, task, route, exc)
+                return
+            await delivery.ack()
+            self.handled += 1
+            if record is not None:
+                record(task, TaskStatus.COMPLETED)
+        finally:
+            CURRENT_TASK.reset(token)
+
     async def stop(self, *, graceful: bool, timeout: float) -> None:
         self.stopping = True
         self._work.set()  # runners waiting for a higher level wake, see stopping, and end
@@ -404,11 +440,16 @@ class BatchWorker(_BaseWorker):
     """Buffers tasks and hands them to a batch handler as the aggregator says."""
 
     def __init__(self, tq: TaskQueue, handler: BatchHandler, aggregator: Aggregator,
-                 queues: Sequence[str]) -> None:
+                 queues: Sequence[str], *, timeout: float | None = None,
+                 types: frozenset[str] | None = None) -> None:
         # The in-flight window is never smaller than a batch, so a batch can always fill.
         super().__init__(tq, queues, window=aggregator.max_size)
         self.handler = handler
         self.is_async = is_async_callable(handler)
+        self._spec = HandlerSpec(handler, self.is_async, timeout)
+        # ``types``: the task types the handler takes (nova.App); others are dead-lettered.
+        self.types = types
+        self._rejects: set[asyncio.Task[None]] = set()
         self.aggregator = aggregator
         self.buffer: list[tuple[Delivery, Task, _Route]] = []
         self.first_at: float | None = None
@@ -423,6 +464,12 @@ class BatchWorker(_BaseWorker):
     def accept(self, delivery: Delivery, route: _Route) -> None:
         task = self.decode(delivery, route)
         if task is None:
+            return
+        if self.types is not None and task.type not in self.types:
+            error = f"no handler for task type {task.type!r} on queue {route.queue!r}"
+            reject = asyncio.get_running_loop().create_task(self.fail(delivery, task, route, error, retry=False))
+            self._rejects.add(reject)
+            reject.add_done_callback(self._rejects.discard)
             return
         if not self.buffer:
             self.first_at = self.tq.clock.time()
@@ -464,17 +511,17 @@ class BatchWorker(_BaseWorker):
         tq = self.tq
         if self.record_all is not None:
             self.record_all(tasks, TaskStatus.PROCESSING)
+        token = CURRENT_TASK.set(tasks)
         try:
-            if self.is_async:
-                await self.handler(tasks)  # type: ignore[misc]
-            else:
-                await tq.clock.run_sync(functools.partial(self.handler, tasks))
+            await call_handler(tq.clock, self._spec, tasks)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the whole batch failed: retry each task
             for delivery, task, route in batch:
                 await self.fail(delivery, task, route, exc)
             return
+        finally:
+            CURRENT_TASK.reset(token)
         for delivery, _, _ in batch:
             await delivery.ack()
         if self.record_all is not None:

@@ -9,15 +9,16 @@ import nova
 import nova.sim
 
 EXPECTED = {
-    "Aggregator", "AuthenticationError", "Backoff", "BlobCodec", "Broker", "BrokerError",
+    "Aggregator", "App", "AuthenticationError", "Backoff", "BlobCodec", "Broker", "BrokerError",
     "ClickHouseTaskRecorder", "Clock", "ClosedError", "ConfigurationError", "ConfigurationTypeError", "ConnectionError",
     "ConstantBackoff", "ConsumerModel", "CountAggregator", "DecodeError", "DelayTiers", "Delivery",
     "EnqueueError", "ExponentialBackoff", "JsonCodec", "KafkaAuth", "KafkaBroker", "KafkaSSL",
     "MemoryTaskRecorder", "Message", "MessageCodec", "MessageFormat", "NovaError", "PayloadTooLarge",
     "Priority", "PriorityPolicy", "ProtobufCodec", "QueryableTaskRecorder", "RabbitMQBroker", "Result", "RetryPolicy",
     "RocketMQAdmin", "RocketMQBroker", "SonicCodec", "StateError", "StrictPriority", "Subscription", "SystemClock",
-    "Task",
-    "TaskBody", "TaskEvent", "TaskQueue", "TaskRecord", "TaskRecorder", "TaskStatus", "TimeAggregator",
+    "SyncTaskQueue", "Task",
+    "TaskBody", "TaskEvent", "TaskLogFilter", "TaskQueue", "TaskRecord", "TaskRecorder", "TaskStatus",
+    "TaskTimeout", "TimeAggregator",
     "TimeCountAggregator", "ValidationError", "ValidationTypeError", "WeightedPriority", "dead_letter_queue",
 }
 
@@ -69,8 +70,9 @@ def test_error_tree() -> None:
     assert issubclass(nova.ValidationTypeError, TypeError)
     assert issubclass(nova.ConfigurationTypeError, nova.ConfigurationError)
     assert issubclass(nova.ConfigurationTypeError, TypeError)
-    for name in ("EnqueueError", "DecodeError", "BrokerError", "StateError", "ConfigurationError"):
+    for name in ("EnqueueError", "DecodeError", "BrokerError", "StateError", "ConfigurationError", "TaskTimeout"):
         assert issubclass(getattr(nova, name), nova.NovaError)
+    assert issubclass(nova.TaskTimeout, TimeoutError)
 
 
 def test_dead_letter_queue_name() -> None:
