@@ -4,6 +4,7 @@
     nova demo --broker kafka://127.0.0.1:9092   # the same demo on a real broker
     nova demo --recorder chdb:///tmp/nova-demo  # record it in embedded ClickHouse
     nova tasks --recorder chdb:///tmp/nova-demo # look at recorded tasks
+    nova worker shop.tasks:app                  # run a nova.App's handlers (see nova worker --help)
 """
 
 from __future__ import annotations
@@ -38,11 +39,18 @@ def _build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_tasks_parser(sub)
+    from nova._runtime import add_worker_parser
+
+    add_worker_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command == "worker":  # its own logging, signals and exit codes
+        from nova._runtime import run_worker
+
+        return run_worker(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
         return asyncio.run(run_demo(args.broker, args.recorder, quiet=args.quiet))
