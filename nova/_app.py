@@ -324,7 +324,9 @@ class App:
         if self._owns_broker:
             await self.broker.close()
         self._state = "stopped"
-        failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        # (A consumer's stop that was cancelled from inside, not by our caller, is not re-raised
+        # as a CancelledError: that would read as this stop being cancelled.)
+        failure = next((o for o in outcomes if isinstance(o, Exception)), None)
         if failure is not None:
             raise failure
 

@@ -192,8 +192,17 @@ class _WorkerProcess:
             return await self._run()
         finally:
             beat.cancel()
+            await self._close_broker()
             if health is not None:
                 await health.close()
+
+    async def _close_broker(self) -> None:
+        """The process ends: close the broker even if the App does not own it (given as an object)."""
+        try:
+            async with asyncio.timeout(FORCED_WITHIN):
+                await self.app.broker.close()
+        except Exception as exc:  # noqa: BLE001 - exiting anyway
+            log.debug("closing the broker: %r", exc)
 
     async def _run(self) -> int:
         app, opts = self.app, self.opts
@@ -296,8 +305,8 @@ class _WorkerProcess:
                 log.warning("forced stop did not finish cleanly: %r", exc)
             log.info("stopped at once (exit 1)")
             return ExitCode.FORCED
-        if graceful.exception() is not None:
-            log.error("stopping failed: %r", graceful.exception())
+        if graceful.cancelled() or graceful.exception() is not None:
+            log.error("stopping failed: %r", "cancelled" if graceful.cancelled() else graceful.exception())
             return ExitCode.FORCED
         log.info("stopped (exit %d)", code)
         return code
