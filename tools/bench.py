@@ -2,6 +2,7 @@
 
     python tools/bench.py --broker sim [--tasks 200000] [--recorder chdb [--pairs 3]]
     python tools/bench.py --broker kafka|rabbitmq|rocketmq   # needs the broker up (tools/brokers.py)
+    python tools/bench.py --broker kafka --processes 2        # drain by `nova worker`, 1 and 2 processes
 
 On ``sim`` the "raw" baseline drives SimBroker through the bare broker
 contract (publish / subscribe / ack) with no engine, so the gap is the
@@ -13,11 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import http.client
 import os
 import platform
 import resource
+import signal
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -377,6 +383,103 @@ async def bench_real(args: argparse.Namespace) -> None:
     _row("delay lateness p99 (1-10 s delays)", timings["lateness_p99_ms"], "ms", note=f"early: {timings['early']:.0f}")
 
 
+def _ready(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/readyz")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def _handled(out: Path) -> tuple[int, float]:
+    """Tasks handled by every worker process so far, and when the last one was."""
+    count, last = 0, 0.0
+    for report in out.iterdir():
+        parts = report.read_text().split()
+        if len(parts) == 2:
+            count += int(parts[0])
+            last = max(last, float(parts[1]))
+    return count, last
+
+
+async def worker_drain(name: str, n: int, processes: int, concurrency: int) -> float:
+    """Fill a queue with ``n`` tasks, start ``nova worker`` with ``processes`` processes, wait until
+    every process is consuming, then time the drain (tasks/s)."""
+    prefix = "bench-" + uuid.uuid4().hex[:8]
+    tools = Path(__file__).resolve().parent  # noqa: ASYNC240 - once, before any timing
+    with tempfile.TemporaryDirectory() as tmp:
+        out, go = Path(tmp) / "out", Path(tmp) / "go"
+        out.mkdir()
+        env = {**os.environ, "NOVA_BENCH_BROKER": name, "NOVA_BENCH_PREFIX": prefix, "NOVA_BENCH_OUT": str(out),
+               "NOVA_BENCH_GO": str(go), "NOVA_BENCH_PARTITIONS": str(processes),
+               "PYTHONPATH": os.pathsep.join([str(tools.parent), str(tools)])}
+        saved = dict(os.environ)
+        os.environ.update(env)
+        try:
+            from bench_worker_app import _broker
+
+            broker = _broker()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        q = nova.TaskQueue(broker, topic_prefix=prefix, group_id="bench", message_format=nova.MessageFormat.SONIC,
+                           close_broker=True)
+        await enqueue_all(q, n)
+        await q.stop()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        worker = subprocess.Popen(  # noqa: ASYNC220 - started before the timing
+            [sys.executable, "-m", "nova.cli", "worker", "bench_worker_app:app", "--processes", str(processes),
+             "--concurrency", str(concurrency), "--prefetch", "512", "--health-port", str(port),
+             "--health-host", "127.0.0.1", "--log-level", "warning"], cwd=tools, env=env)
+        try:
+            deadline = time.monotonic() + 120
+            while not _ready(port):
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"nova worker ({processes} process(es)) never got ready")
+                await asyncio.sleep(0.05)
+            started = time.time()
+            go.touch()
+            deadline = time.monotonic() + 600
+            while (handled := _handled(out))[0] < n:
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"only {handled[0]} of {n} handled")
+                await asyncio.sleep(0.05)
+            return n / (handled[1] - started)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+
+async def bench_processes(args: argparse.Namespace) -> None:
+    """The raw client's drain, then `nova worker` draining with 1 and with N processes."""
+    name, n, processes = args.broker, args.tasks, args.processes
+    print(f"{name}: {n:,} tasks of {len(PAYLOAD)} bytes; drain of a filled queue by `nova worker` "
+          f"(concurrency 8, prefetch 512) with 1 and {processes} processes, and by the raw client")
+    if name == "kafka":
+        print(f"  (nova's Kafka topics made here have {processes} partitions per priority level)")
+    raws, ones, manys = [], [], []
+    for i in range(args.rounds):
+        raws.append((await raw_client(name, n))["drain"])
+        ones.append(await worker_drain(name, n, 1, 8))
+        manys.append(await worker_drain(name, n, processes, 8))
+        _progress(f"round {i + 1}: raw {raws[-1]:,.0f}/s, 1 process {ones[-1]:,.0f}/s, "
+                  f"{processes} processes {manys[-1]:,.0f}/s")
+    one, many = statistics.median(ones), statistics.median(manys)
+    _row("raw client: consume + ack/commit (one consumer)", statistics.median(raws))
+    _row("nova worker, 1 process: drain", one, note=f"{one / statistics.median(raws):.2f}x raw")
+    _row(f"nova worker, {processes} processes: drain", many,
+         note=f"{statistics.median([m / o for m, o in zip(manys, ones, strict=True)]):.2f}x 1 process")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--broker", default="sim", choices=["sim", "kafka", "rabbitmq", "rocketmq"])
@@ -386,6 +489,8 @@ def main() -> int:
                         help="with --recorder: interleaved (off, on) pairs to run (default 3)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds of raw client then nova on a real broker (default: 3 on Kafka, else 1)")
+    parser.add_argument("--processes", type=int, default=None, metavar="N",
+                        help="instead: drain by `nova worker` with 1 and N processes (real brokers)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     if args.broker == "sim":
@@ -394,6 +499,9 @@ def main() -> int:
         return 0
     args.tasks = args.tasks or {"kafka": 100_000, "rabbitmq": 50_000, "rocketmq": 20_000}[args.broker]
     args.rounds = args.rounds or (3 if args.broker == "kafka" else 1)
+    if args.processes:
+        asyncio.run(bench_processes(args))
+        return 0
     asyncio.run(bench_real(args))
     print(f"  peak RSS {peak_rss_mib():.0f} MiB")
     return 0
