@@ -7,6 +7,8 @@ The real-broker versions (redelivery, competing workers) are in tests/brokers/te
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -16,8 +18,11 @@ from pathlib import Path
 
 import pytest
 
+import nova
 from nova._runtime.cli import add_worker_arguments
 from nova._runtime.loading import AppLoadError, load_app, split_spec
+from nova._runtime.options import ChildLink, ExitCode, WorkerOptions
+from nova._runtime.process import READY, _WorkerProcess
 from nova._runtime.supervisor import describe_exit
 from tests.worker_support import Setup, child_pids, free_port, is_running, probe, wait_until
 
@@ -188,3 +193,48 @@ def test_describe_exit() -> None:
     assert describe_exit(-9) == "killed by SIGKILL (out of memory?)"
     assert describe_exit(-15) == "killed by SIGTERM"
     assert describe_exit(3) == "exited with code 3"
+
+
+async def test_a_consumer_that_stops_reading_ends_the_worker_with_exit_3(caplog: pytest.LogCaptureFixture) -> None:
+    from nova.sim import SimBroker
+
+    app = nova.App(SimBroker(clock=nova.SystemClock()))
+
+    @app.task("x")
+    async def x(task: nova.Task) -> None: ...
+
+    worker = _WorkerProcess(app, WorkerOptions(app="m:app"), None)
+    run = asyncio.create_task(worker.run())
+    async with asyncio.timeout(30):
+        while worker.state != READY:  # noqa: ASYNC110 - a condition polled against a deadline
+            await asyncio.sleep(0.01)
+    assert worker.ready() == (True, "ready")
+    pull = app._consumers[0].worker._pull_task  # type: ignore[union-attr]
+    assert pull is not None
+    pull.cancel()  # as if the subscription had failed
+    await asyncio.wait({pull})
+    assert worker.ready() == (False, "not consuming: default")
+    async with asyncio.timeout(30):
+        assert await run == ExitCode.BROKER
+    assert "queue(s) default stopped consuming" in caplog.text
+
+
+async def test_more_processes_than_partitions_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from nova.sim import SimBroker
+
+    class TwoPartitions(SimBroker):
+        async def partitions_of(self, topic: str) -> int | None:
+            return 2 if topic.endswith("_normal") else None
+
+    app = nova.App(TwoPartitions(clock=nova.SystemClock()), topic_prefix="shop")
+
+    @app.task("x", queue="images")
+    async def x(task: nova.Task) -> None: ...
+
+    link = ChildLink(index=0, processes=3, supervisor_pid=os.getpid(), status_fd=-1)
+    worker = _WorkerProcess(app, WorkerOptions(app="m:app", processes=3), link)
+    with caplog.at_level(logging.WARNING, logger="nova.runtime"):
+        await worker._warn_about_partitions(["images"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "queue images (normal priority): 3 worker processes but its topic shop_images_normal has 2 partition(s): "
+        "1 process(es) get none of its tasks; give the topic more partitions"]
