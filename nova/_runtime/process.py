@@ -59,6 +59,8 @@ def install_early_signal_handlers() -> None:
 
     def count(signum: int, frame: object) -> None:
         _early_signals[0] += 1
+        if _early_signals[0] > 1:
+            os._exit(ExitCode.FORCED)  # a second signal: at once, even in the middle of an import
 
     signal.signal(signal.SIGTERM, count)
     signal.signal(signal.SIGINT, count)
