@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from nova._aggregators import Aggregator
 from nova._broker import Broker
@@ -89,7 +90,10 @@ class App:
 
     def __init__(self, broker: str | Broker, /, **options: Any) -> None:
         owns = isinstance(broker, str)
+        #: Left out of the messages ``nova worker`` prints.
+        self._url_password: str | None = None
         if isinstance(broker, str):
+            self._url_password = unquote(urlsplit(broker).password or "") or None
             made = broker_from_url(broker)
         elif callable(getattr(broker, "subscribe", None)) and callable(getattr(broker, "publish", None)):
             made = broker

@@ -33,6 +33,7 @@ from nova._runtime.health import HealthServer
 from nova._runtime.logs import flush_logs
 from nova._runtime.options import ChildLink, ExitCode, WorkerOptions
 from nova._task import Priority
+from nova.brokers._common import scrub
 
 __all__ = ["PartitionCounts", "die_with_supervisor", "install_early_signal_handlers", "run_process"]
 
@@ -240,18 +241,26 @@ class _WorkerProcess:
             await self._close_quietly()
             return ExitCode.BROKER
         except BrokerError as exc:
-            log.error("cannot use the broker: %s", exc)
+            log.error("cannot use the broker: %s", self._scrub(exc))
             await self._close_quietly()
             return ExitCode.BROKER
         except (ConfigurationError, ValidationError) as exc:
-            log.error("%s", exc)
+            log.error("%s", self._scrub(exc))
             await self._close_quietly()
             return ExitCode.USAGE
         except NovaError as exc:
-            log.error("could not start: %s: %s", type(exc).__name__, exc)
+            log.error("could not start: %s: %s", type(exc).__name__, self._scrub(exc))
+            await self._close_quietly()
+            return ExitCode.FORCED
+        except Exception as exc:  # noqa: BLE001 - not nova's: shown whole, without the URL's password
+            log.error("could not start: %s: %s", type(exc).__name__, self._scrub(exc))
             await self._close_quietly()
             return ExitCode.FORCED
         return None
+
+    def _scrub(self, exc: BaseException) -> str:
+        """The error's text without the password of the App's URL (adapters leave it out already)."""
+        return scrub(str(exc), [self.app._url_password])
 
     async def _unless_stopped(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
