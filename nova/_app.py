@@ -33,10 +33,16 @@ from urllib.parse import unquote, urlsplit
 
 from nova._aggregators import Aggregator
 from nova._broker import Broker
-from nova._errors import ConfigurationError, StateError, ValidationError
+from nova._errors import (
+    ConfigurationError,
+    ConfigurationTypeError,
+    StateError,
+    ValidationError,
+    ValidationTypeError,
+)
 from nova._handlers import HandlerSpec
 from nova._naming import validate_queue
-from nova._queue import TaskQueue, handler_timeout
+from nova._queue import TaskQueue, _check_count, handler_timeout
 from nova._task import Priority, Result, Task
 from nova._worker import BatchWorker, Worker
 from nova.brokers import broker_from_url
@@ -74,7 +80,9 @@ def _name(fn: object) -> str:
 
 
 def _check_type(task_type: object) -> str:
-    if not isinstance(task_type, str) or not task_type or len(task_type) > 255:
+    if not isinstance(task_type, str):
+        raise ConfigurationTypeError(f"the task type must be a str, got {task_type!r}")
+    if not task_type or len(task_type) > 255:
         raise ConfigurationError(f"the task type must be a non-empty str of at most 255 characters, "
                                  f"got {task_type!r}")
     return task_type
@@ -98,15 +106,15 @@ class App:
         elif callable(getattr(broker, "subscribe", None)) and callable(getattr(broker, "publish", None)):
             made = broker
         else:
-            raise ConfigurationError("nova.App takes a broker URL (e.g. 'kafka://127.0.0.1:9092') or a broker "
-                                     f"object, not {type(broker).__name__}")
+            raise ConfigurationTypeError("nova.App takes a broker URL (e.g. 'kafka://127.0.0.1:9092') or a "
+                                         f"broker object, not {type(broker).__name__}")
         self.broker: Broker = made
         self._owns_broker = bool(options.pop("close_broker", owns))
         self._options = options
         try:
             self._producer = TaskQueue(made, **options, close_broker=False)
         except TypeError as exc:
-            raise ConfigurationError(f"nova.App: {exc} (App takes the options of nova.TaskQueue)") from exc
+            raise ConfigurationTypeError(f"nova.App: {exc} (App takes the options of nova.TaskQueue)") from exc
         self._queues: dict[str, _QueueHandlers] = {}
         self._consumers: list[TaskQueue] = []
         self._state = "idle"  # idle -> running -> stopping -> stopped
@@ -134,7 +142,7 @@ class App:
 
         def register(fn: F) -> F:
             if not callable(fn):
-                raise ConfigurationError(f"@app.task({task_type!r}) decorates a function, not {fn!r}")
+                raise ConfigurationTypeError(f"@app.task({task_type!r}) decorates a function, not {fn!r}")
             self._check_open()
             handlers = self._queues.setdefault(queue, _QueueHandlers())
             if handlers.batch is not None:
@@ -162,13 +170,13 @@ class App:
         _check_type(task_type)
         validate_queue(queue)
         if not isinstance(aggregator, Aggregator):
-            raise ConfigurationError("aggregator must be a nova.CountAggregator, TimeAggregator or "
-                                     f"TimeCountAggregator, not {aggregator!r}")
+            raise ConfigurationTypeError("aggregator must be a nova.CountAggregator, TimeAggregator or "
+                                         f"TimeCountAggregator, not {aggregator!r}")
         limit = handler_timeout(timeout)
 
         def register(fn: F) -> F:
             if not callable(fn):
-                raise ConfigurationError(f"@app.batch({task_type!r}, ...) decorates a function, not {fn!r}")
+                raise ConfigurationTypeError(f"@app.batch({task_type!r}, ...) decorates a function, not {fn!r}")
             self._check_open()
             handlers = self._queues.setdefault(queue, _QueueHandlers())
             if handlers.batch is not None:
@@ -241,9 +249,8 @@ class App:
         if self._state != "idle":
             raise StateError(f"this App is {self._state}; an App starts once (make a new one)")
         chosen = self._choose(queues)
-        for name, value in (("concurrency", concurrency), ("prefetch", prefetch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValidationError(f"{name} must be an int >= 1, got {value!r}")
+        _check_count("concurrency", concurrency)
+        _check_count("prefetch", prefetch)
         self._state = "running"
         try:
             await self.connect()
@@ -272,7 +279,7 @@ class App:
         if queues is None:
             return list(self._queues)
         if isinstance(queues, str):
-            raise ValidationError("queues must be a list of queue names, e.g. ['images']")
+            raise ValidationTypeError("queues must be a list of queue names, e.g. ['images']")
         unknown = [q for q in queues if q not in self._queues]
         if unknown:
             raise ConfigurationError(f"no handlers on queue(s) {', '.join(map(repr, unknown))}; this app has "

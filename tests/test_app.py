@@ -360,20 +360,22 @@ def test_registration_errors_say_what_to_fix() -> None:
         app.task("x", queue="reports")(send_email)
     with pytest.raises(nova.ConfigurationError, match="one batch handler per queue"):
         app.batch("y", nova.CountAggregator(10), queue="reports")(send_email)
-    with pytest.raises(nova.ConfigurationError, match="aggregator must be"):
+    with pytest.raises(nova.ConfigurationTypeError, match="aggregator must be"):
         app.batch("y", 10)  # type: ignore[arg-type]
     with pytest.raises(nova.ValidationError, match="queue name"):
         app.task("x", queue="bad queue")
     with pytest.raises(nova.ConfigurationError, match="task type"):
         app.task("")
+    with pytest.raises(TypeError, match="the task type must be a str"):
+        app.task(b"email")  # type: ignore[arg-type]
     with pytest.raises(nova.ValidationError, match="timeout must be > 0"):
         app.task("x", timeout=-1)
     app.task("email", queue="other")(send_email)
     with pytest.raises(nova.ValidationError, match="handlers on queues default, other: pass queue="):
         app.queue_for("email")
-    with pytest.raises(nova.ConfigurationError, match=r"options of nova\.TaskQueue"):
+    with pytest.raises(nova.ConfigurationTypeError, match=r"options of nova\.TaskQueue"):
         nova.App(SimBroker(), concurency=4)
-    with pytest.raises(nova.ConfigurationError, match="takes a broker URL"):
+    with pytest.raises(nova.ConfigurationTypeError, match="takes a broker URL"):
         nova.App(42)  # type: ignore[arg-type]
     with pytest.raises(nova.ConfigurationError, match="unknown broker URL scheme"):
         nova.App("kafak://127.0.0.1:9092")

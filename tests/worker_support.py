@@ -81,18 +81,12 @@ def make_broker() -> Any:
 
         return SimBroker(clock=nova.SystemClock())
     if name == "kafka":
-        from nova._kafka import KafkaBroker
-
         # (A killed consumer's partitions move on after session_timeout_ms, 30 s by default.)
-        return KafkaBroker(os.environ["NOVA_KAFKA_BOOTSTRAP"],
-                           partitions=int(os.environ.get("NOVA_TEST_PARTITIONS", "1")))
+        return nova.KafkaBroker(os.environ["NOVA_KAFKA_BOOTSTRAP"],
+                                partitions=int(os.environ.get("NOVA_TEST_PARTITIONS", "1")))
     if name == "rabbitmq":
-        from nova._rabbitmq import RabbitMQBroker
-
-        return RabbitMQBroker(os.environ["NOVA_RABBITMQ_URL"])
+        return nova.RabbitMQBroker(os.environ["NOVA_RABBITMQ_URL"])
     if name == "rocketmq":
-        from nova._rocketmq import RocketMQBroker
-
         kwargs: dict[str, Any] = {"namesrv": os.environ["NOVA_ROCKETMQ_NAMESRV"],
                                   # an unacked task comes back after this (10 s is RocketMQ's minimum)
                                   "consume_timeout": timedelta(seconds=ROCKETMQ_INVISIBLE)}
@@ -101,7 +95,9 @@ def make_broker() -> Any:
         if os.environ.get("NOVA_ROCKETMQ_ADMIN_ACCESS_KEY"):
             kwargs["admin_auth"] = (os.environ["NOVA_ROCKETMQ_ADMIN_ACCESS_KEY"],
                                     os.environ["NOVA_ROCKETMQ_ADMIN_SECRET_KEY"])
-        return RocketMQBroker(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], **kwargs)
+        if os.environ.get("NOVA_ROCKETMQ_TIMER_PRECISION_MS"):
+            kwargs["timer_precision"] = timedelta(milliseconds=int(os.environ["NOVA_ROCKETMQ_TIMER_PRECISION_MS"]))
+        return nova.RocketMQBroker(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], **kwargs)
     raise ValueError(f"unknown NOVA_TEST_BROKER {name!r}")
 
 

@@ -25,10 +25,9 @@ def _broker() -> Any:
         return nova.KafkaBroker(os.environ["NOVA_KAFKA_BOOTSTRAP"], partitions=int(os.environ["NOVA_BENCH_PARTITIONS"]))
     if name == "rabbitmq":
         return nova.RabbitMQBroker(os.environ["NOVA_RABBITMQ_URL"])
-    kwargs: dict[str, Any] = {}
-    if os.environ.get("NOVA_ROCKETMQ_ACCESS_KEY"):
-        kwargs["auth"] = (os.environ["NOVA_ROCKETMQ_ACCESS_KEY"], os.environ["NOVA_ROCKETMQ_SECRET_KEY"])
-    return nova.RocketMQBroker(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], **kwargs)
+    from bench_rocketmq import harness_options
+
+    return nova.RocketMQBroker(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], **harness_options())
 
 
 class _State:
