@@ -29,3 +29,11 @@ def test_readme_commands_match_ci() -> None:
     demo, tests = commands
     assert "nova demo" in demo and "nox -s lint types tests" in tests
     assert "nox -s lint types tests" in ci and "nova demo" in ci
+
+
+def test_quick_start_app_registers_its_handlers() -> None:
+    namespace: dict[str, object] = {}
+    exec(_block_containing("app = nova.App("), namespace)
+    app = namespace["app"]
+    assert app.queues == {"default": ["email"], "images": ["resize"], "reports": ["report"]}  # type: ignore[attr-defined]
+    assert app.queue_for("resize") == "images"  # type: ignore[attr-defined]
