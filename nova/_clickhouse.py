@@ -608,6 +608,28 @@ class ClickHouseTaskRecorder:
 
         return await self._run("delete", delete)
 
+    async def select(self, sql: str, parameters: Mapping[str, Any] | None = None, *,
+                     column_formats: Mapping[str, str] | None = None,
+                     settings: Mapping[str, Any] | None = None) -> _Rows:
+        """Rows of a read query over the record table, which ``{table}`` in ``sql`` names.
+
+        For readers that need aggregates the methods above do not give (the dashboard's
+        per-minute series and percentiles). Values go in as bound parameters
+        (``{name:Type}``), never into the SQL text.
+
+        >>> rows = await recorder.select("SELECT status, count() FROM {table} GROUP BY status")  # doctest: +SKIP
+        """
+        text = sql.replace("{table}", self._quoted)
+        params = dict(parameters or {})
+        formats: dict[str, str | dict[str, str]] = dict(column_formats or {})
+        options = dict(settings or {})
+
+        def select(client: Client) -> _Rows:
+            return list(client.query(text, parameters=params, column_formats=formats,
+                                     settings=options).result_rows)
+
+        return await self._run("select", select)
+
     # -- helpers ---------------------------------------------------------------
     async def _query(self, action: str, sql: str, params: Mapping[str, Any],
                      formats: Mapping[str, str] | None = None) -> _Rows:

@@ -42,6 +42,10 @@ def _build_parser() -> argparse.ArgumentParser:
     from nova._runtime import add_worker_parser
 
     add_worker_parser(sub)
+
+    from nova.dashboard._cli import add_dashboard_parser
+
+    add_dashboard_parser(sub)
     return parser
 
 
@@ -54,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
         return asyncio.run(run_demo(args.broker, args.recorder, quiet=args.quiet))
+    if args.command == "dashboard":
+        from nova.dashboard._cli import run_dashboard
+
+        return run_dashboard(args)
     from nova._cli_tasks import run_tasks
 
     return asyncio.run(run_tasks(args))
