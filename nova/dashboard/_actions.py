@@ -12,8 +12,10 @@ timeout or cancelled, through a :class:`~nova.TaskQueue` on the broker given wit
 - the new run's QUEUED event is written to the recorder here, right after the broker
   confirmed the task (the dashboard's queue has no recorder of its own, which would
   write a second one): the page shows it at once, and a second click finds the task
-  queued, not failed, and does nothing. The worker that takes the task records its
-  attempts as usual (attempt 1 again: the retry budget starts afresh).
+  queued, not failed, and does nothing. Its version is the failure's + 1, so every
+  step a worker records afterwards outranks it even if the worker's clock is behind
+  the dashboard's. The worker records its attempts as usual (attempt 1 again: the
+  retry budget starts afresh).
 
 It needs the payload: a recorder made with ``store_payload=True`` keeps it; without
 it the action says so and sends nothing. The dead-lettered message itself stays in the
@@ -26,7 +28,6 @@ does not touch the broker.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -110,11 +111,12 @@ class Actions:
             result = await self.queue.enqueue(task, queue=queue, priority=priority)
         except (NovaError, ValueError) as exc:
             return Outcome(task_id, False, f"not sent: {exc}")
-        now = datetime.now(UTC)
+        # The lowest version after the failure: any step a worker records later, by whatever
+        # clock, has a higher one (a version from this host's clock could outrank them).
         event = TaskEvent(
             task_id=task_id, type=record.type, queue=result.queue, priority=int(result.priority),
-            status=TaskStatus.QUEUED, at=now, version=max(time.time_ns() // 1000, record.version + 1),
-            attempt=1, headers=headers, payload=record.payload,
+            status=TaskStatus.QUEUED, at=datetime.fromtimestamp(self.queue.clock.time(), UTC),
+            version=record.version + 1, attempt=1, headers=headers, payload=record.payload,
         )
         try:
             await self.recorder.record([event])
