@@ -9,15 +9,29 @@
     return [data.t].concat(names.map(function (n) { return data[n]; }));
   }
 
+  // seconds as "850 ms", "12.5 s", "4.2 min": three significant digits
+  function seconds(v) {
+    if (v === null || v === undefined) { return "–"; }
+    var a = Math.abs(v);
+    if (a === 0) { return "0"; }
+    if (a < 1) { return +(v * 1000).toPrecision(3) + " ms"; }
+    if (a < 120) { return +v.toPrecision(3) + " s"; }
+    return +(v / 60).toPrecision(3) + " min";
+  }
+
+  function count(v) { return v === null || v === undefined ? "–" : (+v.toPrecision(4)).toString(); }
+
   var CHARTS = {
     throughput: {
       names: ["completed", "retried", "failed"],
       labels: ["completed", "retried", "dead-lettered"],
       colors: ["#1e8a52", "#c77a12", "#c23a3a"],
-      perMinute: true
+      perMinute: true,
+      format: count
     },
-    wait: { names: ["wait_p50", "wait_p99"], labels: ["p50", "p99"], colors: ["#4b6fb5", "#9a3fb5"] },
-    duration: { names: ["duration_p50", "duration_p99"], labels: ["p50", "p99"], colors: ["#1e8a52", "#c77a12"] }
+    wait: { names: ["wait_p50", "wait_p99"], labels: ["p50", "p99"], colors: ["#4b6fb5", "#9a3fb5"], format: seconds },
+    duration: { names: ["duration_p50", "duration_p99"], labels: ["p50", "p99"], colors: ["#1e8a52", "#c77a12"],
+                format: seconds }
   };
 
   function pad(n) { return n < 10 ? "0" + n : "" + n; }
@@ -35,9 +49,9 @@
   function drawCharts(root) {
     charts.forEach(function (c) { c.destroy(); });
     charts = [];
-    var holder = root.querySelector("#chart-data");
+    var holder = document.getElementById("charts");
     if (!holder || typeof uPlot === "undefined") { return; }
-    var data = JSON.parse(holder.textContent);
+    var data = JSON.parse(holder.getAttribute("data-series"));
     var minutes = data.t.length > 1 ? (data.t[1] - data.t[0]) / 60 : 1;
     root.querySelectorAll("[data-chart]").forEach(function (el) {
       var spec = CHARTS[el.getAttribute("data-chart")];
@@ -51,12 +65,13 @@
       var series = [{}].concat(spec.names.map(function (n, i) {
         return { label: spec.labels[i], stroke: spec.colors[i], width: 1.5, spanGaps: false,
                  points: { show: true, size: 4 },
-                 value: function (u, v) { return v === null ? "–" : (+v.toFixed(3)).toString(); } };
+                 value: function (u, v) { return spec.format(v); } };
       }));
       var opts = {
         width: Math.max(el.clientWidth, 300), height: 220, series: series,
         scales: { x: { time: true } },
-        axes: [{ values: timeLabels }, { size: 60 }],
+        axes: [{ values: timeLabels },
+               { size: 70, values: function (u, splits) { return splits.map(spec.format); } }],
         tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); },
         legend: { live: true }
       };
@@ -84,14 +99,12 @@
     }, seconds * 1000);
   }
 
-  function setUpSelection(root) {
-    root.querySelectorAll("input[data-select-all]").forEach(function (all) {
-      all.addEventListener("change", function () {
-        var form = all.closest("form") || document;
-        form.querySelectorAll("input[name=ids]").forEach(function (box) { box.checked = all.checked; });
-      });
-    });
-  }
+  document.addEventListener("change", function (event) {
+    var all = event.target;
+    if (!all.matches || !all.matches("input[data-select-all]")) { return; }
+    var form = all.closest("form") || document;
+    form.querySelectorAll("input[name=ids]").forEach(function (box) { box.checked = all.checked; });
+  });
 
   document.addEventListener("submit", function (event) {
     var form = event.target;
@@ -103,11 +116,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     drawCharts(document);
     setUpRefresh();
-    setUpSelection(document);
   });
-  document.addEventListener("htmx:afterSwap", function () {
-    drawCharts(document);
-    setUpSelection(document);
-  });
+  document.addEventListener("htmx:afterSettle", function () { drawCharts(document); });
   window.addEventListener("resize", function () { drawCharts(document); });
 })();
