@@ -5,6 +5,7 @@
     nox -s conformance -- --broker kafka      # Kafka up (unless NOVA_KAFKA_BOOTSTRAP is set), run, down
     nox -s fuzz                               # longer Hypothesis runs
     nox -s bench -- --broker sim
+    nox -s browser                            # the dashboard in a real headless Chromium (Debian's)
 """
 
 from __future__ import annotations
@@ -36,7 +37,15 @@ def _install(session: nox.Session, extras: str = "all,dev") -> None:
 def tests(session: nox.Session) -> None:
     """Unit, property and conformance tests on SimBroker (no real broker needed)."""
     _install(session)
-    session.run("pytest", "tests", "conformance", "--broker", "sim", *session.posargs)
+    session.run("pytest", "tests", "conformance", "--broker", "sim", "--ignore=tests/dashboard", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def browser(session: nox.Session) -> None:
+    """The dashboard in a real headless Chromium: ``apt-get install -y chromium chromium-driver`` first
+    (under CI a missing browser fails the run). Screenshots: artifacts/screenshots/."""
+    _install(session)
+    session.run("pytest", "tests/dashboard", *session.posargs)
 
 
 @nox.session(python=PYTHON)
