@@ -12,7 +12,7 @@ import base64
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ BASE = "http://127.0.0.1"
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, sc.Scenario]]:
+def records(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, sc.Scenario]:
     """The scripted run, on a virtual clock that starts 20 minutes ago, recorded in chDB."""
     url = f"chdb://{tmp_path_factory.mktemp('dash') / 'records'}"
 
@@ -56,7 +56,7 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, sc.
             await recorder.close()
         return scenario
 
-    yield url, asyncio.run(build())
+    return url, asyncio.run(build())
 
 
 @pytest.fixture

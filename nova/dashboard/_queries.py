@@ -61,6 +61,8 @@ WINDOWS: Mapping[str, tuple[timedelta, timedelta]] = {
 _FIRST_SPAN = timedelta(minutes=10)
 _WIDEN = 8
 _WINDOWED_TRIES = 3
+_LATENCY_SAMPLE = 20_000
+_LATENCY_LOOKBACK = timedelta(days=1)
 _OLDEST_TTL = 60.0  # seconds the oldest event's time is reused (it changes rarely)
 
 _KEY = "toInt128(version) * 16 + indexOf({ranks:Array(String)}, status)"
@@ -82,17 +84,22 @@ GROUP BY r_index, r_queue
 
 _SERIES = """
 SELECT toUnixTimestamp(toStartOfInterval(at, toIntervalSecond({bucket:UInt32}))) AS r_bucket,
-       countIf(status = 'completed'), countIf(status = 'retrying'), countIf(has({failed:Array(String)}, status))
+       countIf(status = 'completed'), countIf(status = 'retrying'), countIf(has({failed:Array(String)}, status)),
+       countIf(status = 'processing')
 FROM {table}
 WHERE at >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC')
-  AND status IN ('completed', 'retrying', 'failed', 'timeout', 'cancelled')
+  AND status IN ('completed', 'retrying', 'failed', 'timeout', 'cancelled', 'processing')
 GROUP BY r_bucket
 ORDER BY r_bucket
 """
 
 # One row per (task, attempt) started in the window: when it started, when it was due
 # (the attempt's eta if it had one: delayed tasks and retries; else when it was queued),
-# and when the attempt ended (completed, retrying, failed...).
+# and when the attempt ended (completed, retrying, failed...). Of the tasks whose hash is
+# 0 modulo {sample}: all of them when few attempts started, a sample of about
+# _LATENCY_SAMPLE when many did (quantiles() itself keeps a sample of 8192 per bucket).
+# Events more than _LATENCY_LOOKBACK before the window are not read: a wait longer than
+# that counts from the window's start.
 _LATENCY = """
 SELECT toUnixTimestamp(toStartOfInterval(r_started, toIntervalSecond({bucket:UInt32}))) AS r_bucket,
        count(),
@@ -107,8 +114,10 @@ FROM (
                   minIf(toNullable(at), status IN ('queued', 'pending'))) AS r_due,
            maxIf(toNullable(at), status != 'processing' AND status NOT IN ('queued', 'pending')) AS r_ended
     FROM {table}
-    WHERE task_id IN (SELECT task_id FROM {table}
-                      WHERE status = 'processing' AND at >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC'))
+    WHERE at >= fromUnixTimestamp64Milli({lookback_ms:Int64}, 'UTC')
+      AND task_id IN (SELECT task_id FROM {table}
+                      WHERE status = 'processing' AND at >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC')
+                        AND cityHash64(task_id) % {sample:UInt64} = 0)
     GROUP BY task_id, attempt
     HAVING r_started >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC')
 )
@@ -195,6 +204,7 @@ class Overview:
     wait_p99: Sequence[float | None]
     duration_p50: Sequence[float | None]
     duration_p99: Sequence[float | None]
+    sampled: int = 1  # the percentiles are of one task in this many (1: of every task)
 
     @property
     def oldest_waiting(self) -> QueueState | None:
@@ -286,7 +296,11 @@ class DashboardQueries:
         state = await self._select(_STATE, {"waiting": waiting})
         series = await self._select(_SERIES, {"bucket": step, "start_ms": start_ms,
                                               "failed": [s.value for s in FAILED_STATUSES]})
-        latency = await self._select(_LATENCY, {"bucket": step, "start_ms": start_ms})
+        attempts = sum(r[4] for r in series)
+        sample = max(1, math.ceil(attempts / _LATENCY_SAMPLE))
+        latency = await self._select(_LATENCY, {
+            "bucket": step, "start_ms": start_ms, "sample": sample,
+            "lookback_ms": start_ms - int(_LATENCY_LOOKBACK.total_seconds() * 1000)})
 
         per_queue: dict[str, dict[TaskStatus, int]] = {}
         oldest: dict[str, tuple[int, str]] = {}
@@ -309,20 +323,20 @@ class DashboardQueries:
         buckets = list(range(start_s, int(now.timestamp()) + 1, step))
         position = {b: i for i, b in enumerate(buckets)}
         completed, retried, failed, started = ([0] * len(buckets) for _ in range(4))
-        for b, c, r, f in series:
+        for b, c, r, f, p in series:
             if b in position:
                 i = position[b]
-                completed[i], retried[i], failed[i] = c, r, f
+                completed[i], retried[i], failed[i], started[i] = c, r, f, p
         quantiles: list[list[float | None]] = [[None] * len(buckets) for _ in range(4)]
-        for b, n, wait, duration in latency:
+        for b, _, wait, duration in latency:
             if b not in position:
                 continue
             i = position[b]
-            started[i] = n
             for j, value in enumerate((*wait, *duration)):
                 quantiles[j][i] = None if value is None or math.isnan(value) else round(value, 6)
+        wait_p50, wait_p99, duration_p50, duration_p99 = quantiles
         return Overview(window, bucket, now, queues, totals, buckets, completed, retried, failed, started,
-                        *quantiles)
+                        wait_p50, wait_p99, duration_p50, duration_p99, sampled=sample)
 
     # -- task lists ----------------------------------------------------------------
     async def tasks(self, where: ListFilter, *, limit: int = 50, offset: int = 0,

@@ -213,6 +213,7 @@ def overview_json(overview: Overview) -> dict[str, Any]:
     return {
         "window": overview.window,
         "bucket_seconds": int(overview.bucket / timedelta(seconds=1)),
+        "percentiles_of_one_task_in": overview.sampled,
         "now": iso(overview.now),
         "totals": _counts(overview.totals),
         "queues": [_queue_json(q, overview.now) for q in overview.queues],

@@ -43,7 +43,7 @@ def _missing() -> str | None:
         import uvicorn  # noqa: F401
     except ImportError as exc:
         return f"{exc.name} is not installed: pip install -e '.[all,dev]'"
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+    for path in (CHROMIUM, CHROMEDRIVER):
         if not (os.path.isfile(path) and os.access(path, os.X_OK)) and shutil.which(path) is None:
             return f"no {path}: apt-get install -y chromium chromium-driver (or set NOVA_CHROMIUM / NOVA_CHROMEDRIVER)"
     return None

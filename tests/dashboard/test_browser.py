@@ -46,7 +46,8 @@ def dash(browser_ready: None, loop_thread: LoopThread, tmp_path_factory: pytest.
         scenario = await sc.run(broker, recorder, deadline=WAIT)
         state.update(scenario=scenario)
         rerun_queue = nova.TaskQueue(broker, topic_prefix=sc.PREFIX)
-        writable: Served = await serve(create_app(recorder, queue=rerun_queue, source="scripted run", refresh_seconds=2))
+        writable: Served = await serve(create_app(recorder, queue=rerun_queue, source="scripted run",
+                                                  refresh_seconds=2))
         read_only: Served = await serve(create_app(recorder, read_only=True, source="scripted run"))
         state.update(servers=[writable, read_only])
         return Dash(writable.url, read_only.url, scenario)
@@ -103,10 +104,12 @@ def test_overview_shows_the_counts_per_status_and_draws_the_charts(browser: Any,
     rows = browser.find_elements(By.CSS_SELECTOR, "#queue-counts tbody tr")
     shown = {}
     for row in rows:
-        counts = {c.get_attribute("data-status"): int(c.text) for c in row.find_elements(By.CSS_SELECTOR, "td[data-status]")}
+        counts = {c.get_attribute("data-status"): int(c.text)
+                  for c in row.find_elements(By.CSS_SELECTOR, "td[data-status]")}
         shown[row.get_attribute("data-queue")] = {k: v for k, v in counts.items() if v}
     assert shown == {q: {s.value: n for s, n in per.items()} for q, per in sc.EXPECTED.items()}
-    totals = {e.get_attribute("data-status"): int(e.text) for e in browser.find_elements(By.CSS_SELECTOR, ".cards .count[data-status]")}
+    totals = {e.get_attribute("data-status"): int(e.text)
+              for e in browser.find_elements(By.CSS_SELECTOR, ".cards .count[data-status]")}
     assert totals == {"pending": 1, "queued": 1, "completed": 7, "failed": 3}
     assert dash.scenario.id("idle") in browser.find_element(By.ID, "oldest-waiting").text
     until(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".chart canvas")) == 3, "three charts")
