@@ -64,7 +64,7 @@
       }
       var series = [{}].concat(spec.names.map(function (n, i) {
         return { label: spec.labels[i], stroke: spec.colors[i], width: 1.5, spanGaps: false,
-                 points: { show: true, size: 4 },
+                 points: { show: data.t.length <= 100, size: 4 },
                  value: function (u, v) { return spec.format(v); } };
       }));
       var opts = {
