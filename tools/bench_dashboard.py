@@ -6,6 +6,9 @@
 ``measure`` prints wall times and the CPU time of this process (chDB runs in it), which
 the machine's load changes less than it changes wall times.
 
+``--partition-by-day`` creates the table partitioned by day before filling it, to
+compare that layout (not the recorder's) with the recorder's.
+
 ``fill`` writes ``--tasks`` tasks' lifecycles (about 3.2 events each: most complete at
 once, some retry, some are dead-lettered, some are delayed, a few are still queued,
 running or retrying) spread over the ``--span`` before now, through the recorder's own
@@ -33,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nova._clickhouse import ClickHouseTaskRecorder
+from nova._clickhouse import _CREATE, ClickHouseTaskRecorder
 from nova._recording import TaskStatus
 
 QUEUES = ("default", "email", "reports", "billing")
@@ -120,8 +123,11 @@ def _task(out: _Columns, rng: random.Random, n: int, start: float, now: float) -
     # else: still queued (never picked up)
 
 
-async def fill(url: str, tasks: int, span: timedelta, batch: int, seed: int) -> None:
-    recorder = ClickHouseTaskRecorder.from_url(url)
+async def fill(url: str, table: str, tasks: int, span: timedelta, batch: int, seed: int, by_day: bool) -> None:
+    recorder = ClickHouseTaskRecorder.from_url(url, table)
+    if by_day:  # the same table, partitioned by day (a layout to compare, not the recorder's)
+        create = _CREATE.replace("ORDER BY", "PARTITION BY toYYYYMMDD(at)\nORDER BY").format(table=recorder._quoted)
+        await recorder._run("create", lambda c: c.command(create))
     rng = random.Random(seed)
     now = time.time()
     start = now - span.total_seconds()
@@ -158,10 +164,10 @@ async def _time(rounds: int, fn: Callable[[], Awaitable[object]]) -> tuple[float
     return statistics.median(times), max(times), statistics.median(cpu)
 
 
-async def measure(url: str, rounds: int) -> None:
+async def measure(url: str, table: str, rounds: int) -> None:
     from nova.dashboard._queries import DashboardQueries, ListFilter
 
-    recorder = ClickHouseTaskRecorder.from_url(url)
+    recorder = ClickHouseTaskRecorder.from_url(url, table)
     queries = DashboardQueries(recorder)
     try:
         rows = await recorder._run("count", lambda c: c.query(
@@ -197,19 +203,23 @@ async def measure(url: str, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="chdb:///tmp/nova-bench-dashboard", help="recorder URL")
+    parser.add_argument("--table", default="nova_task_records", help="recorder table")
     sub = parser.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fill")
     f.add_argument("--tasks", type=int, default=1_000_000)
     f.add_argument("--span", type=float, default=24.0, help="hours before now the tasks are spread over")
     f.add_argument("--batch", type=int, default=200_000, help="events per insert")
     f.add_argument("--seed", type=int, default=1)
+    f.add_argument("--partition-by-day", action="store_true",
+                   help="create the table PARTITION BY toYYYYMMDD(at) first (to compare layouts)")
     m = sub.add_parser("measure")
     m.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if args.command == "fill":
-        asyncio.run(fill(args.url, args.tasks, timedelta(hours=args.span), args.batch, args.seed))
+        asyncio.run(fill(args.url, args.table, args.tasks, timedelta(hours=args.span), args.batch, args.seed,
+                         args.partition_by_day))
     else:
-        asyncio.run(measure(args.url, args.rounds))
+        asyncio.run(measure(args.url, args.table, args.rounds))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ _FIRST_SPAN = timedelta(minutes=10)
 _WIDEN = 8
 _WINDOWED_TRIES = 3
 _LATENCY_SAMPLE = 20_000
-_LATENCY_LOOKBACK = timedelta(days=1)
+_LATENCY_LOOKBACK = timedelta(hours=1)  # at least; else the window's length
 _OLDEST_TTL = 60.0  # seconds the oldest event's time is reused (it changes rarely)
 _NAMES_TTL = 10.0  # seconds the queue and type names are reused
 
@@ -117,34 +117,29 @@ ORDER BY r_bucket
 """
 
 # One row per (task, attempt) started in the window: when it started, when it was due
-# (the attempt's eta if it had one: delayed tasks and retries; else when it was queued),
-# and when the attempt ended (completed, retrying, failed...). Of the tasks whose hash is
-# 0 modulo {sample}: all of them when few attempts started, a sample of about
+# (the attempt's eta if it had one: delayed tasks and retries; else when it was
+# queued), and when the attempt ended (completed, retrying, failed...). One pass over
+# the events since {lookback_ms} (the window's length, at least an hour, before it): a
+# task queued before that counts as due at {lookback_ms} (its wait is then a lower
+# bound). Tasks are grouped by the hash of their id (as in _STATE); of those whose hash
+# is 0 modulo {sample}: all of them when few attempts started, a sample of about
 # _LATENCY_SAMPLE when many did (quantiles() itself keeps a sample of 8192 per bucket).
-# Tasks are matched by the hash of their id (as in _STATE: a set of hashes costs less
-# to build and probe than one of strings).
-# Events more than _LATENCY_LOOKBACK before the window are not read: a wait longer than
-# that counts from the window's start.
 _LATENCY = """
 SELECT toUnixTimestamp(toStartOfInterval(r_started, toIntervalSecond({bucket:UInt32}))) AS r_bucket,
        count(),
-       quantilesIf(0.5, 0.99)((toUnixTimestamp64Milli(r_started) - toUnixTimestamp64Milli(r_due)) / 1000,
-                              isNotNull(r_due)),
+       quantiles(0.5, 0.99)((toUnixTimestamp64Milli(r_started) - r_due_ms) / 1000),
        quantilesIf(0.5, 0.99)((toUnixTimestamp64Milli(r_ended) - toUnixTimestamp64Milli(r_started)) / 1000,
                               isNotNull(r_ended))
 FROM (
-    SELECT attempt,
+    SELECT cityHash64(task_id) AS r_hash, attempt,
            minIf(at, status = 'processing') AS r_started,
-           ifNull(anyIf(eta, status = 'processing'),
-                  minIf(toNullable(at), status IN ('queued', 'pending'))) AS r_due,
-           maxIf(toNullable(at), status != 'processing' AND status NOT IN ('queued', 'pending')) AS r_ended
+           toUnixTimestamp64Milli(ifNull(anyIf(eta, status = 'processing'),
+                                         minIf(toNullable(at), status IN ('queued', 'pending')))) AS r_due_or_null,
+           ifNull(r_due_or_null, {lookback_ms:Int64}) AS r_due_ms,
+           maxIf(toNullable(at), status NOT IN ('processing', 'queued', 'pending')) AS r_ended
     FROM {table}
-    WHERE at >= fromUnixTimestamp64Milli({lookback_ms:Int64}, 'UTC')
-      AND cityHash64(task_id) IN (SELECT cityHash64(task_id) AS r_hash FROM {table}
-                                  WHERE status = 'processing'
-                                    AND at >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC')
-                                    AND r_hash % {sample:UInt64} = 0)
-    GROUP BY cityHash64(task_id), attempt
+    WHERE at >= fromUnixTimestamp64Milli({lookback_ms:Int64}, 'UTC') AND r_hash % {sample:UInt64} = 0
+    GROUP BY r_hash, attempt
     HAVING r_started >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC')
 )
 GROUP BY r_bucket
@@ -335,7 +330,7 @@ class DashboardQueries:
         sample = max(1, math.ceil(attempts / _LATENCY_SAMPLE))
         latency = await self._select(_LATENCY, {
             "bucket": step, "start_ms": start_ms, "sample": sample,
-            "lookback_ms": start_ms - int(_LATENCY_LOOKBACK.total_seconds() * 1000)})
+            "lookback_ms": start_ms - int(max(_LATENCY_LOOKBACK, span).total_seconds() * 1000)})
 
         per_queue: dict[str, dict[TaskStatus, int]] = {}
         oldest: dict[str, tuple[int, int]] = {}  # queue -> (due ms, task id hash)
