@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,28 +42,49 @@ from tests.dashboard import scenario as sc
 BASE = "http://127.0.0.1"
 
 
-@pytest.fixture(scope="module")
-def records(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, sc.Scenario]:
-    """The scripted run, on a virtual clock that starts 20 minutes ago, recorded in chDB."""
-    url = f"chdb://{tmp_path_factory.mktemp('dash') / 'records'}"
+SERVER_URL = os.environ.get("NOVA_CLICKHOUSE_URL")
+Records = tuple[Callable[[], ClickHouseTaskRecorder], sc.Scenario]  # (a recorder over them, the run)
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param("chdb", id="chdb"),
+    pytest.param("server", id="server", marks=pytest.mark.skipif(
+        SERVER_URL is None, reason="set NOVA_CLICKHOUSE_URL to run against a ClickHouse server")),
+])
+def records(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Records]:
+    """The scripted run, on a virtual clock that starts 20 minutes ago, recorded in chDB or on a server."""
+    url = f"chdb://{tmp_path_factory.mktemp('dash') / 'records'}" if request.param == "chdb" else SERVER_URL
+    assert url is not None
+    table = f"nova_dash_test_{uuid.uuid4().hex[:12]}"
+
+    def recorder(**kw: Any) -> ClickHouseTaskRecorder:
+        return ClickHouseTaskRecorder.from_url(url, table, store_payload=True, **kw)
 
     async def build() -> sc.Scenario:
         clock = VirtualClock(datetime.now(UTC) - timedelta(minutes=20))
-        recorder = ClickHouseTaskRecorder.from_url(url, store_payload=True, clock=clock)
+        made = recorder(clock=clock)
         try:
-            scenario = await sc.run(SimBroker(clock=clock), recorder)
+            scenario = await sc.run(SimBroker(clock=clock), made)
             assert scenario.worker is not None
             await scenario.worker.stop()
         finally:
-            await recorder.close()
+            await made.close()
         return scenario
 
-    return url, asyncio.run(build())
+    yield recorder, asyncio.run(build())
+
+    if request.param == "server":
+        async def drop() -> None:
+            made = recorder()
+            await made._run("drop", lambda client: client.command(f"DROP TABLE IF EXISTS {made._quoted}"))
+            await made.close()
+
+        asyncio.run(drop())
 
 
 @pytest.fixture
-async def queries(records: tuple[str, sc.Scenario]) -> AsyncIterator[DashboardQueries]:
-    recorder = ClickHouseTaskRecorder.from_url(records[0], store_payload=True)
+async def queries(records: Records) -> AsyncIterator[DashboardQueries]:
+    recorder = records[0]()
     yield DashboardQueries(recorder)
     await recorder.close()
 
@@ -71,12 +94,12 @@ def http_client(app: Any) -> httpx.AsyncClient:
 
 
 @pytest.fixture
-async def client_for(records: tuple[str, sc.Scenario]) -> AsyncIterator[Any]:
+async def client_for(records: Records) -> AsyncIterator[Any]:
     """Makes HTTP clients of an app over the records (with create_app's keyword arguments)."""
     made: list[tuple[httpx.AsyncClient, ClickHouseTaskRecorder]] = []
 
     def make(**kw: Any) -> httpx.AsyncClient:
-        recorder = ClickHouseTaskRecorder.from_url(records[0], store_payload=True)
+        recorder = records[0]()
         made.append((http_client(create_app(recorder, **kw)), recorder))
         return made[-1][0]
 
@@ -94,7 +117,7 @@ def csrf_of(html: str) -> str:
 
 # -- queries -------------------------------------------------------------------------------
 async def test_overview_counts_each_queue_and_status(queries: DashboardQueries,
-                                                     records: tuple[str, sc.Scenario]) -> None:
+                                                     records: Records) -> None:
     overview = await queries.overview("1h")
     assert {q.queue: dict(q.counts) for q in overview.queues} == sc.EXPECTED
     assert overview.totals == {TaskStatus.COMPLETED: 7, TaskStatus.FAILED: 3, TaskStatus.PENDING: 1,
@@ -126,7 +149,7 @@ async def test_an_empty_window_has_buckets_but_no_numbers(queries: DashboardQuer
 
 
 async def test_the_status_filter_finds_exactly_those_tasks(queries: DashboardQueries,
-                                                           records: tuple[str, sc.Scenario]) -> None:
+                                                           records: Records) -> None:
     s = records[1]
     failed = await queries.tasks(ListFilter.of(TaskStatus.FAILED))
     assert {r.task_id for r in failed.records} == {*s.ids["invoice"], *s.ids["hostile"]}
@@ -153,7 +176,7 @@ async def test_pages_walk_every_task_once_newest_first(queries: DashboardQueries
     assert updated == sorted(updated, reverse=True)
 
 
-async def test_time_filters_and_the_id_prefix(queries: DashboardQueries, records: tuple[str, sc.Scenario]) -> None:
+async def test_time_filters_and_the_id_prefix(queries: DashboardQueries, records: Records) -> None:
     s = records[1]
     assert (await queries.tasks(ListFilter(since=datetime.now(UTC)))).records == []
     everything = await queries.tasks(ListFilter(since=datetime.now(UTC) - timedelta(hours=1)))
@@ -166,7 +189,7 @@ async def test_time_filters_and_the_id_prefix(queries: DashboardQueries, records
 
 
 async def test_a_task_story_has_its_attempts_and_errors(queries: DashboardQueries,
-                                                        records: tuple[str, sc.Scenario]) -> None:
+                                                        records: Records) -> None:
     story = await queries.task(records[1].id("invoice"))
     assert story is not None
     assert story.record.status is TaskStatus.FAILED and story.record.payload == b'{"invoice": 4711}'
@@ -262,7 +285,7 @@ async def test_run_again_needs_the_payload_and_a_broker(tmp_path: Path) -> None:
 
 
 # -- HTTP: pages, API, safety ----------------------------------------------------------------
-async def test_pages_and_api_answer(client_for: Any, records: tuple[str, sc.Scenario]) -> None:
+async def test_pages_and_api_answer(client_for: Any, records: Records) -> None:
     client = client_for()
     for path in ("/", "/?window=7d", "/tasks", "/tasks?status=failed&queue=default", "/failures",
                  "/failures?tab=retrying", task_url(records[1].id("binary"))):
@@ -290,7 +313,7 @@ async def test_pages_and_api_answer(client_for: Any, records: tuple[str, sc.Scen
     assert (await client.get("/tasks", params={"status": "nope"})).status_code == 400
 
 
-async def test_the_id_search_goes_to_the_task(client_for: Any, records: tuple[str, sc.Scenario]) -> None:
+async def test_the_id_search_goes_to_the_task(client_for: Any, records: Records) -> None:
     client = client_for()
     target = records[1].id("email", 2)
     response = await client.get("/tasks", params={"q": target})
@@ -299,7 +322,7 @@ async def test_the_id_search_goes_to_the_task(client_for: Any, records: tuple[st
     assert target in prefix
 
 
-async def test_hostile_text_is_shown_as_text(client_for: Any, records: tuple[str, sc.Scenario]) -> None:
+async def test_hostile_text_is_shown_as_text(client_for: Any, records: Records) -> None:
     client = client_for()
     pages = [(await client.get("/tasks")).text, (await client.get("/failures")).text,
              (await client.get(task_url(records[1].id("hostile")))).text]
@@ -314,7 +337,7 @@ async def test_hostile_text_is_shown_as_text(client_for: Any, records: tuple[str
         '<script src="/static/dashboard.js" defer>']
 
 
-async def test_every_action_needs_the_pages_csrf_token(client_for: Any, records: tuple[str, sc.Scenario]) -> None:
+async def test_every_action_needs_the_pages_csrf_token(client_for: Any, records: Records) -> None:
     client = client_for()
     target = records[1].id("email", 3)
     token = csrf_of((await client.get(task_url(target))).text)
@@ -335,7 +358,7 @@ async def test_every_action_needs_the_pages_csrf_token(client_for: Any, records:
     assert (await client.post("/actions/explode", data={**form, "csrf": token})).status_code == 404
 
 
-async def test_read_only_offers_and_takes_no_action(client_for: Any, records: tuple[str, sc.Scenario]) -> None:
+async def test_read_only_offers_and_takes_no_action(client_for: Any, records: Records) -> None:
     client = client_for(read_only=True)
     html = (await client.get(task_url(records[1].id("invoice")))).text + (await client.get("/failures")).text
     assert "/actions/" not in html and 'name="csrf"' not in html and 'id="read-only"' in html
