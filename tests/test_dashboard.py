@@ -11,8 +11,11 @@ import asyncio
 import base64
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -453,3 +456,37 @@ def test_back_links_stay_on_the_site() -> None:
     for bad in ("//evil.example/x", "http://evil.example/", "tasks", "/\\evil", None, "/x\nSet-Cookie: a=b"):
         assert safe_back(bad) == "/"
     assert task_url("a/b <c>?") == "/tasks/a%2Fb%20%3Cc%3E%3F"
+
+
+def test_the_readme_commands_serve_the_demos_records(tmp_path: Path) -> None:
+    """`nova demo --recorder chdb://DIR` then `nova dashboard --recorder chdb://DIR`, as the README says."""
+    url = f"chdb://{tmp_path / 'nova-demo'}"
+    demo = subprocess.run([sys.executable, "-m", "nova.cli", "demo", "--quiet", "--recorder", url],
+                          capture_output=True, text=True, timeout=120)
+    assert demo.returncode == 0, demo.stderr
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "nova.cli", "dashboard", "--recorder", url, "--port", str(port)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as server:
+        try:
+            assert server.stdout is not None
+            banner = server.stdout.readline()  # printed once the records were read, just before serving
+            assert banner.startswith(f"nova dashboard on http://127.0.0.1:{port}/") and "(20 tasks;" in banner, banner
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    overview = httpx.get(f"http://127.0.0.1:{port}/api/overview", timeout=5).json()
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            assert overview["totals"] == {"completed": 20}
+            assert {q["queue"] for q in overview["queues"]} == {"default", "reports"}
+            page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+            assert page.status_code == 200 and "nova dashboard" in page.text
+        finally:
+            server.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop, exit status 0
+            _, errors = server.communicate(timeout=30)
+    assert server.returncode == 0 and "Traceback" not in errors, errors

@@ -133,7 +133,10 @@ def run_dashboard(args: argparse.Namespace) -> int:
           flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             server_header=False, proxy_headers=False, lifespan="on")
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    except KeyboardInterrupt:  # uvicorn stops gracefully, then raises the signal it caught again
+        pass
     return 0
 
 
