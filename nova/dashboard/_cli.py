@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from typing import Any
@@ -133,10 +134,8 @@ def run_dashboard(args: argparse.Namespace) -> int:
           flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             server_header=False, proxy_headers=False, lifespan="on")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops gracefully, then raises the signal again
         uvicorn.Server(config).run()
-    except KeyboardInterrupt:  # uvicorn stops gracefully, then raises the signal it caught again
-        pass
     return 0
 
 
