@@ -241,10 +241,11 @@ async def test_run_again_sends_a_dead_letter_back_and_the_worker_completes_it(tm
         outcomes = await actions.rerun([invoice, email, "no-such-task"])
         assert [o.ok for o in outcomes] == [True, False, False]
         assert "completed, not failed" in outcomes[1].message and "no such task" in outcomes[2].message
-        # the QUEUED step is recorded at once: a second click finds nothing to do
-        assert (await recorder.get(invoice)).status is TaskStatus.QUEUED  # type: ignore[union-attr]
+        # the QUEUED step is recorded at once (the worker may already be past it): a second
+        # click finds the task no longer failed and sends nothing
+        assert (await recorder.get(invoice)).status is not TaskStatus.FAILED  # type: ignore[union-attr]
         again = await actions.rerun([invoice])
-        assert not again[0].ok and "queued, not failed" in again[0].message
+        assert not again[0].ok and ", not failed" in again[0].message
 
         expected = {**sc.EXPECTED, "default": {TaskStatus.FAILED: 2, TaskStatus.COMPLETED: 2,
                                                TaskStatus.PENDING: 1}}
