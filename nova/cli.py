@@ -42,7 +42,6 @@ def _build_parser() -> argparse.ArgumentParser:
     from nova._runtime import add_worker_parser
 
     add_worker_parser(sub)
-
     from nova.dashboard._cli import add_dashboard_parser
 
     add_dashboard_parser(sub)
