@@ -424,7 +424,9 @@ def test_bad_urls_are_configuration_errors(url: str, problem: str) -> None:
 # --- restart ------------------------------------------------------------------------------------
 
 
-async def test_broker_restart_mid_stream_loses_nothing(kafka_broker: Factory, kafka_name: Names) -> None:
+async def test_broker_restart_mid_stream_loses_nothing(
+    kafka_broker: Factory, kafka_name: Names, restart_broker: Callable[[], Awaitable[None]]
+) -> None:
     broker = kafka_broker()
     topic, group = kafka_name("t"), kafka_name("g")
     sub = await broker.subscribe([topic], group=group, window=50)
@@ -451,14 +453,7 @@ async def test_broker_restart_mid_stream_loses_nothing(kafka_broker: Factory, ka
     tasks = [asyncio.create_task(produce()), asyncio.create_task(consume())]
     try:
         await eventually(lambda: _now(len(received) >= 100))
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, str(ROOT / "tools" / "brokers.py"), "restart", "kafka"],
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        assert result.returncode == 0, result.stderr
+        await restart_broker()
         restarted.set()
         await asyncio.wait_for(tasks[0], 120)
         await eventually(lambda: _now(confirmed <= received), within=120)

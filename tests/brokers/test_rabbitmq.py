@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -383,7 +383,9 @@ async def test_unreachable_broker_is_a_connection_error(
 
 
 async def test_broker_restart_mid_stream_loses_nothing_and_consumers_resume(
-    rabbitmq_brokers: Callable[..., RabbitMQBroker], rabbitmq_topics: Callable[[], str]
+    rabbitmq_brokers: Callable[..., RabbitMQBroker],
+    rabbitmq_topics: Callable[[], str],
+    restart_broker: Callable[[], Awaitable[None]],
 ) -> None:
     topic = rabbitmq_topics()
     producer, consumer = rabbitmq_brokers(), rabbitmq_brokers()
@@ -413,15 +415,7 @@ async def test_broker_restart_mid_stream_loses_nothing_and_consumers_resume(
 
     await produce(50)
     await got.wait(lambda: len(acked) >= 20)
-    restart = asyncio.create_task(
-        asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, str(ROOT / "tools" / "brokers.py"), "restart", "rabbitmq"],
-            check=True,
-            capture_output=True,
-            timeout=180,
-        )
-    )
+    restart = asyncio.create_task(restart_broker())
     # keep publishing while the broker goes down and comes back
     while not restart.done():
         await produce(1)
@@ -446,7 +440,7 @@ async def test_broker_restart_mid_stream_loses_nothing_and_consumers_resume(
 
 
 async def test_task_queue_survives_a_broker_restart_with_delayed_tasks(
-    rabbitmq_brokers: Callable[..., RabbitMQBroker],
+    rabbitmq_brokers: Callable[..., RabbitMQBroker], restart_broker: Callable[[], Awaitable[None]]
 ) -> None:
     """End to end through the engine: ready and delayed tasks across a restart."""
     import nova
@@ -471,15 +465,7 @@ async def test_task_queue_survives_a_broker_restart_with_delayed_tasks(
         due[b"later%d" % i] = time.time() + delay
         await queue.enqueue(nova.Task("t", b"later%d" % i), process_in=delay)
     expected |= set(due)
-    restart = asyncio.create_task(
-        asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, str(ROOT / "tools" / "brokers.py"), "restart", "rabbitmq"],
-            check=True,
-            capture_output=True,
-            timeout=180,
-        )
-    )
+    restart = asyncio.create_task(restart_broker())
     n = 0
     while not restart.done():
         await queue.enqueue(nova.Task("t", b"during%d" % n))  # waits out the outage

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -403,7 +403,7 @@ async def test_acl_user_without_permission_cannot_publish(
 
 
 async def test_broker_restart_mid_stream_loses_nothing(
-    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str, restart_broker: Callable[[], Awaitable[None]]
 ) -> None:
     broker = rocketmq_make()
     topic = f"{rocketmq_prefix}_q_normal"
@@ -412,12 +412,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
     sent = [f"before{i}".encode() for i in range(20)]
     await broker.publish([Message(topic, b) for b in sent])
     await wait_for(lambda: len(c.got) >= 5)
-    restart = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "tools" / "brokers.py"), "restart", "rocketmq",
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await restart.communicate()
-    assert restart.returncode == 0, err.decode()
+    await restart_broker()
     after = [f"after{i}".encode() for i in range(20)]
     deadline = time.monotonic() + 60
     while True:  # the client reconnects on its own; publishing may fail until it has
