@@ -69,11 +69,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_configure(config: pytest.Config) -> None:
     broker = config.getoption("--broker")
+    containers = uses_containers(config)
     if broker == "rocketmq":
         # A failing test's report then shows each receive (topic, lane, got of asked) and when
         # each timer message was sent and received (tells a stalled pump from a held message).
         logging.getLogger("nova.rocketmq").setLevel(logging.DEBUG)
-    if broker != "sim" and uses_containers(config):
+    if broker != "sim" and containers:
         _prepare_containers(config, broker)
 
 

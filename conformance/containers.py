@@ -266,24 +266,31 @@ class BrokerContainer:
 
     # -- lifecycle
 
-    def make_container(self) -> DockerContainer:
-        from testcontainers.core.container import DockerContainer
-
-        container = DockerContainer(self.image)
-        for key, value in self.environment().items():
-            container.with_env(key, value)
-        for path, content in self.files().items():
-            container.with_copy_into_container(content, path, 0o755 if path.endswith(".sh") else 0o644)
+    def options(self) -> dict[str, Any]:
+        """How the container is made: environment, files copied in, published ports, docker options."""
         kwargs: dict[str, Any] = {"labels": self.labels, "stop_signal": "SIGTERM"}
         if self.START_SCRIPT is not None:
             kwargs["entrypoint"] = ["bash", self.START_SCRIPT]
+        ports: dict[str, int] = {}
         if self.settings.network == "host":
             kwargs["network_mode"] = "host"
         else:
-            for port in self._published_ports():
-                # Same number inside and out: the broker advertises what the tests dial.
-                container.ports[f"{port}/tcp"] = port
-        container.with_kwargs(**kwargs)
+            # Same number inside and out: the broker advertises what the tests dial.
+            ports = {f"{port}/tcp": port for port in self._published_ports()}
+        return {"env": self.environment(), "files": self.files(), "ports": ports, "kwargs": kwargs}
+
+    def make_container(self) -> DockerContainer:
+        from testcontainers.core.container import DockerContainer
+
+        options = self.options()
+        container = DockerContainer(self.image)
+        for key, value in options["env"].items():
+            container.with_env(key, value)
+        for path, content in options["files"].items():
+            container.with_copy_into_container(content, path, 0o755 if path.endswith(".sh") else 0o644)
+        for inside, outside in options["ports"].items():
+            container.with_bind_ports(inside, outside)
+        container.with_kwargs(**options["kwargs"])
         return container
 
     def _published_ports(self) -> list[int]:
@@ -560,15 +567,17 @@ log.file = false
             "RABBITMQ_NODENAME": harness_rabbitmq.NODENAME,
             "ERL_EPMD_ADDRESS": "127.0.0.1",
             "ERL_EPMD_PORT": str(self.ports["epmd"]),
+            # Checked before the config file is read (else AMQP's default port + 20000).
+            "RABBITMQ_DIST_PORT": str(self.ports["dist"]),
         }
 
     def _amqp_answers(self, port: int, tls: bool) -> bool:
         try:
-            with socket.create_connection((self.host, port), timeout=3) as raw:
-                sock: socket.socket = raw
+            with contextlib.ExitStack() as stack:
+                sock = stack.enter_context(socket.create_connection((self.host, port), timeout=3))
                 if tls:
                     context = ssl.create_default_context(cafile=str(self.certs.path("ca.pem")))
-                    sock = context.wrap_socket(raw, server_hostname=self.host)
+                    sock = stack.enter_context(context.wrap_socket(sock, server_hostname=self.host))
                 sock.sendall(b"AMQP\x00\x00\x09\x01")
                 frame = sock.recv(7)
                 return len(frame) == 7 and frame[0] == 1  # a METHOD frame: Connection.Start
