@@ -3,6 +3,7 @@
     nox -s tests                              # unit + property + conformance on SimBroker
     nox -s lint types
     nox -s conformance -- --broker kafka      # Kafka up (unless NOVA_KAFKA_BOOTSTRAP is set), run, down
+    nox -s conformance -- --broker kafka --containers   # Kafka in a Docker container instead
     nox -s fuzz                               # longer Hypothesis runs
     nox -s bench -- --broker sim
     nox -s browser                            # the dashboard in a real headless Chromium (Debian's)
@@ -73,17 +74,22 @@ def _harness_env(session: nox.Session, broker: str) -> dict[str, str]:
 
 @nox.session(python=PYTHON)
 def conformance(session: nox.Session) -> None:
-    """The conformance suite and broker tests against one backend: ``-- --broker NAME``."""
+    """The conformance suite and broker tests against one backend: ``-- --broker NAME``.
+
+    With ``--containers`` (or ``NOVA_BROKERS=containers``) pytest starts the broker in a
+    Docker container itself; otherwise the harness brings it up and down around the run.
+    """
     args = list(session.posargs)
     broker = "sim"
     if "--broker" in args:
         broker = args[args.index("--broker") + 1]
     else:
         args += ["--broker", broker]
+    containers = "--containers" in args or os.environ.get("NOVA_BROKERS") == "containers"
     _install(session)
     started = False
     env: dict[str, str] = {}
-    if broker != "sim" and not os.environ.get(ENDPOINT_VARS[broker]):
+    if broker != "sim" and not containers and not os.environ.get(ENDPOINT_VARS[broker]):
         session.run("python", "tools/brokers.py", "up", broker)
         started = True
         env = _harness_env(session, broker)
