@@ -148,8 +148,8 @@ def _docker_host(env: dict[str, str] | os._Environ[str], network: str) -> str:
 class Certs:
     """A CA, a server certificate, a client certificate and an unrelated CA, as the harness makes them.
 
-    The server certificate names 127.0.0.1, localhost and the Docker host; Kafka gets
-    its PEM keystore (key, certificate, CA) from ``keystore``.
+    The server certificate names 127.0.0.1, localhost and the Docker host;
+    ``server.keystore.pem`` (key, certificate, CA) is Kafka's PEM keystore.
     """
 
     def __init__(self, directory: Path, hosts: tuple[str, ...]) -> None:
@@ -297,7 +297,9 @@ class BrokerContainer:
         return list(self.ports.values())
 
     def start(self) -> None:
-        taken = [f"{self.host}:{p}" for p in self._published_ports() if _port_open(self.host, p)]
+        # On the host's network every port the broker opens is the host's.
+        wanted = list(self.ports.values()) if self.settings.network == "host" else self._published_ports()
+        taken = [f"{self.host}:{p}" for p in wanted if _port_open(self.host, p)]
         if taken:
             raise ContainerError(
                 f"{self.name}: {', '.join(taken)} already answer (another broker or an old container?); "

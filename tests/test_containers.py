@@ -349,3 +349,13 @@ def test_containers_without_a_docker_engine_stop_the_run_and_say_what_to_do(how:
     assert result.returncode == 4
     assert "--containers needs a running Docker engine" in result.stderr
     assert "python tools/brokers.py up" in result.stderr
+
+
+def test_a_port_already_in_use_stops_the_start_before_any_container_is_made() -> None:
+    kafka = make(KafkaContainer, NOVA_CONTAINERS_NETWORK="host", NOVA_CONTAINERS_PORT_OFFSET="30000")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", kafka.ports["CONTROLLER"]))  # not published, but the host's on its network
+        listener.listen()
+        with pytest.raises(ContainerError, match=r"127\.0\.0\.1:39093 already answer.*NOVA_CONTAINERS_PORT_OFFSET"):
+            kafka.start()
+    assert kafka.container is None
