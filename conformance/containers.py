@@ -15,8 +15,8 @@ Settings (environment):
 
     NOVA_KAFKA_IMAGE, NOVA_RABBITMQ_IMAGE, NOVA_ROCKETMQ_IMAGE   images (default: the official ones)
     NOVA_CONTAINERS_NETWORK=host        share the host's network (default: bridge with port bindings)
-    NOVA_CONTAINERS_PORT_OFFSET=10000   each broker's ports are the harness's plus this offset
-                                        (Kafka 19092-19096, RabbitMQ 15672/15671, RocketMQ 18081, ...)
+    NOVA_CONTAINERS_PORT_OFFSET=5000    each broker's ports are the harness's plus this offset
+                                        (Kafka 14092-14096, RabbitMQ 10672/10671, RocketMQ 13081, ...)
 
 A container's ports are the same inside and out (no random host ports), so each broker
 advertises addresses that work from the tests. Containers carry labels naming this
@@ -62,7 +62,9 @@ DEFAULT_IMAGES = {
     "rocketmq": f"apache/rocketmq:{harness_rocketmq.VERSION}",
 }
 IMAGE_VARS = {"kafka": "NOVA_KAFKA_IMAGE", "rabbitmq": "NOVA_RABBITMQ_IMAGE", "rocketmq": "NOVA_ROCKETMQ_IMAGE"}
-DEFAULT_PORT_OFFSET = 10_000
+# Clear of the harness's ports (and the cluster harness's 18080-22912), and every port stays
+# below Linux's ephemeral range (32768+), where an outgoing connection may hold one.
+DEFAULT_PORT_OFFSET = 5_000
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30  # docker stop/restart: SIGTERM, then SIGKILL after this long
 LABEL = "nova.containers"
@@ -742,7 +744,7 @@ exec "$java" -Xms64m -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Drocketm
 import asyncio, sys, uuid
 sys.path.insert(0, {str(ROOT)!r})
 from nova._broker import Message
-from nova._rocketmq import RocketMQBroker
+from nova.brokers.rocketmq import RocketMQBroker
 
 async def main():
     broker = RocketMQBroker("{self.host}:{self.ports['grpc']}", namesrv="{self.host}:{self.ports['namesrv']}",

@@ -60,7 +60,7 @@ def test_defaults_are_the_official_images_on_a_bridge_network_offset_from_the_ha
         "rabbitmq": "rabbitmq:4.0",
         "rocketmq": f"apache/rocketmq:{harness_rocketmq.VERSION}",
     }
-    assert (s.network, s.port_offset, s.host, s.bind) == ("bridge", 10_000, "127.0.0.1", "0.0.0.0")
+    assert (s.network, s.port_offset, s.host, s.bind) == ("bridge", 5_000, "127.0.0.1", "0.0.0.0")
     assert s.rocketmq_acl
 
 
@@ -103,8 +103,8 @@ def test_bad_settings_say_what_to_fix(env: dict[str, str], message: str) -> None
 def test_kafka_exports_the_harness_variables_on_the_offset_ports() -> None:
     ours, theirs = make(KafkaContainer).env(), harness_kafka.env()
     assert ours.keys() == theirs.keys() and set(ours) == set(containers.ENDPOINT_VARS["kafka"])
-    assert ours["NOVA_KAFKA_BOOTSTRAP"] == "127.0.0.1:19092"
-    assert ours["NOVA_KAFKA_SASL_SSL_BOOTSTRAP"] == "127.0.0.1:19096"
+    assert ours["NOVA_KAFKA_BOOTSTRAP"] == "127.0.0.1:14092"
+    assert ours["NOVA_KAFKA_SASL_SSL_BOOTSTRAP"] == "127.0.0.1:14096"
     assert (ours["NOVA_KAFKA_USER"], ours["NOVA_KAFKA_PASSWORD"]) == (theirs["NOVA_KAFKA_USER"],
                                                                       theirs["NOVA_KAFKA_PASSWORD"])  # fmt: skip
     # A test finds the untrusted CA next to the trusted one.
@@ -114,8 +114,8 @@ def test_kafka_exports_the_harness_variables_on_the_offset_ports() -> None:
 def test_rabbitmq_exports_the_harness_variables_on_the_offset_ports() -> None:
     ours, theirs = make(RabbitMQContainer).env(), harness_rabbitmq.env()
     assert ours.keys() == theirs.keys() and set(ours) == set(containers.ENDPOINT_VARS["rabbitmq"])
-    assert ours["NOVA_RABBITMQ_URL"] == theirs["NOVA_RABBITMQ_URL"].replace(":5672/", ":15672/")
-    assert ours["NOVA_RABBITMQ_TLS_URL"] == theirs["NOVA_RABBITMQ_TLS_URL"].replace(":5671/", ":15671/")
+    assert ours["NOVA_RABBITMQ_URL"] == theirs["NOVA_RABBITMQ_URL"].replace(":5672/", ":10672/")
+    assert ours["NOVA_RABBITMQ_TLS_URL"] == theirs["NOVA_RABBITMQ_TLS_URL"].replace(":5671/", ":10671/")
 
 
 @pytest.mark.parametrize("acl", [True, False])
@@ -130,8 +130,8 @@ def test_rocketmq_exports_the_harness_variables_with_and_without_acl(
     # The admin classpath names jars on the host, for running RocketMQ's admin tool by hand.
     assert ours.keys() == theirs.keys() - {"NOVA_ROCKETMQ_ADMIN_CLASSPATH"}
     assert set(ours) <= set(containers.ENDPOINT_VARS["rocketmq"])
-    assert ours["NOVA_ROCKETMQ_ENDPOINTS"] == "127.0.0.1:18081"
-    assert ours["NOVA_ROCKETMQ_NAMESRV"] == "127.0.0.1:19876"
+    assert ours["NOVA_ROCKETMQ_ENDPOINTS"] == "127.0.0.1:13081"
+    assert ours["NOVA_ROCKETMQ_NAMESRV"] == "127.0.0.1:14876"
     assert {k: v for k, v in ours.items() if "KEY" in k} == {k: v for k, v in theirs.items() if "KEY" in k}
 
 
@@ -143,6 +143,7 @@ def test_no_container_port_is_a_harness_port_or_another_brokers() -> None:
     ours = [port for cls in BROKERS.values() for port in make(cls).ports.values()]
     assert len(ours) == len(set(ours))
     assert not harness & set(ours)
+    assert max(ours) < 32_768  # below the ephemeral range: no outgoing connection holds one
 
 
 # --- the same broker configuration as the harness --------------------------------------------
@@ -159,13 +160,13 @@ def test_kafka_is_configured_as_the_harness_configures_it(tmp_path: Path, monkey
     assert ours.keys() == theirs.keys()
     assert {k: v for k, v in ours.items() if k not in where} == {k: v for k, v in theirs.items() if k not in where}
     for key in ("listeners", "advertised.listeners"):
-        assert ours[key] == re.sub(r":(\d+)", lambda m: f":{int(m[1]) + 10_000}", theirs[key])
+        assert ours[key] == re.sub(r":(\d+)", lambda m: f":{int(m[1]) + 5_000}", theirs[key])
 
 
 def test_kafka_listens_on_every_interface_of_its_own_network_but_advertises_the_docker_host() -> None:
     props = _properties(make(KafkaContainer, DOCKER_HOST="tcp://10.1.2.3:2375").server_properties())
-    assert props["listeners"].startswith("PLAINTEXT://0.0.0.0:19092,CONTROLLER://127.0.0.1:19093,")
-    assert props["advertised.listeners"].startswith("PLAINTEXT://10.1.2.3:19092,SASL_PLAINTEXT://10.1.2.3:19094")
+    assert props["listeners"].startswith("PLAINTEXT://0.0.0.0:14092,CONTROLLER://127.0.0.1:14093,")
+    assert props["advertised.listeners"].startswith("PLAINTEXT://10.1.2.3:14092,SASL_PLAINTEXT://10.1.2.3:14094")
 
 
 def test_rabbitmq_is_configured_as_the_harness_configures_it() -> None:
@@ -180,7 +181,7 @@ def test_rabbitmq_is_configured_as_the_harness_configures_it() -> None:
     assert different == {"listeners.tcp.default", "listeners.ssl.default", "ssl_options.cacertfile",
                          "ssl_options.certfile", "ssl_options.keyfile", "distribution.listener.port_range.min",
                          "distribution.listener.port_range.max"}  # fmt: skip
-    assert ours["listeners.tcp.default"] == "127.0.0.1:15672"
+    assert ours["listeners.tcp.default"] == "127.0.0.1:10672"
 
 
 @pytest.mark.parametrize("acl", [True, False])
@@ -196,13 +197,13 @@ def test_rocketmq_is_configured_as_the_harness_configures_it(
     where = {"namesrvAddr", "listenPort", "storePathRootDir", "storePathCommitLog"}
     assert ours.keys() == theirs.keys()
     assert {k: v for k, v in ours.items() if k not in where} == {k: v for k, v in theirs.items() if k not in where}
-    assert (ours["namesrvAddr"], ours["listenPort"]) == ("127.0.0.1:19876", "20911")
+    assert (ours["namesrvAddr"], ours["listenPort"]) == ("127.0.0.1:14876", "15911")
     their_proxy, our_proxy = json.loads(proxy_json.read_text()), rocket.proxy_config()
     ports = {"namesrvAddr", "grpcServerPort", "remotingListenPort"}
     assert {k: v for k, v in our_proxy.items() if k not in ports} == {
         k: v for k, v in their_proxy.items() if k not in ports
     }
-    assert (our_proxy["grpcServerPort"], our_proxy["remotingListenPort"]) == (18081, 18080)
+    assert (our_proxy["grpcServerPort"], our_proxy["remotingListenPort"]) == (13081, 13080)
 
 
 # --- container options --------------------------------------------------------------------------
@@ -233,7 +234,7 @@ def test_rabbitmq_loads_only_its_own_config_and_no_plugins() -> None:
     assert options["env"]["RABBITMQ_CONFIG_FILE"] in options["files"]
     assert options["env"]["RABBITMQ_ENABLED_PLUGINS_FILE"] in options["files"]
     assert options["files"][options["env"]["RABBITMQ_ENABLED_PLUGINS_FILE"]] == b"[].\n"
-    assert options["env"]["RABBITMQ_DIST_PORT"] == "35672" and options["env"]["ERL_EPMD_PORT"] == "14369"
+    assert options["env"]["RABBITMQ_DIST_PORT"] == "30672" and options["env"]["ERL_EPMD_PORT"] == "9369"
 
 
 def test_secrets_stay_out_of_the_container_environment_and_command() -> None:
