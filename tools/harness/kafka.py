@@ -158,13 +158,13 @@ def _fetch_jars() -> None:
 # --- certificates -------------------------------------------------------------------------------
 
 
-def _make_certs() -> None:
+def _make_certs(certs: Path = CERTS) -> None:
     """A CA, a server certificate for 127.0.0.1/localhost and a client certificate (PEM, PKCS#8)."""
-    if (CERTS / "server.keystore.pem").exists() and (CERTS / "client.pem").exists():
+    if (certs / "server.keystore.pem").exists() and (certs / "client.pem").exists():
         return
-    shutil.rmtree(CERTS, ignore_errors=True)
-    CERTS.mkdir(parents=True)
-    c = CERTS
+    shutil.rmtree(certs, ignore_errors=True)
+    certs.mkdir(parents=True)
+    c = certs
     _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
           "-subj", "/CN=nova test CA", "-keyout", str(c / "ca.key"), "-out", str(c / "ca.pem"),
           "-addext", "basicConstraints=critical,CA:TRUE",
@@ -198,12 +198,29 @@ def _make_certs() -> None:
 def _write_config() -> None:
     RUN.mkdir(parents=True, exist_ok=True)
     (RUN / "logs").mkdir(exist_ok=True)
-    p = PORTS
+    quorum = f"controller.quorum.bootstrap.servers={HOST}:{PORTS['CONTROLLER']}"
+    CONFIG.write_text(_server_properties(node_id=1, ports=PORTS, quorum=quorum, data=DATA, certs=CERTS))
+    LOG4J_CONFIG.write_text(_LOG4J)
+
+
+def _server_properties(
+    *,
+    node_id: int,
+    ports: dict[str, int],
+    quorum: str,
+    data: Path,
+    certs: Path,
+    replicas: int = 1,
+    extra: tuple[str, ...] = (),
+) -> str:
+    """One node's server.properties; ``replicas`` > 1 (a cluster) sets the replication defaults."""
+    p = ports
+    min_isr = 1 if replicas == 1 else 2
     plain_users = f'user_{ADMIN_USER}="{ADMIN_PASSWORD}" user_{USER}="{PASSWORD}"'
     lines = [
         "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.bootstrap.servers={HOST}:{p['CONTROLLER']}",
+        f"node.id={node_id}",
+        quorum,
         "controller.listener.names=CONTROLLER",
         "listeners=" + ",".join(f"{name}://{HOST}:{port}" for name, port in p.items()),
         "advertised.listeners="
@@ -211,18 +228,25 @@ def _write_config() -> None:
         "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,"
         "SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL",
         "inter.broker.listener.name=PLAINTEXT",
-        f"log.dirs={DATA}",
+        f"log.dirs={data}",
         "num.partitions=1",
         # nova creates its topics itself (ensure_topics); auto-creation would hide a missing call.
         "auto.create.topics.enable=false",
-        "offsets.topic.replication.factor=1",
+        f"offsets.topic.replication.factor={replicas}",
         "offsets.topic.num.partitions=1",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
+        f"transaction.state.log.replication.factor={replicas}",
+        f"transaction.state.log.min.isr={min_isr}",
+        f"share.coordinator.state.topic.replication.factor={replicas}",
+        f"share.coordinator.state.topic.min.isr={min_isr}",
+    ]
+    if replicas > 1:
+        # A topic created without a replication factor gets the cluster's; acks=all then
+        # needs two live replicas, so one node can fail without losing a confirmed record.
+        lines += [f"default.replication.factor={replicas}", f"min.insync.replicas={min_isr}"]
+    lines += [
         "group.initial.rebalance.delay.ms=0",
         "group.min.session.timeout.ms=1000",
+        *extra,
         # SASL
         "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
     ]
@@ -238,29 +262,31 @@ def _write_config() -> None:
     # TLS (both SSL and SASL_SSL listeners)
     lines += [
         "ssl.keystore.type=PEM",
-        f"ssl.keystore.location={CERTS / 'server.keystore.pem'}",
+        f"ssl.keystore.location={certs / 'server.keystore.pem'}",
         "ssl.truststore.type=PEM",
-        f"ssl.truststore.location={CERTS / 'ca.pem'}",
+        f"ssl.truststore.location={certs / 'ca.pem'}",
         "listener.name.ssl.ssl.client.auth=requested",
         "ssl.endpoint.identification.algorithm=https",
     ]
-    CONFIG.write_text("\n".join(lines) + "\n")
-    LOG4J_CONFIG.write_text(
-        "status = warn\n"
-        "appender.console.type = Console\n"
-        "appender.console.name = STDOUT\n"
-        "appender.console.layout.type = PatternLayout\n"
-        "appender.console.layout.pattern = [%d] %p %m (%c)%n\n"
-        "rootLogger.level = INFO\n"
-        "rootLogger.appenderRef.stdout.ref = STDOUT\n"
-        "logger.kafka.name = kafka\nlogger.kafka.level = INFO\n"
-        "logger.request.name = kafka.request.logger\nlogger.request.level = WARN\n"
-    )
+    return "\n".join(lines) + "\n"
 
 
-def _java(main: str, *args: str, jvm: tuple[str, ...] = ("-Xmx256m",)) -> list[str]:
+_LOG4J = (
+    "status = warn\n"
+    "appender.console.type = Console\n"
+    "appender.console.name = STDOUT\n"
+    "appender.console.layout.type = PatternLayout\n"
+    "appender.console.layout.pattern = [%d] %p %m (%c)%n\n"
+    "rootLogger.level = INFO\n"
+    "rootLogger.appenderRef.stdout.ref = STDOUT\n"
+    "logger.kafka.name = kafka\nlogger.kafka.level = INFO\n"
+    "logger.request.name = kafka.request.logger\nlogger.request.level = WARN\n"
+)
+
+
+def _java(main: str, *args: str, jvm: tuple[str, ...] = ("-Xmx256m",), log4j: Path = LOG4J_CONFIG) -> list[str]:
     return [
-        "java", *jvm, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+        "java", *jvm, f"-Dlog4j2.configurationFile={log4j}",
         "-cp", f"{LIBS}/*", main, *args,
     ]  # fmt: skip
 
