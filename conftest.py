@@ -9,6 +9,11 @@ started (``python tools/brokers.py up``); with ``--containers`` (or
 ``NOVA_BROKERS=containers``) the run starts it in a Docker container itself and sets
 those same variables (see ``conformance/containers.py``). Tests that restart the broker
 use the ``restart_broker`` fixture, which does either.
+
+``--cluster`` runs the tests marked ``@pytest.mark.cluster`` (they stop and start nodes of
+the harness's cluster, ``python tools/brokers.py up kafka --nodes 3``, and FAIL when its
+variables are missing) and skips the other tests under ``tests/brokers/`` (some of them
+restart the single-node harness broker). Without ``--cluster`` the cluster tests skip.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="start the real broker in a Docker container (testcontainers) instead of using the harness's; "
         "same as NOVA_BROKERS=containers",
     )
+    parser.addoption(
+        "--cluster",
+        action="store_true",
+        help="run the cluster tests (needs `python tools/brokers.py env BROKER --nodes 3`'s variables)",
+    )
 
 
 def uses_containers(config: pytest.Config) -> bool:
@@ -59,7 +69,14 @@ def uses_containers(config: pytest.Config) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     chosen = config.getoption("--broker")
+    cluster = config.getoption("--cluster")
+    broker_tests = Path(__file__).resolve().parent / "tests" / "brokers"
     for item in items:
+        if item.get_closest_marker("cluster") is not None:
+            if not cluster:
+                item.add_marker(pytest.mark.skip(reason="cluster test: needs --cluster"))
+        elif cluster and broker_tests in item.path.parents:
+            item.add_marker(pytest.mark.skip(reason="single-node broker test: not with --cluster"))
         marker = item.get_closest_marker("broker")
         if marker is not None and marker.args and marker.args[0] != chosen:
             item.add_marker(pytest.mark.skip(reason=f"needs --broker {marker.args[0]}"))
@@ -68,6 +85,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cluster: stops and starts nodes of a harness cluster; runs only with --cluster")
     broker = config.getoption("--broker")
     containers = uses_containers(config)
     if broker == "rocketmq":

@@ -283,13 +283,14 @@ def _ping(node: int) -> bool:
 
 
 def _pid(node: int) -> int | None:
-    """The node's Erlang VM, if it runs (the pid file names it; the command line must name the node)."""
+    """The node's Erlang VM, if it runs (the pid file names it; its environment must name the node,
+    since the VM takes its node name after it started and the command line does not show it)."""
     try:
         pid = int((_node_dir(node) / "rabbitmq.pid").read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ValueError):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, ValueError):
         return None
-    return pid if node_name(node).encode() in cmdline else None
+    return pid if f"RABBITMQ_NODENAME={node_name(node)}".encode() in environ else None
 
 
 def _start(node: int) -> None:
