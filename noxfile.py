@@ -4,6 +4,8 @@
     nox -s lint types
     nox -s conformance -- --broker kafka      # Kafka up (unless NOVA_KAFKA_BOOTSTRAP is set), run, down
     nox -s conformance -- --broker kafka --containers   # Kafka in a Docker container instead
+    nox -s conformance -- --broker kafka --nodes 3   # the suite on a 3-node cluster (up unless NOVA_KAFKA_NODES=3)
+    nox -s cluster -- --broker kafka|rabbitmq        # node-failure tests on a 3-node cluster: up, run, down
     nox -s fuzz                               # longer Hypothesis runs
     nox -s bench -- --broker sim
     nox -s browser                            # the dashboard in a real headless Chromium (Debian's)
@@ -61,8 +63,8 @@ def types(session: nox.Session) -> None:
     session.run("mypy", "-p", "nova")
 
 
-def _harness_env(session: nox.Session, broker: str) -> dict[str, str]:
-    out = subprocess.run([sys.executable, "tools/brokers.py", "env", broker], check=True,
+def _harness_env(session: nox.Session, broker: str, *extra: str) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "tools/brokers.py", "env", broker, *extra], check=True,
                          capture_output=True, text=True).stdout
     env: dict[str, str] = {}
     for line in out.splitlines():
@@ -72,14 +74,42 @@ def _harness_env(session: nox.Session, broker: str) -> dict[str, str]:
     return env
 
 
+def _take_option(args: list[str], name: str, default: str) -> str:
+    """The value of ``name VALUE`` in ``args`` (removed from them), else ``default``."""
+    if name not in args:
+        return default
+    at = args.index(name)
+    value = args[at + 1]
+    del args[at:at + 2]
+    return value
+
+
+def _on_cluster(session: nox.Session, broker: str, nodes: int, pytest_args: list[str]) -> None:
+    """Run pytest against an N-node harness cluster: brought up and down here unless its
+    variables are already exported (``NOVA_<BROKER>_NODES`` equal to ``nodes``)."""
+    count = ["--nodes", str(nodes)]
+    started = os.environ.get(f"NOVA_{broker.upper()}_NODES") != str(nodes)
+    env: dict[str, str] = {}
+    if started:
+        session.run("python", "tools/brokers.py", "up", broker, *count)
+        env = _harness_env(session, broker, *count)
+    try:
+        session.run("pytest", *pytest_args, env=env)
+    finally:
+        if started:
+            session.run("python", "tools/brokers.py", "down", broker, *count)
+
+
 @nox.session(python=PYTHON)
 def conformance(session: nox.Session) -> None:
     """The conformance suite and broker tests against one backend: ``-- --broker NAME``.
 
     With ``--containers`` (or ``NOVA_BROKERS=containers``) pytest starts the broker in a
     Docker container itself; otherwise the harness brings it up and down around the run.
+    With ``--nodes 3`` (kafka, rabbitmq): the conformance suite alone, on a harness cluster.
     """
     args = list(session.posargs)
+    nodes = int(_take_option(args, "--nodes", "1"))
     broker = "sim"
     if "--broker" in args:
         broker = args[args.index("--broker") + 1]
@@ -87,6 +117,10 @@ def conformance(session: nox.Session) -> None:
         args += ["--broker", broker]
     containers = "--containers" in args or os.environ.get("NOVA_BROKERS") == "containers"
     _install(session)
+    if nodes > 1:
+        # Not tests/brokers: some of them restart the single-node harness broker.
+        _on_cluster(session, broker, nodes, ["conformance", *args])
+        return
     started = False
     env: dict[str, str] = {}
     if broker != "sim" and not containers and not os.environ.get(ENDPOINT_VARS[broker]):
@@ -98,6 +132,19 @@ def conformance(session: nox.Session) -> None:
     finally:
         if started:
             session.run("python", "tools/brokers.py", "down", broker)
+
+
+@nox.session(python=PYTHON)
+def cluster(session: nox.Session) -> None:
+    """Node-failure tests on a harness cluster: ``-- --broker kafka|rabbitmq [--nodes 3]``."""
+    args = list(session.posargs)
+    broker = _take_option(args, "--broker", "")
+    nodes = int(_take_option(args, "--nodes", "3"))
+    if broker not in ("kafka", "rabbitmq"):
+        session.error("say which cluster: nox -s cluster -- --broker kafka|rabbitmq")
+    _install(session)
+    _on_cluster(session, broker, nodes,
+                [f"tests/brokers/test_{broker}_cluster.py", "--broker", broker, "--cluster", *args])
 
 
 @nox.session(python=PYTHON)
