@@ -5,7 +5,7 @@
     nox -s conformance -- --broker kafka      # Kafka up (unless NOVA_KAFKA_BOOTSTRAP is set), run, down
     nox -s conformance -- --broker kafka --containers   # Kafka in a Docker container instead
     nox -s conformance -- --broker kafka --nodes 3   # the suite on a 3-node cluster (up unless NOVA_KAFKA_NODES=3)
-    nox -s cluster -- --broker kafka|rabbitmq        # node-failure tests on a 3-node cluster: up, run, down
+    nox -s cluster -- --broker kafka|rabbitmq|rocketmq   # node-failure tests on a cluster: up, run, down
     nox -s fuzz                               # longer Hypothesis runs
     nox -s bench -- --broker sim
     nox -s browser                            # the dashboard in a real headless Chromium (Debian's)
@@ -30,6 +30,7 @@ ENDPOINT_VARS = {
     "rabbitmq": "NOVA_RABBITMQ_URL",
     "rocketmq": "NOVA_ROCKETMQ_ENDPOINTS",
 }
+CLUSTER_NODES = {"kafka": 3, "rabbitmq": 3, "rocketmq": 2}  # default --nodes of the cluster session
 
 
 def _install(session: nox.Session, extras: str = "all,dev") -> None:
@@ -106,7 +107,7 @@ def conformance(session: nox.Session) -> None:
 
     With ``--containers`` (or ``NOVA_BROKERS=containers``) pytest starts the broker in a
     Docker container itself; otherwise the harness brings it up and down around the run.
-    With ``--nodes 3`` (kafka, rabbitmq): the conformance suite alone, on a harness cluster.
+    With ``--nodes N`` (N > 1): the conformance suite alone, on a harness cluster.
     """
     args = list(session.posargs)
     nodes = int(_take_option(args, "--nodes", "1"))
@@ -136,12 +137,12 @@ def conformance(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def cluster(session: nox.Session) -> None:
-    """Node-failure tests on a harness cluster: ``-- --broker kafka|rabbitmq [--nodes 3]``."""
+    """Node-failure tests on a harness cluster: ``-- --broker kafka|rabbitmq|rocketmq [--nodes N]``."""
     args = list(session.posargs)
     broker = _take_option(args, "--broker", "")
-    nodes = int(_take_option(args, "--nodes", "3"))
-    if broker not in ("kafka", "rabbitmq"):
-        session.error("say which cluster: nox -s cluster -- --broker kafka|rabbitmq")
+    if broker not in CLUSTER_NODES:
+        session.error("say which cluster: nox -s cluster -- --broker kafka|rabbitmq|rocketmq")
+    nodes = int(_take_option(args, "--nodes", str(CLUSTER_NODES[broker])))
     _install(session)
     _on_cluster(session, broker, nodes,
                 [f"tests/brokers/test_{broker}_cluster.py", "--broker", broker, "--cluster", *args])

@@ -5,11 +5,13 @@
     python tools/brokers.py restart kafka|rabbitmq|rocketmq
     python tools/brokers.py env [kafka|rabbitmq|rocketmq|all]   # prints `export NOVA_...=...` lines
 
-Clusters (Kafka and RabbitMQ), beside the single nodes, on other ports and run directories:
+Clusters, beside the single nodes, on other ports and run directories (RocketMQ: N brokers,
+one name server, one proxy):
 
-    python tools/brokers.py up|down|restart|env kafka|rabbitmq|all --nodes 3   # all: kafka and rabbitmq
-    python tools/brokers.py stop-node kafka|rabbitmq N [--kill]   # stop (or kill -9) node N (1-based)
-    python tools/brokers.py start-node kafka|rabbitmq N           # start it again; returns once it rejoined
+    python tools/brokers.py up|down|restart|env kafka|rabbitmq|all --nodes 3
+    python tools/brokers.py up|down|restart|env rocketmq --nodes 2
+    python tools/brokers.py stop-node kafka|rabbitmq|rocketmq N [--kill]   # stop (or kill -9) node N (1-based)
+    python tools/brokers.py start-node kafka|rabbitmq|rocketmq N           # start it again; returns once it rejoined
     python tools/brokers.py leader kafka TOPIC [PARTITION]        # prints the number of the leading node
     python tools/brokers.py leader rabbitmq QUEUE                 # the node leading a quorum queue
 
@@ -19,7 +21,7 @@ logs, pids, certificates) lives under ``~/.cache/nova/run/<broker>/``
 logic lives in ``tools/harness/<broker>.py`` exposing ``up() -> None``,
 ``down() -> None``, ``restart() -> None`` and ``env() -> dict[str, str]``; a
 cluster's in ``tools/harness/<broker>_cluster.py`` (the same four taking the node
-count, plus ``stop_node``, ``start_node`` and ``leader``).
+count, plus ``stop_node``, ``start_node`` and, for Kafka and RabbitMQ, ``leader``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from pathlib import Path
 from types import ModuleType
 
 BROKERS = ("kafka", "rabbitmq", "rocketmq")
-CLUSTERED = ("kafka", "rabbitmq")
+CLUSTERED = ("kafka", "rabbitmq", "rocketmq")
+LEADERS = ("kafka", "rabbitmq")
 VERBS = ("up", "down", "restart", "env")
 NODE_VERBS = ("stop-node", "start-node", "leader")
 
@@ -66,6 +69,9 @@ def _node_verb(verb: str, args: list[str]) -> int:
     name, args = args[0], args[1:]
     cluster = _module(f"{name}_cluster")
     if verb == "leader":
+        if name not in LEADERS:
+            print(f"leader is for {' and '.join(LEADERS)}", file=sys.stderr)
+            return 2
         wanted = 2 if name == "kafka" else 1
         if not 1 <= len(args) <= wanted or (len(args) == 2 and not args[1].isdigit()):
             what = "TOPIC [PARTITION]" if name == "kafka" else "QUEUE"
@@ -103,14 +109,10 @@ def main(argv: list[str]) -> int:
     if not names:
         print(f"say which broker: {', '.join(BROKERS)} or all", file=sys.stderr)
         return 2
-    choices = BROKERS if nodes is None else CLUSTERED
-    targets = list(choices) if names == ["all"] else names
+    targets = list(BROKERS) if names == ["all"] else names
     for name in targets:
-        if name not in choices:
-            if nodes is not None and name in BROKERS:
-                print(f"--nodes is for {' and '.join(CLUSTERED)}; {name} runs as one node", file=sys.stderr)
-            else:
-                print(f"unknown broker {name!r}; choose from {', '.join(BROKERS)}", file=sys.stderr)
+        if name not in BROKERS:
+            print(f"unknown broker {name!r}; choose from {', '.join(BROKERS)}", file=sys.stderr)
             return 2
     for name in targets:
         if nodes is not None:

@@ -13,18 +13,11 @@ deadlines.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
-import uuid
-from collections import Counter
-
 import aiokafka.admin as aiokafka_admin  # type: ignore[import-untyped]
 import pytest
 
-import nova
 from nova._kafka import KafkaBroker
-from tests.brokers._cluster import eventually, harness, require_cluster
+from tests.brokers._cluster import Stream, eventually, harness, require_cluster
 
 pytestmark = [pytest.mark.broker("kafka"), pytest.mark.cluster]
 
@@ -46,65 +39,9 @@ async def describe(bootstrap: str, topic: str) -> dict[str, object]:
     return dict(partition)
 
 
-class Stream:
-    """A producer enqueueing batches of tasks without pause and a worker consuming them."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.prefix = "t" + uuid.uuid4().hex[:10]
-        self.topic = f"{self.prefix}_default_normal"
-        # Two brokers, two queues: the producer and the worker share nothing but the cluster.
-        self.producer = nova.TaskQueue(KafkaBroker(bootstrap), group_id="g", topic_prefix=self.prefix,
-                                       close_broker=True)
-        self.worker = nova.TaskQueue(KafkaBroker(bootstrap), group_id="g", topic_prefix=self.prefix,
-                                     close_broker=True)
-        self.confirmed: set[str] = set()
-        self.handled: Counter[str] = Counter()
-        self.refused = 0  # enqueue_batch calls that raised EnqueueError (retried by the loop)
-        self.longest_wait = 0.0  # seconds, the slowest enqueue_batch call (a failover shows here)
-        self._task: asyncio.Task[None] | None = None
-
-    async def handle(self, task: nova.Task) -> None:
-        assert task.id is not None
-        self.handled[task.id] += 1
-
-    async def start(self) -> None:
-        await self.worker.start(self.handle)
-        self._task = asyncio.create_task(self._produce())
-
-    async def _produce(self) -> None:
-        n = 0
-        while True:
-            tasks = [nova.Task("job", f"{n + i}".encode()) for i in range(10)]
-            began = time.monotonic()
-            try:
-                results = await self.producer.enqueue_batch(tasks)
-            except nova.EnqueueError:
-                self.refused += 1  # not confirmed: not counted as enqueued; the loop goes on
-                continue
-            finally:
-                self.longest_wait = max(self.longest_wait, time.monotonic() - began)
-            self.confirmed.update(r.id for r in results)
-            n += len(tasks)
-            await asyncio.sleep(0.05)  # pacing (at most ~200 tasks/s): the box is shared
-
-    def lost(self) -> set[str]:
-        return self.confirmed - self.handled.keys()
-
-    async def stop_producing(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def close(self) -> None:
-        await self.stop_producing()
-        await self.worker.stop()
-        await self.producer.stop()
-
-
 @pytest.mark.parametrize("how", ["stop", "kill"])
 async def test_stopping_the_partition_leader_mid_stream_loses_nothing(bootstrap: str, how: str) -> None:
-    stream = Stream(bootstrap)
+    stream = Stream(lambda: KafkaBroker(bootstrap))
     try:
         await stream.start()
         await eventually(lambda: len(stream.handled) >= 200, "the worker handles the first 200 tasks")
