@@ -1,4 +1,4 @@
-"""What the cluster tests share: the harness's cluster variables and its node verbs."""
+"""What the cluster tests share: the cluster variables, the harness's node verbs, a TaskQueue stream."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 import nova
-from nova._broker import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
 PATIENCE = 120.0  # a stopped node's leaderships move within seconds; a loaded box needs slack
@@ -65,7 +64,7 @@ class Stream:
     """A producer enqueueing batches of tasks (retrying refused ones) and a worker consuming them,
     through ``nova.TaskQueue``."""
 
-    def __init__(self, make_broker: Callable[[], Broker]) -> None:
+    def __init__(self, make_broker: Callable[[], nova.Broker]) -> None:
         self.prefix = "t" + uuid.uuid4().hex[:10]
         self.topic = f"{self.prefix}_default_normal"
         # Two brokers, two queues: the producer and the worker share nothing but the cluster.

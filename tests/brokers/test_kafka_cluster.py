@@ -16,7 +16,7 @@ from __future__ import annotations
 import aiokafka.admin as aiokafka_admin  # type: ignore[import-untyped]
 import pytest
 
-from nova._kafka import KafkaBroker
+import nova
 from tests.brokers._cluster import Stream, eventually, harness, require_cluster
 
 pytestmark = [pytest.mark.broker("kafka"), pytest.mark.cluster]
@@ -41,7 +41,7 @@ async def describe(bootstrap: str, topic: str) -> dict[str, object]:
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
 async def test_stopping_the_partition_leader_mid_stream_loses_nothing(bootstrap: str, how: str) -> None:
-    stream = Stream(lambda: KafkaBroker(bootstrap))
+    stream = Stream(lambda: nova.KafkaBroker(bootstrap))
     try:
         await stream.start()
         await eventually(lambda: len(stream.handled) >= 200, "the worker handles the first 200 tasks")

@@ -373,14 +373,12 @@ def _smoke_test() -> None:
     """Send and receive one message through the proxy (nova creates the topic on every broker)."""
     creds = repr(single.ADMIN_USER) if _acl_enabled() else "None"
     code = f"""
-from nova._broker import Message
-
 async def main():
     broker = nova.RocketMQBroker("{HOST}:{GRPC_PORT}", namesrv="{HOST}:{NAMESRV_PORT}", auth={creds})
     topic = "nova-harness-smoke"
     await broker.ensure_topics([topic])
     token = uuid.uuid4().hex.encode()
-    await broker.publish([Message(topic, token)])
+    await broker.publish([nova.Message(topic, token)])
     sub = await broker.subscribe([topic], group="nova-harness-smoke", window=16)
     async with asyncio.timeout(60):
         async for delivery in sub:
