@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 import pytest
@@ -30,9 +31,10 @@ async def test_s5_delayed_tasks_are_never_early_and_on_time(
     for task, at in zip(seen.tasks, seen.times, strict=True):
         assert at >= _eta(task), f"task {task.payload!r} ran {_eta(task) - at:.3f}s early"
         assert at - _eta(task) <= backend.lateness.total_seconds(), f"task {task.payload!r} ran late"
-    # In eta order: the etas' own order, since each enqueue takes time on a real broker (on a
-    # replicated cluster up to ~0.6 s, enough to reorder the closest due times).
-    assert seen.payloads == [t.payload for t in sorted(seen.tasks, key=_eta)]
+    # In eta order, by the etas the tasks got (each enqueue takes time on a real broker: on a
+    # replicated cluster up to ~0.6 s, enough to bring two due times within the lateness allowed).
+    etas = [_eta(t) for t in seen.tasks]
+    assert all(b >= a - backend.lateness.total_seconds() for a, b in itertools.pairwise(etas)), seen.payloads
     if backend.is_sim:
         assert seen.payloads == [b"4", b"1", b"2", b"0", b"3"]
 
