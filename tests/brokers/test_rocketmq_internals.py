@@ -166,6 +166,54 @@ def test_one_ack_request_carries_every_message(rmq: Any) -> None:
     assert [(e.message_id, e.receipt_handle) for e in req.entries] == [(f"m{i}", f"handle-m{i}") for i in range(3)]
 
 
+def test_a_change_invisible_request_names_the_message(rmq: Any) -> None:
+    message = _received(rmq, message_id="m1")
+    req = patches.change_invisible_request("g", "ns", message, 30)
+    assert (req.group.name, req.group.resource_namespace) == ("g", "ns")
+    assert (req.topic.name, req.topic.resource_namespace) == ("t", "ns")
+    assert (req.message_id, req.receipt_handle, req.invisible_duration.seconds) == ("m1", "handle-m1", 30)
+
+
+@pytest.mark.parametrize("code", ["OK", "INVALID_RECEIPT_HANDLE"])
+async def test_a_change_of_invisible_time_gives_the_message_the_new_receipt_handle_only_if_taken(
+    rmq: Any, config: Any, code: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker answers a change with a new receipt handle (the old one is spent); a
+    refusal carries none, and the message keeps the one it has."""
+    from concurrent.futures import Future
+
+    from rocketmq.grpc_protocol import Code, service_pb2  # type: ignore[import-untyped]
+
+    consumer = rmq.SimpleConsumer(config, "g", {"t": rmq.FilterExpression()}, await_duration=1)
+    message = _received(rmq, message_id="m1")
+    sent: list[tuple[Any, Any, float]] = []
+
+    def answer(endpoints: Any, req: Any, metadata: Any, timeout: float) -> Future[Any]:
+        sent.append((endpoints, req, timeout))
+        res = service_pb2.ChangeInvisibleDurationResponse()
+        res.status.code = getattr(Code, code)
+        if code == "OK":
+            res.receipt_handle = "handle-new"
+        done: Future[Any] = Future()
+        done.set_result(res)
+        return done
+
+    monkeypatch.setattr(consumer.rpc_client, "change_invisible_duration_async", answer)
+    req = patches.change_invisible_request("g", "", message, 30)
+    try:
+        if code == "OK":
+            await patches.change_invisible(consumer, message, req, timeout=3)
+            assert message.receipt_handle == "handle-new"
+        else:
+            with pytest.raises(Exception, match="40") as info:
+                await patches.change_invisible(consumer, message, req, timeout=3)
+            assert type(info.value).__module__.startswith("rocketmq.")
+            assert message.receipt_handle == "handle-m1"
+        assert sent == [(message.endpoints, req, 3)]
+    finally:
+        consumer.rpc_client.stop()
+
+
 def test_waiting_for_settings_gives_up_after_the_timeout(rmq: Any, config: Any) -> None:
     consumer = rmq.SimpleConsumer(config, "g", {"t": rmq.FilterExpression()}, await_duration=1)
     try:

@@ -30,17 +30,25 @@ Topics carry normal and timer messages alike, so nova creates them with
 Delays: ``Message.deliver_at`` becomes the message's delivery timestamp (a timer
 message, rounded up to ``timer_precision`` — the broker's ``timerPrecisionMs`` —
 so never early) when it fits ``max_delay`` (the proxy's ``maxDelayTimeMills``,
-1 day by default); the engine cascades longer delays. ``consume_timeout`` is
-the invisible duration of a received message; nova extends it while a handler
-still holds the message. ``max_reconsume_times`` (the seed's option) is kept as
-an attribute for the engine's retry policy; RocketMQ's own redelivery limit
-(the group's ``retryMaxTimes``, after which the broker moves a message to
-``%DLQ%<group>`` where nova never sees it) is set very high, so failed tasks
-reach nova's dead-letter queue instead.
+1 day by default); the engine cascades longer delays.
+
+Redelivery. A receive keeps its messages invisible to the group's other consumers
+for 30 s, and nova extends that (ChangeInvisibleDuration, one request per held
+message every 10-15 s, none for the many acked sooner) for as long as the task is
+held, up to ``consume_timeout`` (5 minutes by default, counted from the receive: the
+longest a task may wait in the worker's prefetch and run in its handler). So the
+tasks of a worker that dies (``kill -9``, OOM) reach another worker within about
+30 s; a task held past ``consume_timeout`` is given back to the group (a warning
+says so) and its late ack is refused.
+``max_reconsume_times`` (the seed's option) is kept as an attribute for the
+engine's retry policy; RocketMQ's own redelivery limit (the group's
+``retryMaxTimes``, after which the broker moves a message to ``%DLQ%<group>``
+where nova never sees it) is set very high, so failed tasks reach nova's
+dead-letter queue instead.
 Acks: ``Delivery.ack()`` returns at once and a background task sends the acks
 of each topic in batches (one AckMessage request carries up to 64 receipt
 handles); ``close()`` sends the pending ones first. An ack that never reaches
-the broker means a redelivery after ``consume_timeout``, never a lost task.
+the broker means a redelivery within 30 s, never a lost task.
 ``ConsumerModel.BROADCASTING`` gives each subscription its own group
 (``<group>-b<random>``), so every worker sees every task published while it runs.
 

@@ -1,8 +1,8 @@
 """Everything nova takes from rocketmq-python-client beyond its public API, in one place.
 
-The client's public face (``Producer.send_async``, ``SimpleConsumer.receive_async`` and
-``change_invisible_duration``, ``Message``, ``ClientConfiguration``) does not cover all
-nova needs. What it reaches past it for is here, behind these functions:
+The client's public face (``Producer.send_async``, ``SimpleConsumer.receive_async``,
+``Message``, ``ClientConfiguration``) does not cover all nova needs. What it reaches
+past it for is here, behind these functions:
 
     client()                               imports the client with a stand-in for its log-config module
     precise_timestamps(producer)           wraps Producer.__send_req: sub-second delivery timestamps
@@ -11,6 +11,8 @@ nova needs. What it reaches past it for is here, behind these functions:
     telemetry_streams_on_the_io_thread(c)  replaces RpcClient.telemetry_stream off the I/O thread
     query_route(client, topic, ...)        one QueryRoute request through client.rpc_client
     ack_request(...), send_acks(...)       one AckMessage request for many messages (client.rpc_client)
+    change_invisible_request(...),         one ChangeInvisibleDuration request (client.rpc_client); the
+      change_invisible(...)                  message takes the new receipt handle only when it succeeded
     wait_for_settings(consumer, timeout)   Client._init_settings_event
     store_timestamp(message)               Message.__store_timestamp (no public accessor)
     queue_of(receipt)                      MessageQueue.__broker_name and __queue_id
@@ -37,6 +39,8 @@ __all__ = [
     "CLIENT_LOGGER",
     "CLIENT_SHAPE",
     "ack_request",
+    "change_invisible",
+    "change_invisible_request",
     "client",
     "due_of",
     "no_route_lookups_on_the_io_thread",
@@ -69,18 +73,20 @@ CLIENT_SHAPE: tuple[tuple[str, str, str, str], ...] = (
     (_RPC_CLIENT, "telemetry_stream", "class", "telemetry_streams_on_the_io_thread"),
     (_RPC_CLIENT, "query_topic_route_async", "class", "query_route"),
     (_RPC_CLIENT, "ack_message_async", "class", "send_acks"),
-    (_CLIENT, "rpc_client", "class", "query_route, send_acks, telemetry_streams_on_the_io_thread"),
-    (_CLIENT, "sign", "class", "query_route, send_acks"),
+    (_RPC_CLIENT, "change_invisible_duration_async", "class", "change_invisible"),
+    (_CLIENT, "rpc_client", "class", "query_route, send_acks, change_invisible, telemetry_streams_on_the_io_thread"),
+    (_CLIENT, "sign", "class", "query_route, send_acks, change_invisible"),
     (_CLIENT, "_init_settings_event", "instance", "wait_for_settings"),
     ("rocketmq.v5.client.client_configuration.ClientConfiguration", "rpc_endpoints", "class", "query_route"),
     ("rocketmq.v5.model.message.Message", "_Message__store_timestamp", "instance", "store_timestamp"),
-    ("rocketmq.v5.model.message.Message", "endpoints", "class", "send_acks"),
-    ("rocketmq.v5.model.message.Message", "receipt_handle", "class", "ack_request"),
+    ("rocketmq.v5.model.message.Message", "endpoints", "class", "send_acks, change_invisible"),
+    ("rocketmq.v5.model.message.Message", "receipt_handle", "class", "ack_request, change_invisible"),
     ("rocketmq.v5.model.topic_route.MessageQueue", "_MessageQueue__broker_name", "instance", "queue_of"),
     ("rocketmq.v5.model.topic_route.MessageQueue", "_MessageQueue__queue_id", "instance", "queue_of"),
     ("rocketmq.grpc_protocol", "QueryRouteRequest", "module", "query_route"),
     ("rocketmq.grpc_protocol", "AckMessageRequest", "module", "ack_request"),
-    ("rocketmq.v5.util", "MessagingResultChecker", "module", "query_route"),
+    ("rocketmq.grpc_protocol", "ChangeInvisibleDurationRequest", "module", "change_invisible_request"),
+    ("rocketmq.v5.util", "MessagingResultChecker", "module", "query_route, change_invisible"),
 )
 
 
@@ -293,3 +299,39 @@ async def send_acks(consumer: Any, request: Any, endpoints: Any, *, timeout: flo
     ``endpoints``); the AckMessageResponse (a status, and one per entry)."""
     fut = consumer.rpc_client.ack_message_async(endpoints, request, metadata=consumer.sign(), timeout=timeout)
     return await asyncio.wrap_future(fut)
+
+
+def change_invisible_request(group: str, namespace: str, message: Any, seconds: int) -> Any:
+    """A ChangeInvisibleDuration request: ``message`` (received) stays invisible ``seconds`` from now
+    (0 gives it back). The protocol carries one receipt handle per request."""
+    from rocketmq.grpc_protocol import ChangeInvisibleDurationRequest
+
+    req = ChangeInvisibleDurationRequest()
+    req.group.name = group
+    req.group.resource_namespace = namespace
+    req.topic.name = message.topic
+    req.topic.resource_namespace = namespace
+    req.receipt_handle = message.receipt_handle
+    req.invisible_duration.seconds = seconds
+    req.message_id = message.message_id
+    return req
+
+
+async def change_invisible(consumer: Any, message: Any, request: Any, *, timeout: float) -> None:
+    """Send a ``change_invisible_request`` for ``message`` through ``consumer``'s channel.
+
+    On success ``message`` carries the new receipt handle the broker answered with
+    (acks, renewals and give-backs must use it: the old one no longer holds the
+    message). Raises the client's exception for a refusal (the handle is kept) or
+    gRPC's for a failed call. The client's own ``change_invisible_duration`` blocks
+    a thread per call, and overwrites the handle before it checks the answer, so a
+    refusal would leave the message without one.
+    """
+    from rocketmq.v5.util import MessagingResultChecker
+
+    fut = consumer.rpc_client.change_invisible_duration_async(
+        message.endpoints, request, metadata=consumer.sign(), timeout=timeout
+    )
+    res = await asyncio.wrap_future(fut)
+    MessagingResultChecker.check(res.status)
+    message.receipt_handle = res.receipt_handle

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +35,14 @@ class _Delivery:
     _sub: _Subscription
     _native: Any
     _consumer: Any
+    #: (time.monotonic) the broker gives the message back to the group at this time or later...
     _visible_until: float
+    #: ...and is not asked to keep it past this one: consume_timeout after the receive
+    _deadline: float
     _done: bool = False
+    _renewal: asyncio.Task[None] | None = None
+    #: its invisible time ran out: the group gets it again (this receipt handle is spent)
+    _lapsed: bool = False
 
     async def ack(self) -> None:
         await self._sub._settle(self, ack=True)
@@ -57,6 +64,42 @@ _ACK_BATCH = 64
 _ACKS_IN_FLIGHT = 4
 _ACK_ATTEMPTS = 3
 _CODE_OK, _CODE_MULTIPLE_RESULTS = 20000, 30000
+#: A receive keeps its messages from the group's other consumers this long (seconds; less if
+#: consume_timeout is shorter), and nova extends that while a message is held, up to
+#: consume_timeout: the tasks of a worker that dies come back within this time.
+_INVISIBLE_S = 30
+#: Held messages with at most this much of it left are extended, by a sweep this often
+#: (seconds): a renewal that fails is tried again at least twice before the time runs out.
+_RENEW_WHEN_LEFT = 15.0
+_RENEW_EVERY = 5.0
+#: Renewal requests in flight at once (the protocol has one receipt handle per request).
+_RENEWALS_IN_FLIGHT = 32
+
+
+def _plan_renewals(
+    held: Iterable[_Delivery], now: float, invisible: int
+) -> tuple[list[tuple[_Delivery, int]], list[_Delivery]]:
+    """One renewal sweep at ``now`` (monotonic): (delivery, seconds) to extend, and the
+    deliveries whose invisible time ran out (marked lapsed here).
+
+    A delivery is extended once at most ``_RENEW_WHEN_LEFT`` seconds of its invisible
+    time are left, to ``invisible`` seconds from now but never past its deadline; once
+    that would not gain a second it is left to run out (given back at its deadline).
+    """
+    extend: list[tuple[_Delivery, int]] = []
+    lapsed: list[_Delivery] = []
+    for d in held:
+        if d._done or d._lapsed or d._renewal is not None:
+            continue
+        left = d._visible_until - now
+        if left <= 0:
+            d._lapsed = True
+            lapsed.append(d)
+        elif left <= _RENEW_WHEN_LEFT:
+            seconds = min(invisible, math.floor(d._deadline - now))
+            if now + seconds >= d._visible_until + 1:
+                extend.append((d, seconds))
+    return extend, lapsed
 
 
 class _Subscription:
@@ -65,7 +108,13 @@ class _Subscription:
     ``ack()`` returns at once: the delivery leaves the window and a background
     task sends the acks in batches (one AckMessage request per topic carries
     many receipt handles). An ack that never reaches the broker only means a
-    redelivery after ``consume_timeout``; ``close()`` sends the pending ones first.
+    redelivery; ``close()`` sends the pending ones first.
+
+    Receives ask for ``_INVISIBLE_S`` of invisible time; a sweep extends what is
+    still held (``_plan_renewals``) up to ``consume_timeout`` after the receive,
+    after which the broker gives the task to the group again. Acks, give-backs and
+    the next renewal of a message wait for its renewal in flight: each renewal
+    gives the message a new receipt handle and spends the old one.
     """
 
     def __init__(self, broker: RocketMQBroker, topics: list[str], group: str, window: int) -> None:
@@ -73,7 +122,10 @@ class _Subscription:
         self.topics = topics
         self.group = group
         self.window = window
-        self._invisible = int(broker.consume_timeout.total_seconds())
+        self._consume_s = broker.consume_timeout.total_seconds()
+        self._invisible = min(_INVISIBLE_S, int(self._consume_s))
+        self._renewing: set[asyncio.Task[None]] = set()
+        self._renew_failures: list[Exception] = []
         self._consumers: dict[str, Any] = {}
         self._retired: list[Any] = []
         self._held: dict[str, set[_Delivery]] = {t: set() for t in topics}
@@ -234,7 +286,7 @@ class _Subscription:
                 busy.clear()
             now = time.time()
             for native in messages:
-                delivery = self._wrap(topic, native, consumer, now)
+                delivery = self._wrap(topic, native, consumer, now, asked)
                 if self._closing:
                     await self._give_back(delivery)
                     continue
@@ -242,7 +294,8 @@ class _Subscription:
                 self._buffered[topic] += 1
                 self._queue.put_nowait(delivery)
 
-    def _wrap(self, topic: str, native: Any, consumer: Any, now: float) -> _Delivery:
+    def _wrap(self, topic: str, native: Any, consumer: Any, now: float, asked: float) -> _Delivery:
+        """``now``: the time of the receive's answer (epoch); ``asked``: of its request (monotonic)."""
         props = native.properties or {}
         headers = {k: (v[1:] if v.startswith(_HEADER_MARK) else v) for k, v in props.items()}
         # store_timestamp has no public accessor in the client; born_timestamp is whole seconds.
@@ -265,30 +318,68 @@ class _Subscription:
             _sub=self,
             _native=native,
             _consumer=consumer,
-            _visible_until=now + self._invisible,
+            # counted from the request: the broker starts the time when it answers
+            _visible_until=asked + self._invisible,
+            _deadline=asked + self._consume_s,
         )
 
     async def _renew(self) -> None:
-        """Extend the invisible time of deliveries still held near their deadline."""
-        margin = max(self._invisible / 3.0, 3.0)
+        """Extend the invisible time of held deliveries, sweep by sweep (see ``_plan_renewals``)."""
+        slots = asyncio.Semaphore(_RENEWALS_IN_FLIGHT)
         while not self._closing:
-            now = time.time()
-            soonest = now + margin
-            for held in self._held.values():
-                for d in list(held):
-                    if d._done:
-                        continue
-                    if d._visible_until - now <= margin:
-                        try:
-                            await self._change(d, self._invisible)
-                            d._visible_until = time.time() + self._invisible
-                        except Exception as exc:  # noqa: BLE001 - retried on the next round
-                            log.warning("RocketMQ could not extend a delivery: %s", self._broker._err(exc, "renew"))
-                    soonest = min(soonest, d._visible_until - margin)
-            await asyncio.sleep(min(max(soonest - time.time(), 0.5), margin))
+            if self._renew_failures:
+                failures, self._renew_failures = self._renew_failures, []
+                log.warning(
+                    "RocketMQ could not extend the invisible time of %d held task(s) (tried again while "
+                    "time is left): %s", len(failures), self._broker._err(failures[0], "renew"),
+                )
+            now = time.monotonic()
+            held = (d for deliveries in self._held.values() for d in deliveries)
+            extend, lapsed = _plan_renewals(held, now, self._invisible)
+            self._report_lapsed(lapsed)
+            for d, seconds in extend:
+                d._renewal = task = asyncio.create_task(self._extend(d, seconds, slots))
+                self._renewing.add(task)
+                task.add_done_callback(self._renewing.discard)
+            await asyncio.sleep(_RENEW_EVERY)
 
-    async def _change(self, d: _Delivery, seconds: int) -> None:
-        await self._broker._run(d._consumer.change_invisible_duration, d._native, seconds)
+    def _report_lapsed(self, lapsed: list[_Delivery]) -> None:
+        timed_out = [d for d in lapsed if d._deadline - d._visible_until < 2]  # ran out at its deadline
+        if timed_out:
+            log.warning(
+                "RocketMQ gives %d task(s) on %s back to group %s: held for consume_timeout (%g s) without an "
+                "ack or nack, so the group gets them again (raise consume_timeout for handlers that take longer)",
+                len(timed_out), ", ".join(sorted({d.topic for d in timed_out})), self.group, self._consume_s,
+            )
+        if len(timed_out) < len(lapsed):
+            log.warning(
+                "RocketMQ gives %d held task(s) back to group %s: their invisible time could not be extended, "
+                "so the group gets them again", len(lapsed) - len(timed_out), self.group,
+            )
+
+    async def _extend(self, d: _Delivery, seconds: int, slots: asyncio.Semaphore) -> None:
+        try:
+            async with slots:
+                if d._done:
+                    return
+                sent = time.monotonic()
+                request = patches.change_invisible_request(self.group, self._broker.namespace, d._native, seconds)
+                await patches.change_invisible(d._consumer, d._native, request, timeout=self._broker._request_s)
+                d._visible_until = sent + seconds
+        except Exception as exc:  # noqa: BLE001 - reported by the next sweep, which tries again
+            self._renew_failures.append(exc)
+        finally:
+            d._renewal = None
+
+    async def _change(self, d: _Delivery, seconds: int) -> bool:
+        """Change ``d``'s invisible time (0: give it back now); False if it had run out already."""
+        if d._renewal is not None:
+            await asyncio.wait([d._renewal])
+        if d._lapsed or time.monotonic() >= d._visible_until:
+            return False  # the group has it again; this receipt handle is spent
+        request = patches.change_invisible_request(self.group, self._broker.namespace, d._native, seconds)
+        await patches.change_invisible(d._consumer, d._native, request, timeout=self._broker._request_s)
+        return True
 
     async def _give_back(self, d: _Delivery) -> None:
         try:
@@ -311,7 +402,7 @@ class _Subscription:
         try:
             if self._closed.is_set():
                 return  # already given back at close
-            await self._change(d, 0)
+            await self._change(d, 0)  # (False: it ran out; the group has it again anyway)
         except Exception as exc:
             d._done = False
             raise self._broker._err(exc, "nack") from exc
@@ -349,6 +440,9 @@ class _Subscription:
     async def _send_acks(self, batch: list[_Delivery]) -> None:
         """One AckMessage request for deliveries of one consumer and topic (retried a little)."""
         consumer, first = batch[0]._consumer, batch[0]._native
+        renewing = [d._renewal for d in batch if d._renewal is not None]
+        if renewing:
+            await asyncio.wait(renewing)  # (the ack needs the receipt handle the renewal gives)
         req = patches.ack_request(self.group, self._broker.namespace, [d._native for d in batch])
         for attempt in range(1, _ACK_ATTEMPTS + 1):
             try:
@@ -367,6 +461,16 @@ class _Subscription:
             code = res.status.code
             if code == _CODE_MULTIPLE_RESULTS:
                 failed = [e for e in res.entries if e.status.code != _CODE_OK]
+                now = time.monotonic()
+                late = {d._native.message_id for d in batch if d._lapsed or now >= d._visible_until}
+                if late and failed:
+                    log.info(
+                        "RocketMQ refused %d ack(s) on %s made after the task's invisible time ran out "
+                        "(consume_timeout or failed renewals): the group gets those tasks again",
+                        sum(e.message_id in late for e in failed),
+                        first.topic,
+                    )
+                    failed = [e for e in failed if e.message_id not in late]
                 if failed:
                     log.warning(
                         "RocketMQ refused %d of %d acks on %s (they will be redelivered): %s",
@@ -481,7 +585,7 @@ class _Subscription:
             _, pending = await asyncio.wait(pumps, timeout=within)
             for task in pending:
                 task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._renewing, return_exceptions=True)
         self._acks_stop = True  # send what was acked before giving the rest back
         self._ack_wake.set()
         if self._ack_task is not None:
