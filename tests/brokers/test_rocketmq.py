@@ -11,7 +11,9 @@ when the harness was started with ACL (``NOVA_ROCKETMQ_ACCESS_KEY`` is set).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -25,13 +27,14 @@ from typing import Any
 import pytest
 
 import nova._errors as errors
+from nova import Task, TaskQueue
 from nova._broker import Delivery, Message
 from nova.brokers.rocketmq import ConsumerModel, RocketMQAdmin, RocketMQBroker
 from nova.brokers.rocketmq._client_patches import client as _client
 from nova.brokers.rocketmq._client_patches import (
     telemetry_streams_on_the_io_thread as _telemetry_streams_on_the_io_thread,
 )
-from nova.brokers.rocketmq._subscription import _Subscription
+from nova.brokers.rocketmq._subscription import _INVISIBLE_S, _Delivery, _Subscription
 
 pytestmark = pytest.mark.broker("rocketmq")
 
@@ -250,21 +253,122 @@ def test_a_telemetry_stream_asked_for_off_the_io_thread_is_made_on_it() -> None:
 async def test_a_long_held_delivery_is_not_redelivered(
     rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
 ) -> None:
-    broker = rocketmq_make(consume_timeout=timedelta(seconds=10))
+    broker = rocketmq_make()  # the defaults: receives ask for _INVISIBLE_S, consume_timeout is 5 minutes
     topic, group = f"{rocketmq_prefix}_q_normal", f"{rocketmq_prefix}_g"
     await broker.ensure_topics([topic])
     await broker.publish([Message(topic, b"slow")])
     holder = Collector(await broker.subscribe([topic], group=group, window=4), ack=False)
     await wait_for(lambda: len(holder.got) == 1)
     rival = Collector(await broker.subscribe([topic], group=group, window=4), ack=True)
-    held_since = time.time()
-    # past the first invisible deadline (10 s) with margin: the holder renewed it
-    await wait_for(lambda: time.time() > held_since + 14, within=20)
-    assert rival.got == []
-    await holder.got[0][1].ack()
+    held_since = time.monotonic()
+    # past the receive's invisible time with margin: the holder extended it
+    await wait_for(lambda: time.monotonic() > held_since + _INVISIBLE_S + 8, within=_INVISIBLE_S + 20)
+    assert rival.got == [] and len(holder.got) == 1
+    held = holder.got[0][1]
+    assert isinstance(held, _Delivery) and held._visible_until > held_since + _INVISIBLE_S  # (renewed)
+    await held.ack()
     await holder.stop()
     await rival.stop()
     assert rival.got == []
+    assert holder.error is None and rival.error is None
+
+
+async def test_a_task_held_past_consume_timeout_goes_back_to_the_group(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    timeout = 40.0  # longer than the receive's invisible time: renewals take the task up to it
+    assert timeout > _INVISIBLE_S
+    broker = rocketmq_make(consume_timeout=timedelta(seconds=timeout))
+    topic, group = f"{rocketmq_prefix}_q_normal", f"{rocketmq_prefix}_g"
+    await broker.ensure_topics([topic])
+    await broker.publish([Message(topic, b"stuck")])
+    holder = Collector(await broker.subscribe([topic], group=group, window=4), ack=False)
+    await wait_for(lambda: len(holder.got) == 1)
+    rival = Collector(await broker.subscribe([topic], group=group, window=4), ack=True)
+    # the group gets it again: the rival, or the holder itself (it still polls, and has room)
+    with caplog.at_level(logging.WARNING, logger="nova.rocketmq"):
+        await wait_for(lambda: len(holder.got) + len(rival.got) == 2, within=timeout + 30)
+    first, again = sorted(at for at, _ in [*holder.got, *rival.got])
+    assert timeout - 3 <= again - first < timeout + 20, again - first
+    assert holder.bodies() + rival.bodies() == [b"stuck", b"stuck"]
+    assert "held for consume_timeout (40 s)" in caplog.text
+    await holder.got[0][1].ack()  # too late: the group has it again; nothing breaks
+    await holder.stop()
+    await rival.stop()
+    assert holder.error is None and rival.error is None
+
+
+#: A worker process: takes one task of the queue and holds it until it is killed.
+_HOLDER = """
+import asyncio, os, sys
+from datetime import timedelta
+import nova
+from nova.brokers.rocketmq import RocketMQBroker
+
+def pair(name):
+    ak = os.environ.get(f"NOVA_ROCKETMQ_{name}ACCESS_KEY")
+    return (ak, os.environ[f"NOVA_ROCKETMQ_{name}SECRET_KEY"]) if ak else None
+
+async def main():
+    ms = os.environ.get("NOVA_ROCKETMQ_TIMER_PRECISION_MS")
+    broker = RocketMQBroker(
+        os.environ["NOVA_ROCKETMQ_ENDPOINTS"], namesrv=os.environ["NOVA_ROCKETMQ_NAMESRV"],
+        auth=pair(""), admin_auth=pair("ADMIN_"), timer_precision=timedelta(milliseconds=int(ms)) if ms else None,
+    )
+    queue = nova.TaskQueue(broker, group_id="workers", topic_prefix=sys.argv[1])
+
+    async def hold(task):
+        print("holding", task.id, flush=True)
+        await asyncio.Event().wait()
+
+    await queue.start(hold, concurrency=1, prefetch=1)
+    print("started", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_workers_task_reaches_another_worker_within_a_minute(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str, tmp_path: Path
+) -> None:
+    bound = 60.0
+    stderr = (tmp_path / "holder.stderr").open("wb")
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLDER, rocketmq_prefix, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr,
+    )  # fmt: skip
+    assert holder.stdout is not None
+
+    async def line() -> str:
+        text = await asyncio.wait_for(holder.stdout.readline(), PATIENCE)  # type: ignore[union-attr]
+        assert text, f"the holder exited: {(tmp_path / 'holder.stderr').read_text()[-2000:]}"
+        return text.decode().strip()
+
+    rival = TaskQueue(rocketmq_make(), group_id="workers", topic_prefix=rocketmq_prefix)
+    got: list[tuple[str, float]] = []
+
+    async def take(task: Task) -> None:
+        got.append((task.id, time.monotonic()))
+
+    try:
+        assert await line() == "started"
+        enqueued = await rival.enqueue(Task("hold", b"x"))
+        assert await line() == f"holding {enqueued.id}"
+        await rival.start(take)  # another worker of the group, while the holder holds the task
+        assert got == []
+        holder.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        await asyncio.wait_for(holder.wait(), PATIENCE)
+        await wait_for(lambda: bool(got), within=bound)
+        assert [task_id for task_id, _ in got] == [enqueued.id]
+        assert got[0][1] - killed_at < bound
+        print(f"redelivered {got[0][1] - killed_at:.1f} s after the kill")
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+        stderr.close()
+        await rival.stop()
 
 
 async def test_acks_made_just_before_close_reach_the_broker(
