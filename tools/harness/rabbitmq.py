@@ -16,8 +16,10 @@ them; a copy of the CA is kept in ``~/.cache/nova/run/rabbitmq/``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -194,15 +196,35 @@ def _start() -> None:
 
 def _stop() -> None:
     if not _ping():
+        _kill_node()  # a node stuck while booting does not answer ping, and holds the ports
         return
     _log("stopping")
-    _run("rabbitmqctl", "stop", timeout=120)
+    try:
+        _run("rabbitmqctl", "stop", timeout=120)
+    except (subprocess.TimeoutExpired, RuntimeError) as exc:
+        _log(f"rabbitmqctl stop did not finish ({type(exc).__name__}); killing the node")
+        _kill_node()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if not _ping() and not _amqp_answers(PORT, tls=False):
             return
         time.sleep(0.3)
     raise RuntimeError("RabbitMQ did not stop within 60 s")
+
+
+def _kill_node() -> None:
+    """SIGKILL the Erlang VM of our node (found by its RABBITMQ_NODENAME), and any stuck rabbitmqctl."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"beam.smp" in cmdline and f"RABBITMQ_NODENAME={NODENAME}".encode() in environ:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
 
 
 def _ensure_user() -> None:
