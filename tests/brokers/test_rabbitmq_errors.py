@@ -72,9 +72,10 @@ def test_failures_on_an_open_connection(broker: RabbitMQBroker) -> None:
     assert type(nacked) is errors.EnqueueError
     assert "refused (nacked) a message for topic 't1'" in str(nacked)
     mismatch = broker._error(amqp.ChannelPreconditionFailed("inequivalent arg 'x-message-ttl'"),
-                             "declaring queues ['t1']")
+                             "declaring queues ['t1']", queue="t1")
     assert type(mismatch) is errors.ConfigurationError
-    assert "declaring queues ['t1'] failed: a queue already exists in RabbitMQ with other arguments" in str(mismatch)
+    assert "declaring queues ['t1'] failed: queue 't1' already exists in RabbitMQ with other arguments" in str(mismatch)
+    assert str(mismatch).endswith("delete it, or keep the delay tiers it was declared with")
     lost = broker._error(amqp.ChannelInvalidStateError("closed"), "subscribing to ['t1']")
     assert type(lost) is errors.ConnectionError
     assert str(lost) == "RabbitMQ connection lost while subscribing to ['t1']: ChannelInvalidStateError: closed"
@@ -155,3 +156,20 @@ def test_prefix_group_and_delay_slots_are_checked_like_every_adapters() -> None:
 def test_a_bad_port_is_a_configuration_error() -> None:
     with pytest.raises(errors.ConfigurationError, match="invalid port"):
         RabbitMQBroker("amqp://u:p@127.0.0.1:99999/")
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [("quorum", "classic"), ("classic", "quorum")])
+def test_a_queue_of_the_other_type_says_its_type_cannot_change(ours: str, theirs: str) -> None:
+    broker = RabbitMQBroker(queue_type=ours)
+    # RabbitMQ 3.10's reply when the queue exists with the other type
+    refused = amqp.ChannelPreconditionFailed(
+        "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'app__q_high' in vhost '/': "
+        "received the value 'quorum' of type 'longstr' but current is none"
+    )
+    error = broker._error(refused, "declaring queues ['app__q_high']", queue="app__q_high")
+    assert type(error) is errors.ConfigurationError
+    text = str(error)
+    assert "queue 'app__q_high' already exists in RabbitMQ with other arguments" in text
+    assert f"it is a {theirs} queue and this broker declares {ours} queues (queue_type={ours!r})" in text
+    assert "a queue's type cannot change" in text
+    assert f"or use queue_type={theirs!r}" in text

@@ -57,11 +57,12 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qsl, urlsplit
 
 from nova._broker import Message
 from nova._errors import (
+    AuthenticationError,
     BrokerError,
     ClosedError,
     ConfigurationError,
@@ -70,8 +71,11 @@ from nova._errors import (
     NovaError,
 )
 from nova.brokers._common import delay_slots as _delay_slots
-from nova.brokers._common import duration, optional_group, optional_prefix, quietly, redact_url
-from nova.brokers.rabbitmq._errors import failure, translate
+from nova.brokers._common import duration, optional_group, optional_prefix, quietly
+from nova.brokers.rabbitmq._aiormq_internals import failover_connection
+from nova.brokers.rabbitmq._config import parse_nodes
+from nova.brokers.rabbitmq._config import queue_type as _queue_type
+from nova.brokers.rabbitmq._errors import failure, mismatch_fix, translate
 from nova.brokers.rabbitmq._subscription import PUBLISHED_AT_HEADER, _RabbitSubscription
 
 if TYPE_CHECKING:
@@ -106,7 +110,16 @@ class RabbitMQBroker:
     >>> broker
     RabbitMQBroker('amqp://nova:***@127.0.0.1:5672/', exchange='nova')
 
+    ``url`` may name several nodes of one cluster: a list of URLs, or one URL with
+    a comma list of hosts. The connection goes to the first that answers and, when
+    its node is lost, on to the next (round robin):
+
+    >>> RabbitMQBroker(["amqp://u:p@10.0.0.1:5672/", "amqp://u:p@10.0.0.2:5672/"], queue_type="quorum")
+    RabbitMQBroker('amqp://u:***@10.0.0.1:5672,10.0.0.2:5672/', exchange='nova', queue_type='quorum')
+
     Options:
+    ``queue_type`` (``"classic"``, the default, or ``"quorum"``: replicated queues for
+    a cluster; also ``?queue_type=quorum`` in the URL; see the package docstring),
     ``exchange`` (durable direct exchange every topic is bound to),
     ``topic_prefix`` / ``group_id`` / ``delay_slots`` (override the TaskQueue's),
     ``prefetch=(count, 0)``, ``auth=(user, password)`` (replaces the URL's; escaped
@@ -124,9 +137,10 @@ class RabbitMQBroker:
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str | Sequence[str] = DEFAULT_URL,
         *,
         exchange: str = "nova",
+        queue_type: str | None = None,
         topic_prefix: str | None = None,
         group_id: str | None = None,
         prefetch: tuple[int, int] = (10, 0),
@@ -138,25 +152,7 @@ class RabbitMQBroker:
         reconnect_interval: timedelta | float = timedelta(seconds=1),
     ) -> None:
         _aio_pika()
-        parts = urlsplit(url)
-        if parts.scheme not in ("amqp", "amqps"):
-            raise ConfigurationError(
-                f"RabbitMQ URL must start with amqp:// or amqps://, got {parts.scheme or 'no'} scheme"
-            )
-        if not parts.hostname:
-            raise ConfigurationError("RabbitMQ URL has no host, e.g. amqp://user:pass@127.0.0.1:5672/")
-        try:
-            given_port = parts.port
-        except ValueError:
-            raise ConfigurationError(
-                "RabbitMQ URL has an invalid port: use a number from 1 to 65535, e.g. amqp://127.0.0.1:5672/"
-            ) from None
-        user = unquote(parts.username) if parts.username is not None else "guest"
-        password = unquote(parts.password) if parts.password is not None else "guest"
-        if auth is not None:
-            if not (isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(a, str) for a in auth)):
-                raise ConfigurationError("auth must be a (user, password) tuple of str")
-            user, password = auth
+        nodes = parse_nodes(url, auth=auth, tls=tls)
         if (
             not isinstance(prefetch, tuple)
             or len(prefetch) != 2
@@ -175,22 +171,14 @@ class RabbitMQBroker:
                 f"exchange {exchange!r} is invalid: use a non-empty name not starting with 'amq.' "
                 "(the default exchange '' cannot be bound)"
             )
-        if tls is not None and not isinstance(tls, ssl.SSLContext):
-            raise ConfigurationError("tls must be an ssl.SSLContext, e.g. ssl.create_default_context(cafile=...)")
+        #: ``"classic"`` or ``"quorum"``: the type of every queue this broker declares
+        self.queue_type = _queue_type(queue_type, nodes.options)
         # every message nova builds from a client's text is scrubbed of these (_errors.translate)
-        self._secrets = (password,)
-        scheme = "amqps" if tls is not None else parts.scheme
-        host = parts.hostname
-        if ":" in host:  # IPv6 literal
-            host = f"[{host}]"
-        port = given_port or (5671 if scheme == "amqps" else 5672)
-        netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}"
-        path = parts.path or "/"
-        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _URL_OPTIONS]
-        self._url = urlunsplit((scheme, netloc, path, urlencode(query), ""))
-        self._display_url = redact_url(urlunsplit((scheme, netloc, path, "", "")))
-        self._user = user
-        self._tls = tls if tls is not None else (ssl.create_default_context() if scheme == "amqps" else None)
+        self._secrets = (nodes.password,)
+        self._nodes = nodes
+        self._display_url = nodes.display
+        self._user = nodes.user
+        self._tls = nodes.tls
         self.exchange = exchange
         self.topic_prefix = optional_prefix(topic_prefix)
         self.group_id = optional_group(group_id)
@@ -214,11 +202,14 @@ class RabbitMQBroker:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RabbitMQBroker:
-        """Build a broker from one URL; ``exchange``, ``topic_prefix`` and
-        ``group_id`` may be given as query parameters.
+        """Build a broker from one URL; ``exchange``, ``topic_prefix``, ``group_id``
+        and ``queue_type`` may be given as query parameters, several nodes as a
+        comma list of hosts.
 
         >>> RabbitMQBroker.from_url("amqp://u:p@127.0.0.1/?exchange=myapp&topic_prefix=app").exchange
         'myapp'
+        >>> RabbitMQBroker.from_url("amqp://u:p@10.0.0.1,10.0.0.2:5673/?queue_type=quorum")
+        RabbitMQBroker('amqp://u:***@10.0.0.1:5672,10.0.0.2:5673/', exchange='nova', queue_type='quorum')
         """
         query = dict(parse_qsl(urlsplit(url).query))
         for name in _URL_OPTIONS:
@@ -227,7 +218,23 @@ class RabbitMQBroker:
         return cls(url, **options)
 
     def __repr__(self) -> str:
-        return f"RabbitMQBroker({self._display_url!r}, exchange={self.exchange!r})"
+        kind = "" if self.queue_type == "classic" else f", queue_type={self.queue_type!r}"
+        return f"RabbitMQBroker({self._display_url!r}, exchange={self.exchange!r}{kind})"
+
+    @property
+    def current_node(self) -> str | None:
+        """``host:port`` of the node the connection is on, or is trying while it
+        reconnects (None before ``connect`` and after ``close``).
+
+        >>> RabbitMQBroker("amqp://u:p@10.0.0.1,10.0.0.2/").current_node is None
+        True
+        """
+        connection = self._connection
+        if connection is None or self._closed:
+            return None
+        url = cast("aio_pika.RobustConnection", connection).url
+        host = url.host or ""
+        return f"[{host}]:{url.port}" if ":" in host else f"{host}:{url.port}"
 
     # -- connection -----------------------------------------------------------
 
@@ -238,23 +245,7 @@ class RabbitMQBroker:
         async with self._connect_lock:
             if self._connection is not None:
                 return
-            aio_pika = _aio_pika()
-            timeout = self.connect_timeout.total_seconds()
-            try:
-                connection = await asyncio.wait_for(
-                    aio_pika.connect_robust(
-                        self._url,
-                        ssl_context=self._tls,
-                        timeout=timeout,
-                        reconnect_interval=self.reconnect_interval.total_seconds(),
-                        client_properties={"connection_name": "nova"},
-                    ),
-                    timeout + 1,
-                )
-            except BaseException as exc:
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                raise self._error(exc, "connecting", connecting=True) from exc
+            connection = await self._open_connection()
             try:
                 publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 self._publish_exchange = await self._declare_exchange(publish_channel)
@@ -266,11 +257,45 @@ class RabbitMQBroker:
             self._publish_channel = publish_channel
             self._topology_channel = topology_channel
 
+    async def _open_connection(self) -> aio_pika.abc.AbstractRobustConnection:
+        """A robust connection to the first node that answers, in the order given.
+
+        A node that refuses the credentials or the TLS handshake ends the search:
+        the next would refuse them too. Once connected, a lost connection is
+        re-established on the next node (``failover_connection``).
+        """
+        urls = self._nodes.urls
+        timeout = self.connect_timeout.total_seconds()
+        for first, url in enumerate(urls):
+            connection = failover_connection(
+                urls,
+                first,
+                ssl_context=self._tls,
+                reconnect_interval=self.reconnect_interval.total_seconds(),
+                client_properties={"connection_name": "nova"},
+            )
+            try:
+                await asyncio.wait_for(connection.connect(timeout=timeout), timeout + 1)
+            except BaseException as exc:
+                await quietly(connection.close(), log, "closing a RabbitMQ connection that failed to open")
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                error = self._error(exc, "connecting", connecting=True)
+                if isinstance(error, AuthenticationError) or first == len(urls) - 1:
+                    raise error from exc
+                log.warning("cannot connect to RabbitMQ node %s (%s); trying the next one",
+                            self._nodes.node(url), error)
+                continue
+            return connection
+        raise AssertionError("the last node's failure is raised")  # pragma: no cover
+
     async def _declare_exchange(self, channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractExchange:
         aio_pika = _aio_pika()
         return await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
 
-    def _error(self, exc: BaseException, doing: str, *, topic: str = "", connecting: bool = False) -> NovaError:
+    def _error(
+        self, exc: BaseException, doing: str, *, topic: str = "", queue: str = "", connecting: bool = False
+    ) -> NovaError:
         """``exc`` translated by the adapter's table (``_errors``), with this broker's particulars."""
         return translate(
             exc,
@@ -278,6 +303,8 @@ class RabbitMQBroker:
             connecting=connecting,
             doing=doing,
             topic=topic,
+            queue=queue,
+            fix=mismatch_fix(exc, queue, self.queue_type),
             where=self._display_url,
             user=self._user,
             exchange=self.exchange,
@@ -334,30 +361,53 @@ class RabbitMQBroker:
         async with self._topology_lock:
             channel = self._topology_channel
             assert channel is not None
+            # A refused declare (406) closes the channel and aio-pika reopens it; so does a
+            # reconnection. Wait for that (bounded) rather than fail on a channel being restored.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(channel.ready(), self.connect_timeout.total_seconds())
+            declaring = ""
             try:
                 exchange = await self._declare_exchange(channel)
                 for topic in missing:
                     if topic in self._declared:
                         continue
                     ttl = self._delay_ttls.get(topic)
-                    if ttl is None:
-                        queue = await channel.declare_queue(topic, durable=True)
-                    else:
-                        due = self._consumed_queue(topic)
-                        await channel.declare_queue(due, durable=True)
-                        queue = await channel.declare_queue(
-                            topic,
-                            durable=True,
-                            arguments={
-                                "x-message-ttl": max(1, round(ttl * 1000)),
-                                "x-dead-letter-exchange": "",
-                                "x-dead-letter-routing-key": due,
-                            },
-                        )
+                    if ttl is not None:
+                        declaring = due = self._consumed_queue(topic)
+                        await channel.declare_queue(due, durable=True, arguments=self._queue_arguments())
+                    declaring = topic
+                    queue = await channel.declare_queue(
+                        topic, durable=True, arguments=self._queue_arguments(ttl, self._consumed_queue(topic))
+                    )
                     await queue.bind(exchange, routing_key=topic)
                     self._declared.add(topic)
             except Exception as exc:
-                raise self._error(exc, f"declaring queues {missing}") from exc
+                raise self._error(exc, f"declaring queues {missing}", queue=declaring) from exc
+
+    def _queue_arguments(self, ttl: float | None = None, dead_letter_to: str = "") -> dict[str, Any] | None:
+        """The arguments nova declares a queue with: its type, and a delay tier's TTL.
+
+        A TTL tier dead-letters into ``dead_letter_to``; between quorum queues at
+        least once (the tier keeps each message until the next queue confirmed it),
+        which RabbitMQ only does with ``x-overflow: reject-publish`` (no length limit
+        is set, so nothing is ever rejected).
+
+        >>> RabbitMQBroker(queue_type="quorum")._queue_arguments()
+        {'x-queue-type': 'quorum'}
+        >>> RabbitMQBroker()._queue_arguments(2.0, "app__delay00_due")
+        {'x-message-ttl': 2000, 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': 'app__delay00_due'}
+        """
+        quorum = self.queue_type == "quorum"
+        # classic: no x-queue-type at all, as queues declared before queue_type existed were
+        arguments: dict[str, Any] = {"x-queue-type": "quorum"} if quorum else {}
+        if ttl is not None:
+            arguments["x-message-ttl"] = max(1, round(ttl * 1000))
+            arguments["x-dead-letter-exchange"] = ""
+            arguments["x-dead-letter-routing-key"] = dead_letter_to
+            if quorum:
+                arguments["x-dead-letter-strategy"] = "at-least-once"
+                arguments["x-overflow"] = "reject-publish"
+        return arguments or None
 
     # -- publishing -----------------------------------------------------------
 
@@ -483,7 +533,7 @@ class RabbitMQBroker:
             )
         except BaseException as exc:
             await sub.close()
-            if isinstance(exc, Exception):
+            if isinstance(exc, Exception) and not isinstance(exc, NovaError):
                 raise self._error(exc, f"subscribing to {topics}") from exc
             raise
         return sub

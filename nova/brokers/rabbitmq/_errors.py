@@ -29,7 +29,7 @@ from nova._errors import (
 )
 from nova.brokers._common import scrub
 
-__all__ = ["Row", "failure", "translate"]
+__all__ = ["Row", "failure", "mismatch_fix", "translate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +79,10 @@ def _rows() -> tuple[Row, ...]:
             "(exchange {exchange!r} has no queue bound with that routing key)"),
         # basic.nack of a confirmed publish
         Row((amqp.DeliveryError,), EnqueueError, "RabbitMQ refused (nacked) a message for topic {topic!r}"),
-        # 406 on a declare: the queue exists with other arguments (x-message-ttl, ...)
+        # 406 on a declare: the queue exists with other arguments (x-queue-type, x-message-ttl, ...)
         Row((amqp.ChannelPreconditionFailed,), ConfigurationError,
-            "{doing} failed: a queue already exists in RabbitMQ with other arguments ({text}); "
-            "delete it, or keep the delay tiers it was declared with", recovers=True),
+            "{doing} failed: queue {queue!r} already exists in RabbitMQ with other arguments ({text}); "
+            "{fix}", recovers=True),
         # the socket, the connection or the channel is gone (the broker closed it, or a
         # call timed out waiting for it)
         Row((OSError, TimeoutError, amqp.AMQPConnectionError, amqp.ChannelInvalidStateError, amqp.ChannelClosed),
@@ -121,6 +121,23 @@ def translate(
     text = scrub(str(exc), secrets)
     detail = scrub(f"{type(exc).__name__}: {exc}", secrets)
     return row.error(row.message.format_map(_Fields(fields, text=text, detail=detail)))
+
+
+def mismatch_fix(exc: BaseException, queue: str, queue_type: str) -> str:
+    """What to do when RabbitMQ refused to declare ``queue`` (406: it exists with other arguments).
+
+    RabbitMQ answers every refused declare with the same code (406 PRECONDITION_FAILED);
+    only its text says which argument differs (``inequivalent arg 'x-queue-type' ...``),
+    so this reads it to say what to fix. A queue's type cannot change in place.
+    """
+    if "'x-queue-type'" in str(exc):
+        other = "classic" if queue_type == "quorum" else "quorum"
+        return (
+            f"it is a {other} queue and this broker declares {queue_type} queues (queue_type={queue_type!r}), "
+            f"and a queue's type cannot change: drain it and delete it (rabbitmqctl delete_queue {queue}) so "
+            f"that it is declared again as a {queue_type} queue, or use queue_type={other!r}"
+        )
+    return "delete it, or keep the delay tiers it was declared with"
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:

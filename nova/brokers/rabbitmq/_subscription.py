@@ -206,7 +206,10 @@ class _RabbitSubscription:
         self._feeds[topic] = feed
         # global=False: the limit applies per consumer, i.e. per topic.
         await channel.set_qos(prefetch_count=window)
-        queue = await channel.declare_queue(queue_name, durable=True)
+        try:
+            queue = await channel.declare_queue(queue_name, durable=True, arguments=self._broker._queue_arguments())
+        except Exception as exc:
+            raise self._broker._error(exc, f"declaring queue {queue_name!r}", queue=queue_name) from exc
         put = self._queue.put_nowait
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
