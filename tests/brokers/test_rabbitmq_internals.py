@@ -1,22 +1,33 @@
-"""The aiormq/pamqp shape nova's RabbitMQ adapter relies on (``_aiormq_internals``).
+"""The aiormq/pamqp/aio-pika shape nova's RabbitMQ adapter relies on (``_aiormq_internals``).
 
 No broker needed, so these run in the sim suite too: an aiormq Connection that never
-connects, given the two values its handshake would set, makes a real aiormq Channel.
-When an aiormq upgrade changes what the settler depends on, a test here fails and
-says which attribute or frame changed.
+connects, given the two values its handshake would set, makes a real aiormq Channel;
+local TCP servers that close every connection at once stand for dead RabbitMQ nodes.
+When an upgrade changes what the settler or the failover depends on, a test here
+fails and says which attribute, frame or behaviour changed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiormq
 import pytest
 from aiormq.abc import ChannelFrame
 from pamqp.commands import Connection as ConnectionMethods
 
-from nova.brokers.rabbitmq._aiormq_internals import ACK, ACK_UPTO, REQUEUE, frame_queue, settle_frame
+from nova.brokers.rabbitmq._aiormq_internals import (
+    ACK,
+    ACK_UPTO,
+    CONNECT_ATTEMPT,
+    REQUEUE,
+    failover_connection,
+    frame_queue,
+    settle_frame,
+)
 
 
 @pytest.fixture
@@ -66,3 +77,48 @@ async def test_settle_frame_writes_the_bytes_basic_ack_and_basic_nack_write(chan
     )
     assert not ours.should_close
     assert ours.drain_future is None  # nothing waits for the write, as with wait=False
+
+
+def test_the_robust_connection_makes_each_attempt_through_the_method_failover_overrides() -> None:
+    from aio_pika import RobustConnection
+
+    attempt = getattr(RobustConnection, CONNECT_ATTEMPT, None)
+    assert inspect.iscoroutinefunction(attempt), (
+        f"aio_pika.RobustConnection has no coroutine method {CONNECT_ATTEMPT} any more (its private "
+        "__connect_transport): failover_connection overrides it to move to the next node"
+    )
+
+
+async def test_a_failover_connection_goes_round_its_nodes_one_attempt_each() -> None:
+    """Three 'nodes' that close every connection at once: the reconnection loop must try
+    them in turn, from the one it was made for, never the same one twice running."""
+    seen: list[int] = []
+
+    def node(number: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append(number)
+            writer.close()
+
+        return refuse
+
+    servers = [await asyncio.start_server(node(i), "127.0.0.1", 0) for i in range(3)]
+    urls = [f"amqp://u:p@127.0.0.1:{s.sockets[0].getsockname()[1]}/" for s in servers]
+    # fail_fast off: the first failure does not end connect(); the loop goes on
+    connection = failover_connection(urls, 1, reconnect_interval=0.01, fail_fast="0")
+    connecting = asyncio.ensure_future(connection.connect(timeout=2))
+    try:
+        deadline = time.monotonic() + 30
+        while len(seen) < 7:
+            assert time.monotonic() < deadline, f"attempts so far: {seen}"
+            await asyncio.sleep(0.01)  # polling what the servers saw, not waiting for our code
+    finally:
+        await connection.close()
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+    assert seen[:7] == [1, 2, 0, 1, 2, 0, 1], (
+        f"attempts went to nodes {seen[:7]}: aio-pika's reconnection loop no longer calls "
+        f"{CONNECT_ATTEMPT} once per attempt, or no longer connects to self.url"
+    )

@@ -19,9 +19,8 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -29,6 +28,7 @@ import nova
 import nova._errors as errors
 from nova._broker import Message
 from nova.brokers.rabbitmq import RabbitMQBroker
+from tests.brokers._rabbitmq_queues import Queues, made_queues
 from tests.brokers.test_rabbitmq import PATIENCE, Collector, _require
 
 QUORUM = {"x-queue-type": "quorum"}
@@ -84,54 +84,10 @@ def rabbitmq_url() -> str:
     return _require("NOVA_RABBITMQ_URL")
 
 
-class Queues:
-    """Brokers made for a test, and every queue they (or a test's own client) declared."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.brokers: list[RabbitMQBroker] = []
-        self.extra: set[str] = set()
-
-    def broker(self, **options: Any) -> RabbitMQBroker:
-        self.brokers.append(RabbitMQBroker(self.url, **options))
-        return self.brokers[-1]
-
-    def names(self) -> set[str]:
-        names = set(self.extra)
-        for broker in self.brokers:
-            names |= broker._declared | {f"{tier}_due" for tier in broker._delay_ttls}
-        return names
-
-    async def channel_call(self, call: Callable[[Any], Any]) -> Any:
-        """``call(channel)`` on a fresh connection (a 406 closes only that channel)."""
-        import aio_pika
-
-        async with await aio_pika.connect(self.url) as connection:
-            return await call(await connection.channel())
-
-    async def equivalent(self, name: str, arguments: dict[str, Any] | None) -> bool:
-        """Whether RabbitMQ holds ``name`` with exactly these (compared) arguments."""
-        import aiormq.exceptions
-
-        try:
-            await self.channel_call(lambda ch: ch.declare_queue(name, durable=True, arguments=arguments))
-        except aiormq.exceptions.ChannelPreconditionFailed:
-            return False
-        return True
-
-
 @pytest.fixture
 async def queues(rabbitmq_url: str) -> AsyncIterator[Queues]:
-    made = Queues(rabbitmq_url)
-    yield made
-    for broker in made.brokers:
-        await broker.close()
-    import aio_pika
-
-    async with await aio_pika.connect(rabbitmq_url) as connection:
-        channel = await connection.channel()
-        for name in made.names():
-            await channel.queue_delete(name)
+    async with made_queues(rabbitmq_url) as made:
+        yield made
 
 
 def _topic() -> str:

@@ -110,7 +110,12 @@ def queue_type(given: str | None, options: dict[str, str]) -> str:
 
 def _split(url: str) -> tuple[str, str, str, str, list[tuple[str, int | None]]]:
     """``(scheme, userinfo, path, query, [(host, port or None), ...])`` of one URL."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unbalanced [ or ] (IPv6 literal)
+        raise ConfigurationError(
+            f"RabbitMQ URL has an invalid IPv6 host ({exc}), e.g. amqp://[::1]:5672/"
+        ) from exc
     if parts.scheme not in ("amqp", "amqps"):
         raise ConfigurationError(
             f"RabbitMQ URL must start with amqp:// or amqps://, got {parts.scheme or 'no'} scheme"
