@@ -8,9 +8,13 @@
         tls=ssl.create_default_context(cafile="ca.pem"),
     )
 
+    # a cluster: replicated queues, and the connection moves to another node
+    broker = RabbitMQBroker("amqp://nova:secret@10.0.0.1,10.0.0.2,10.0.0.3/?queue_type=quorum")
+
 How the contract maps onto AMQP:
 
-- every topic is a durable classic queue of the same name, bound to the
+- every topic is a durable queue of the same name (classic, or quorum with
+  ``queue_type="quorum"``: below), bound to the
   durable direct exchange ``exchange`` (default ``"nova"``, a real named
   exchange) with routing key = topic. Producers and consumers both declare
   what they use, so a task published before any worker existed is kept;
@@ -45,6 +49,55 @@ How the contract maps onto AMQP:
 ``prefetch=(count, size)``: RabbitMQ ignores a prefetch size, so it must be 0.
 ``count`` is exposed as ``prefetch_count`` (a default window for engines that
 want one); the per-topic limit of a subscription is always its ``window``.
+
+Quorum queues (``queue_type="quorum"``, or ``?queue_type=quorum`` in the URL).
+Every queue nova declares is then a quorum queue: ready and dead-letter topics,
+delay tiers, and a TTL tier's ``_due`` queue. A quorum queue is replicated (Raft)
+on the cluster's nodes, and a publish is confirmed once a majority of them wrote
+it to disk, so a confirmed task survives the loss of a minority of nodes (a
+classic queue lives on one node; while that node is down its queue cannot be
+used). A TTL tier dead-letters into its ``_due`` queue at least once
+(``x-dead-letter-strategy: at-least-once``, which RabbitMQ applies only with
+``x-overflow: reject-publish``; nova sets no length limit, so nothing is rejected):
+the tier keeps each expired message until the ``_due`` queue confirmed it, so a
+node failure then may duplicate a delayed task, never lose it. What else changes:
+
+- no per-message priority (``x-max-priority`` is refused); nova never uses it:
+  each priority level is a topic of its own;
+- a publish is slower (written to a majority of disks before the confirm), and
+  each queue is a Raft group with a log on every node: nova declares
+  ``6 + 2 * delay tiers`` queues per topic prefix and queue name (54 with the
+  default 24 tiers). On RabbitMQ 3.10 each also holds file handles on every node
+  (about 3 here); a node with 1024 open files stopped taking connections after
+  ~300 of them, so raise the open-files limit of a cluster's nodes;
+- delivery limits: a quorum queue counts each message's returns
+  (``x-delivery-count``, kept out of a task's headers). RabbitMQ 3.10 sets no
+  limit; 4.0 and later default to 20, after which a message is dropped (nova's
+  ready queues have no dead-letter target), e.g. a task whose worker was killed
+  20 times. nova declares no ``x-delivery-limit`` (with -1, 3.10 drops a message at
+  its first return); raise
+  the limit with a policy where workers may die repeatedly on one task;
+- a queue's type cannot change: a queue declared classic (by an earlier nova, or
+  without ``queue_type``) is refused with a ``ConfigurationError`` naming it
+  (RabbitMQ answers 406 PRECONDITION_FAILED); drain and delete it, or keep
+  ``queue_type`` as it was. The same the other way round;
+- ``backlog``'s local proof (``_Feed``) holds as for a classic queue, except that a
+  quorum queue applies a settle once the Raft log committed it: for that moment a
+  message may wait ready while ``backlog`` says 0, as one on the wire to us does.
+
+Several nodes: ``url`` may be a list of URLs or one URL with a comma list of hosts
+(``amqp://u:p@h1:5672,h2:5672/``), the nodes of one cluster (same credentials,
+vhost and options). ``connect`` tries them in the given order and keeps the first
+that answers (a refusal of the credentials or of TLS ends the search: the next
+node would refuse them too). When the connection is lost, each reconnection
+attempt, every ``reconnect_interval``, goes to the next node round the list, and
+the channels, topology and consumers are restored there as after a restart:
+publishes resend what was not confirmed, and what a worker had received but not
+acked is redelivered by RabbitMQ (a task may run twice). ``current_node`` says
+which node the connection is on. Use quorum queues with several nodes. Every
+client that lists the nodes in the same order connects to the first; list them
+in another order to spread clients (a quorum queue's leader is placed on the
+node of the client that declared it).
 """
 
 from __future__ import annotations

@@ -36,10 +36,10 @@ class _Feed:
     trip, and the engine asks before every pick, so it is asked only when
     local knowledge cannot decide. Why local knowledge can:
 
-    - a classic queue never keeps a message ready while one of its consumers
-      has credit (fewer unacked deliveries than its prefetch, ``window``): it
-      sends the message at once. A ready message therefore means our consumer
-      is at ``window`` in the broker's view;
+    - a queue (classic or quorum) never keeps a message ready while one of its
+      consumers has credit (fewer unacked deliveries than its prefetch,
+      ``window``): it sends the message at once. A ready message therefore means
+      our consumer is at ``window`` in the broker's view;
     - the broker's count of our unacked deliveries is at most ``held``
       (received, not settled) + ``settled`` (settles handed out since the last
       fence began: the broker may not have processed them yet) + deliveries on
@@ -53,7 +53,9 @@ class _Feed:
 
     So after a fence found 0 ready, ``held + settled < window`` proves that
     nothing is ready in RabbitMQ, except messages already on the wire to us
-    (they were never counted: a passive declare only counts ready ones).
+    (they were never counted: a passive declare only counts ready ones) and, on
+    a quorum queue, for a moment: it applies a settle (giving credit back) once
+    its Raft log committed it, not when it answers the fence.
     Otherwise (no fence yet on this AMQP channel, ready found, credit maybe
     used up) the broker is asked; concurrent askers share one question.
     """
