@@ -111,6 +111,24 @@ def test_what_it_does_not_recover_from(exc: BaseException) -> None:
     assert not failure(exc).recovers
 
 
+@pytest.mark.parametrize(
+    ("exc", "resend"),
+    [
+        (OSError(104, "reset"), True),
+        (TimeoutError(), True),  # no confirm in time: sent again (on a new channel if the connection lives)
+        (amqp.ConnectionClosed(320, "CONNECTION_FORCED"), True),
+        (amqp.ChannelInvalidStateError("closed"), True),
+        (amqp.DeliveryError(None, Basic.Nack(delivery_tag=1)), True),  # nacked: RabbitMQ could not store it
+        (_returned("t1"), False),  # unroutable: sending again cannot help
+        (amqp.ChannelPreconditionFailed("PRECONDITION_FAILED"), False),
+        (KeyError("x"), False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_what_a_publish_sends_again(exc: BaseException, resend: bool) -> None:
+    assert failure(exc).resend is resend
+
+
 def test_no_form_of_the_password_survives(broker: RabbitMQBroker) -> None:
     leaky = [
         amqp.AMQPConnectionError(f"amqp://app:{PASSWORD}@127.0.0.1/"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -263,3 +264,87 @@ async def test_task_queue_workers_continue_on_the_next_node(
         assert not early, f"delayed tasks handled early: {early}"
     finally:
         await queue.stop()
+
+
+# -- a publish that gets no confirm, or a nack -------------------------------------------------
+
+
+@pytest.mark.broker("rabbitmq")
+async def test_a_publish_left_unconfirmed_on_a_live_connection_is_resent_on_a_new_channel(
+    queues: Queues, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RabbitMQ 3.10 can leave a quorum queue's publish unconfirmed for good when the queue's
+    leader dies as it arrives; here the first channel's publish simply never completes."""
+    import nova.brokers.rabbitmq._broker as broker_module
+
+    monkeypatch.setattr(broker_module, "CONFIRM_WAIT", 0.5)
+    topic = f"t{uuid.uuid4().hex[:10]}_q_normal"
+    broker = queues.broker(queue_type="quorum")
+    await broker.connect()
+    await broker.ensure_topics([topic])
+    stuck_channel, stuck_exchange = broker._publish_channel, broker._publish_exchange
+    assert stuck_exchange is not None
+    swallowed: list[object] = []
+
+    async def never_confirmed(message: object, **_: object) -> None:
+        swallowed.append(message)
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(stuck_exchange, "publish", never_confirmed)
+    started = time.monotonic()
+    await asyncio.wait_for(broker.publish([Message(topic, b"once")]), 15)
+    assert 0.5 <= time.monotonic() - started < 10
+    assert len(swallowed) == 1
+    assert broker._publish_channel is not stuck_channel
+    got = Collector(await broker.subscribe([topic], group="g", window=5), ack=True)
+    await got.wait(lambda: got.bodies() == [b"once"])
+    await broker.publish([Message(topic, b"twice")])  # the new channel keeps working
+    await got.wait(lambda: got.bodies() == [b"once", b"twice"])
+    await got.stop()
+
+
+def _rabbitmqctl(*args: str) -> str:
+    import shutil
+    import subprocess
+
+    assert shutil.which("rabbitmqctl"), "this test sets a RabbitMQ policy with rabbitmqctl (the harness's node)"
+    return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60).stdout
+
+
+@pytest.mark.broker("rabbitmq")
+async def test_a_nacked_publish_is_sent_again_until_publish_timeout(
+    queues: Queues, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full queue with overflow reject-publish nacks: nova sends again until it is taken."""
+    topic = f"t{uuid.uuid4().hex[:10]}_q_normal"
+    policy = f"nova-test-{topic}"
+    broker = queues.broker(publish_timeout=timedelta(seconds=60))
+    await broker.connect()
+    await broker.ensure_topics([topic])
+    _rabbitmqctl("set_policy", "--apply-to", "queues", "--priority", "100", policy, f"^{topic}$",
+                 '{"max-length": 1, "overflow": "reject-publish"}')
+    try:
+        await _eventually(lambda: f"{topic}\t{policy}" in _rabbitmqctl("list_queues", "name", "policy"),
+                          "RabbitMQ applies the policy")
+        await broker.publish([Message(topic, b"first")])
+        caplog.set_level(logging.INFO, "nova.rabbitmq")
+        second = asyncio.create_task(broker.publish([Message(topic, b"second")]))  # nacked: the queue is full
+
+        def resent() -> int:
+            return sum("refused (nacked) 1 message(s); resending" in r.getMessage() for r in caplog.records)
+
+        await _eventually(lambda: resent() >= 2, "the nacked message is sent again, and again")
+        assert not second.done()
+        got = Collector(await broker.subscribe([topic], group="g", window=1), ack=True)  # room for one more
+        await asyncio.wait_for(second, PATIENCE)
+        await got.wait(lambda: got.bodies() == [b"first", b"second"])
+        await got.stop()
+        short = queues.broker(publish_timeout=timedelta(seconds=2))
+        await short.connect()
+        await short.publish([Message(topic, b"third")])  # fills it again (nobody consumes now)
+        started = time.monotonic()
+        with pytest.raises(errors.EnqueueError, match=r"refused \(nacked\)"):
+            await short.publish([Message(topic, b"fourth")])
+        assert time.monotonic() - started >= 1.9
+    finally:
+        _rabbitmqctl("clear_policy", policy)

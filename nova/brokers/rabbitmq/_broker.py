@@ -144,6 +144,12 @@ log = logging.getLogger("nova.rabbitmq")
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 #: RabbitMQ 3.x default ``max_message_size``.
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+#: Longest a publish waits for RabbitMQ's confirms on a live connection before it resends
+#: the unconfirmed messages on a new channel (see ``publish``).
+CONFIRM_WAIT = 10.0
+#: Pause before a nacked message is sent again; after this many nacks in a row, on a new channel.
+NACK_PAUSE = 0.5
+NACKS_BEFORE_NEW_CHANNEL = 3
 #: Options ``from_url`` reads from the query string (the rest goes to aio-pika).
 _URL_OPTIONS = ("exchange", "topic_prefix", "group_id")
 
@@ -248,6 +254,8 @@ class RabbitMQBroker:
         self._publish_exchange: aio_pika.abc.AbstractExchange | None = None
         self._topology_channel: aio_pika.abc.AbstractRobustChannel | None = None
         self._topology_lock = asyncio.Lock()
+        self._renew_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         self._declared: set[str] = set()
         self._delay_ttls: dict[str, float] = {}
         self._subscriptions: set[_RabbitSubscription] = set()
@@ -376,6 +384,8 @@ class RabbitMQBroker:
         if self._closed:
             return
         self._closed = True
+        for task in list(self._background):
+            task.cancel()
         for sub in list(self._subscriptions):
             await sub.close()
         if self._connection is not None:
@@ -468,7 +478,14 @@ class RabbitMQBroker:
         """Publish all and return once RabbitMQ confirmed each one.
 
         Raises ``EnqueueError`` if a message is unroutable or nacked, or if the
-        broker is unreachable for ``publish_timeout``.
+        broker is unreachable for ``publish_timeout``. What was not confirmed is
+        sent again (at least once): after the connection came back, after a nack
+        (a quorum queue nacks while its leader changes), and after
+        ``CONFIRM_WAIT`` without a confirm on a live connection. The last two go
+        to a new channel (after ``NACKS_BEFORE_NEW_CHANNEL`` nacks in a row, and
+        at once): on RabbitMQ 3.10 a channel's quorum-queue client whose leader
+        died as it published can stay stuck, never confirming or nacking every
+        publish, while a new channel's works.
         """
         if not messages:
             return
@@ -498,13 +515,15 @@ class RabbitMQBroker:
             )
         deadline = time.monotonic() + self.publish_timeout.total_seconds()
         pending = outgoing
+        nack_rounds = 0
         while True:
             exchange = self._publish_exchange
             channel = self._publish_channel
             assert exchange is not None
             assert channel is not None
+            attempt_deadline = min(deadline, time.monotonic() + CONFIRM_WAIT)
             results = await asyncio.gather(
-                *(self._publish_one(exchange, topic, msg, deadline) for topic, msg in pending),
+                *(self._publish_one(exchange, topic, msg, attempt_deadline) for topic, msg in pending),
                 return_exceptions=True,
             )
             retry = []
@@ -513,7 +532,7 @@ class RabbitMQBroker:
                     continue
                 if isinstance(result, asyncio.CancelledError):
                     raise result
-                if failure(result).recovers:
+                if failure(result).resend:
                     retry.append(((topic, msg), result))
                     continue
                 error = self._error(result, f"publishing to {topic!r}", topic=topic)
@@ -524,16 +543,45 @@ class RabbitMQBroker:
                 return
             if self._closed:
                 raise ClosedError("this RabbitMQBroker was closed while publishing")
+            from aiormq.exceptions import DeliveryError
+
             last = retry[-1][1]
+            nacked = all(isinstance(error, DeliveryError) for _, error in retry)
             if time.monotonic() >= deadline:
+                if nacked:
+                    (topic, _), _ = retry[-1]
+                    error = self._error(last, f"publishing to {topic!r}", topic=topic)
+                    raise EnqueueError(
+                        f"{error} (sent again for {self.publish_timeout.total_seconds()} s, refused each time)"
+                    ) from last
                 raise EnqueueError(
                     f"RabbitMQ did not confirm {len(retry)} message(s) within "
                     f"{self.publish_timeout.total_seconds()} s "
-                    "(connection lost); some may have been stored"
+                    "(connection lost, or no confirm came); some may have been stored"
                 ) from last
-            log.info("RabbitMQ connection lost while publishing; resending %d unconfirmed message(s)", len(retry))
             pending = [item for item, _ in retry]
-            await self._wait_channel(channel, deadline)
+            connection = self._connection
+            if nacked:
+                nack_rounds += 1
+                log.info("RabbitMQ refused (nacked) %d message(s); resending them", len(retry))
+                await asyncio.sleep(min(NACK_PAUSE, max(deadline - time.monotonic(), 0)))
+                if nack_rounds % NACKS_BEFORE_NEW_CHANNEL == 0 and not channel.is_closed:
+                    # a quorum queue's client on that channel may keep refusing after its
+                    # leader died (seen with a killed node); a new channel starts afresh
+                    await self._renew_publish_channel(channel)
+            elif (
+                any(isinstance(error, TimeoutError) for _, error in retry)
+                and connection is not None
+                and connection.connected.is_set()
+                and not channel.is_closed
+            ):
+                log.warning("RabbitMQ confirmed none of %d message(s) within %g s on a live connection; "
+                            "resending them on a new channel", len(retry), CONFIRM_WAIT)
+                await self._renew_publish_channel(channel)
+            else:
+                log.info("RabbitMQ connection lost while publishing; resending %d unconfirmed message(s)",
+                         len(retry))
+                await self._wait_channel(channel, deadline)
 
     async def _publish_one(
         self,
@@ -546,6 +594,33 @@ class RabbitMQBroker:
         # wait for a reconnecting robust channel, which publish's own timeout does not.
         async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
             await exchange.publish(message, routing_key=topic, mandatory=True)
+
+    async def _renew_publish_channel(self, stuck: aio_pika.abc.AbstractRobustChannel) -> None:
+        """Replace the publishing channel ``stuck`` (once, whoever asks first).
+
+        Publishes still waiting on ``stuck`` reach their own ``CONFIRM_WAIT`` and are
+        resent on the new channel; ``stuck`` is closed after that (closing it now would
+        fail them with aiormq's CancelledError, as if their callers were cancelled).
+        """
+        async with self._renew_lock:
+            connection = self._connection
+            if self._publish_channel is not stuck or self._closed or connection is None:
+                return
+            try:
+                async with asyncio.timeout(CONFIRM_WAIT):
+                    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                    exchange = await self._declare_exchange(channel)
+            except Exception:
+                log.debug("cannot open a new publishing channel; resending on the old one", exc_info=True)
+                return
+            self._publish_channel, self._publish_exchange = channel, exchange
+        closing = asyncio.get_running_loop().create_task(self._close_later(stuck))
+        self._background.add(closing)
+        closing.add_done_callback(self._background.discard)
+
+    async def _close_later(self, channel: aio_pika.abc.AbstractRobustChannel) -> None:
+        await asyncio.sleep(CONFIRM_WAIT + 1)
+        await quietly(channel.close(), log, "closing a publishing channel that stopped confirming")
 
     async def _wait_channel(self, channel: aio_pika.abc.AbstractRobustChannel, deadline: float) -> None:
         """Wait until the robust channel is usable again (or the deadline passes)."""

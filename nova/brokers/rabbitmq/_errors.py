@@ -5,11 +5,14 @@ handshake's rows), and ``ensure_topics``, ``publish``, ``subscribe``, ack/nack
 (a delivery's channel gone) and the settler with the rows for an open connection;
 ``close`` only logs (``_common.quietly``). The first row whose types match wins.
 aiormq turns a channel's close reply code into its exception type (406:
-``ChannelPreconditionFailed``, ...), so no row reads a message's text.
+``ChannelPreconditionFailed``, ...), so no row reads a message's text (only the
+406's hint does, ``mismatch_fix``: every refused declare has that one code).
 
 ``recovers``: aio-pika's robust connection reopens what failed by itself, so a
-publish resends (until ``publish_timeout``) and a settle that failed is not an
-error (RabbitMQ redelivers).
+settle that failed is not an error (RabbitMQ redelivers). ``resend``: ``publish``
+sends the message again, until ``publish_timeout``: after a lost connection or
+channel, and after a nack (RabbitMQ nacks what it could not store, e.g. a quorum
+queue's publish while its leader changes).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class Row:
     message: str
     recovers: bool = False
     in_chain: bool = False
+    resend: bool = False
 
 
 @functools.cache
@@ -78,7 +82,8 @@ def _rows() -> tuple[Row, ...]:
             "RabbitMQ returned a message for topic {topic!r} as unroutable "
             "(exchange {exchange!r} has no queue bound with that routing key)"),
         # basic.nack of a confirmed publish
-        Row((amqp.DeliveryError,), EnqueueError, "RabbitMQ refused (nacked) a message for topic {topic!r}"),
+        Row((amqp.DeliveryError,), EnqueueError, "RabbitMQ refused (nacked) a message for topic {topic!r}",
+            resend=True),
         # 406 on a declare: the queue exists with other arguments (x-queue-type, x-message-ttl, ...)
         Row((amqp.ChannelPreconditionFailed,), ConfigurationError,
             "{doing} failed: queue {queue!r} already exists in RabbitMQ with other arguments ({text}); "
@@ -86,7 +91,7 @@ def _rows() -> tuple[Row, ...]:
         # the socket, the connection or the channel is gone (the broker closed it, or a
         # call timed out waiting for it)
         Row((OSError, TimeoutError, amqp.AMQPConnectionError, amqp.ChannelInvalidStateError, amqp.ChannelClosed),
-            ConnectionError, "RabbitMQ connection lost while {doing}: {detail}", recovers=True),
+            ConnectionError, "RabbitMQ connection lost while {doing}: {detail}", recovers=True, resend=True),
         Row((BaseException,), BrokerError, "RabbitMQ failed while {doing}: {detail}"),
     )
 
