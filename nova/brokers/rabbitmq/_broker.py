@@ -60,7 +60,12 @@ used). A TTL tier dead-letters into its ``_due`` queue at least once
 (``x-dead-letter-strategy: at-least-once``, which RabbitMQ applies only with
 ``x-overflow: reject-publish``; nova sets no length limit, so nothing is rejected):
 the tier keeps each expired message until the ``_due`` queue confirmed it, so a
-node failure then may duplicate a delayed task, never lose it. What else changes:
+node failure then may duplicate a delayed task, never lose it. On RabbitMQ 3.10 the
+tier's dead-letter worker resends what a dead leader never confirmed only after
+``dead_letter_worker_publisher_confirm_timeout`` (3 min by default; a harness cluster
+had delayed tasks 3 to 6 min late after a node's loss, and 20 s late with 10 s): on
+a cluster set ``[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 10000}]}].``
+in advanced.config. What else changes:
 
 - no per-message priority (``x-max-priority`` is refused); nova never uses it:
   each priority level is a topic of its own;
@@ -93,7 +98,10 @@ node would refuse them too). When the connection is lost, each reconnection
 attempt, every ``reconnect_interval``, goes to the next node round the list, and
 the channels, topology and consumers are restored there as after a restart:
 publishes resend what was not confirmed, and what a worker had received but not
-acked is redelivered by RabbitMQ (a task may run twice). ``current_node`` says
+acked is redelivered by RabbitMQ (a task may run twice). A publish also resends,
+on a new channel, what a live connection neither confirmed within ``CONFIRM_WAIT``
+nor stopped nacking: RabbitMQ 3.10 can leave a channel's quorum-queue client stuck
+after the queue's leader died (``publish``). ``current_node`` says
 which node the connection is on. Use quorum queues with several nodes. Every
 client that lists the nodes in the same order connects to the first; list them
 in another order to spread clients (a quorum queue's leader is placed on the
