@@ -17,6 +17,7 @@ import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import nox
 
@@ -144,8 +145,8 @@ def cluster(session: nox.Session) -> None:
         session.error("say which cluster: nox -s cluster -- --broker kafka|rabbitmq|rocketmq")
     nodes = int(_take_option(args, "--nodes", str(CLUSTER_NODES[broker])))
     _install(session)
-    _on_cluster(session, broker, nodes,
-                [f"tests/brokers/test_{broker}_cluster.py", "--broker", broker, "--cluster", *args])
+    tests = sorted(str(p) for p in Path("tests/brokers").glob(f"test_{broker}_cluster*.py"))
+    _on_cluster(session, broker, nodes, [*tests, "--broker", broker, "--cluster", *args])
 
 
 @nox.session(python=PYTHON)

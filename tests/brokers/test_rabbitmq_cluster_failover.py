@@ -4,13 +4,13 @@ connected to stops (or is killed) mid-stream, and nothing is lost.
 While node 1 is down, enqueueing and handling go on through the other nodes; once it
 is back every task has been handled, delayed ones included (see ``DRAIN``), none early.
 
-Runs when the harness's cluster variables are present, and is skipped otherwise (a
-single node cannot lose a node; tests/brokers/test_rabbitmq_failover.py shows the
-failover there, through proxies):
+Runs with ``--cluster`` (``nox -s cluster -- --broker rabbitmq`` brings the cluster up and
+down around it); a single node cannot lose a node (tests/brokers/test_rabbitmq_failover.py
+shows the failover there, through proxies):
 
     python tools/brokers.py up rabbitmq --nodes 3
     eval "$(python tools/brokers.py env rabbitmq --nodes 3)"
-    pytest tests/brokers/test_rabbitmq_cluster_failover.py --broker rabbitmq
+    pytest tests/brokers/test_rabbitmq_cluster_failover.py --broker rabbitmq --cluster
 
 It stops and starts node 1 with the harness (``stop-node``/``start-node``), and first gives
 every node the short dead-letter resend a cluster running nova's quorum delay tiers should
@@ -45,14 +45,7 @@ PATIENCE = 120.0  # a stopped node's leaderships move within seconds; a loaded b
 DLX_CONFIRM_TIMEOUT_MS = 10_000
 
 _URLS = [u for u in os.environ.get("NOVA_RABBITMQ_URLS", "").split(",") if u]
-pytestmark = [
-    pytest.mark.broker("rabbitmq"),
-    pytest.mark.skipif(
-        len(_URLS) < 3 or int(os.environ.get("NOVA_RABBITMQ_NODES", "0") or 0) < 3,
-        reason="needs a RabbitMQ cluster of 3 nodes: `python tools/brokers.py up rabbitmq --nodes 3` and "
-        '`eval "$(python tools/brokers.py env rabbitmq --nodes 3)"`',
-    ),
-]
+pytestmark = [pytest.mark.broker("rabbitmq"), pytest.mark.cluster]
 
 
 async def _harness(*args: str) -> None:
