@@ -9,7 +9,7 @@
 Broker adapters are imported lazily, so ``import nova`` needs no broker client:
 ``nova.KafkaBroker`` needs ``nova-taskqueue[kafka]``, ``nova.RabbitMQBroker``
 ``[rabbitmq]``, ``nova.RocketMQBroker`` and ``nova.RocketMQAdmin`` ``[rocketmq]``, ``nova.ClickHouseTaskRecorder``
-``[clickhouse]``.
+``[clickhouse]``, ``nova.PrometheusMetrics`` ``[metrics]``, ``nova.OpenTelemetryTracing`` ``[otel]``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from nova._errors import (
     ValidationError,
     ValidationTypeError,
 )
+from nova._middleware import Middleware, Outcome
 from nova._naming import dead_letter_queue
 from nova._policies import (
     Backoff,
@@ -73,6 +74,8 @@ from nova.brokers import PUBLIC_NAMES
 
 if TYPE_CHECKING:
     from nova._clickhouse import ClickHouseTaskRecorder
+    from nova._otel import OpenTelemetryTracing
+    from nova._prometheus import PrometheusMetrics
     from nova.brokers.kafka import KafkaAuth, KafkaBroker, KafkaSSL
     from nova.brokers.rabbitmq import RabbitMQBroker
     from nova.brokers.rocketmq import ConsumerModel, RocketMQAdmin, RocketMQBroker
@@ -109,10 +112,14 @@ __all__ = [
     "Message",
     "MessageCodec",
     "MessageFormat",
+    "Middleware",
     "NovaError",
+    "OpenTelemetryTracing",
+    "Outcome",
     "PayloadTooLarge",
     "Priority",
     "PriorityPolicy",
+    "PrometheusMetrics",
     "ProtobufCodec",
     "QueryableTaskRecorder",
     "RabbitMQBroker",
@@ -144,7 +151,8 @@ __all__ = [
 ]
 
 # Names whose modules need an optional client library, imported on first use.
-_LAZY = {**PUBLIC_NAMES, "ClickHouseTaskRecorder": "nova._clickhouse"}
+_LAZY = {**PUBLIC_NAMES, "ClickHouseTaskRecorder": "nova._clickhouse", "PrometheusMetrics": "nova._prometheus",
+         "OpenTelemetryTracing": "nova._otel"}
 
 
 def __getattr__(name: str) -> Any:

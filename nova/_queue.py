@@ -35,6 +35,7 @@ from nova._errors import (
     ValidationError,
     ValidationTypeError,
 )
+from nova._middleware import ENQUEUE_HEADERS, Middleware, combine, observed_enqueue
 from nova._naming import ready_topic, validate_group, validate_prefix, validate_queue, worker_group
 from nova._policies import PriorityPolicy, RetryPolicy, StrictPriority
 from nova._recording import TaskRecorder, TaskStatus
@@ -69,6 +70,9 @@ class TaskQueue:
     With ``recorder=``, every lifecycle step is recorded in the background;
     ``stop()`` then waits at most ``recorder_stop_timeout`` (real time) for the
     recorder to take what is left, and drops (counts, logs) the rest.
+
+    ``middleware`` (e.g. ``[nova.PrometheusMetrics(), nova.OpenTelemetryTracing()]``) sees
+    every enqueue, handler call and outcome; see ``nova.Middleware``.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class TaskQueue:
         stop_timeout: timedelta = timedelta(seconds=30),
         recorder_stop_timeout: timedelta = timedelta(seconds=5),
         close_broker: bool = False,
+        middleware: Sequence[Middleware] | None = None,
     ) -> None:
         self.broker = broker
         self.group_id = validate_group(broker.group_id or group_id)
@@ -157,6 +162,9 @@ class TaskQueue:
         self._stopped = False
         self._forced = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._middleware = combine(middleware)
+        if self._middleware is not None:
+            self._middleware.bind(self)
 
     def __repr__(self) -> str:
         return (f"TaskQueue(broker={type(self.broker).__name__}, prefix={self.prefix!r}, "
@@ -233,6 +241,8 @@ class TaskQueue:
         queue: str = "default",
     ) -> Result:
         """Publish one task; returns once the broker holds it (raises EnqueueError otherwise)."""
+        if self._middleware is not None:
+            return (await observed_enqueue(self, [task], priority, process_in, process_at, queue))[0]
         return (await self.enqueue_batch([task], priority=priority, process_in=process_in,
                                          process_at=process_at, queue=queue))[0]
 
@@ -249,6 +259,8 @@ class TaskQueue:
 
         Every task is validated before anything is sent.
         """
+        if self._middleware is not None and ENQUEUE_HEADERS.get() is None:  # (None: not called by the middleware)
+            return await observed_enqueue(self, tasks, priority, process_in, process_at, queue)
         if isinstance(tasks, Task) or not isinstance(tasks, Sequence):
             raise ValidationTypeError(f"enqueue_batch takes a list of nova.Task, got {type(tasks).__name__}")
         level = coerce_priority(priority)
@@ -307,6 +319,10 @@ class TaskQueue:
             limit = min(limit, self.broker.max_message_bytes)
         shared = shared_headers(codec=codec, queue=queue, priority=level, attempt=1,
                                 enqueued_at=self.clock.time(), eta=eta)
+        if self._middleware is not None:
+            added = ENQUEUE_HEADERS.get()
+            if added:  # the middleware's headers (trace context, ...): the same for every task of the call
+                shared = {**added, **shared}
         topic = ready_topic(self.prefix, queue, level)
         due = None if eta is None else _dt(eta)
         messages: list[Message] = []

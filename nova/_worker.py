@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -19,11 +20,12 @@ from typing import TYPE_CHECKING, cast
 
 from nova._aggregators import Aggregator
 from nova._broker import Delivery, HeaderRuns, InstantBacklog, InstantDeliveries, Message, Subscription
-from nova._clock import wait_with_timeout
+from nova._clock import SystemClock, wait_with_timeout
 from nova._codecs import BlobCodec
 from nova._envelope import MAX_ERROR_CHARS, H, TaskDecoder, ms_ceil
 from nova._errors import DecodeError
 from nova._handlers import CURRENT_TASK, HandlerSpec, call_handler, is_async_callable
+from nova._middleware import BROKEN, Outcome, complain
 from nova._naming import dead_letter_queue, ready_topic
 from nova._policies import StrictPriority
 from nova._recording import TaskStatus
@@ -45,6 +47,10 @@ _HIGH, _NORMAL, _LOW = LEVELS  # (an enum member read from its class costs a loo
 
 def _nothing() -> None:
     return None
+
+
+#: W3C trace context headers (see nova.OpenTelemetryTracing), kept on an undecodable message's dead letter.
+_TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,10 @@ class _BaseWorker:
         self.record = sink.emit_task if sink is not None else None
         self.record_start = sink.emit_started if sink is not None else None
         self.record_all = sink.emit_tasks if sink is not None else None
+        # Middleware (None: none, and the paths below never look for it).
+        self.middleware = tq._middleware
+        # Handler seconds for middleware, on the queue's clock (SystemClock.time() is time.time()).
+        self._now = time.time if type(tq.clock) is SystemClock else tq.clock.time
 
     @property
     def consuming(self) -> bool:
@@ -125,6 +135,22 @@ class _BaseWorker:
         task.queue = route.queue
         return task
 
+    def decode_observed(self, delivery: Delivery, route: _Route) -> tuple[Task, Mapping[str, str]] | None:
+        """``decode``, with the delivery's headers (for middleware)."""
+        try:
+            run = None if self._header_run is None else self._header_run(delivery)
+            if run is None:
+                headers = delivery.headers
+                task = self._decode(delivery.body, headers)
+            else:
+                headers = run[0]
+                task = self._decode_run(delivery.body, *run)
+        except DecodeError as exc:
+            asyncio.get_running_loop().create_task(self._poison(delivery, route, exc))
+            return None
+        task.queue = route.queue
+        return task, headers
+
     async def _poison(self, delivery: Delivery, route: _Route, exc: DecodeError) -> None:
         """Undecodable bytes go to the dead-letter queue with the decode error.
 
@@ -145,6 +171,9 @@ class _BaseWorker:
         }
         if H.CONTENT_TYPE in original:
             headers["nova-original-content-type"] = original[H.CONTENT_TYPE][:200]
+        for name in _TRACE_HEADERS:  # the dead letter stays in the trace of its enqueue
+            if name in original:
+                headers[name] = original[name]
         topic = ready_topic(self.tq.prefix, dlq, Priority.NORMAL)
         log.error("undecodable message on %s sent to %s: %s", delivery.topic, dlq, exc)
         await self._publish_then_ack(delivery, Message(topic, delivery.body, headers, headers[H.ID]))
@@ -161,9 +190,10 @@ class _BaseWorker:
         return True
 
     async def fail(self, delivery: Delivery, task: Task, route: _Route, exc: BaseException | str, *,
-                   retry: bool = True) -> None:
+                   retry: bool = True) -> Outcome:
         """Retry with backoff through the delay path, or dead-letter after max_retries (at once
-        with ``retry=False``). An ``exc`` given as a str is the error as it is."""
+        with ``retry=False``). An ``exc`` given as a str is the error as it is. Returns what became
+        of the task (RETURNED: the publish failed, the task was nacked)."""
         error = (exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}")[:MAX_ERROR_CHARS]
         tq = self.tq
         headers = {k: v for k, v in delivery.headers.items() if k not in (H.TARGET, H.HOLD_UNTIL, H.ETA)}
@@ -173,17 +203,21 @@ class _BaseWorker:
             headers[H.ATTEMPT] = str(task.attempt + 1)
             headers[H.ETA] = ms_ceil(eta)
             message = tq.router.route(delivery.topic, delivery.body, headers, task.id, eta)
-            if await self._publish_then_ack(delivery, message) and self.record is not None:
+            if not await self._publish_then_ack(delivery, message):
+                return Outcome.RETURNED
+            if self.record is not None:
                 self.record(task, TaskStatus.RETRYING, error)
-            return
+            return Outcome.RETRIED
         dlq = dead_letter_queue(route.queue)
         headers[H.QUEUE] = dlq
         message = Message(ready_topic(tq.prefix, dlq, Priority.NORMAL), delivery.body, headers, task.id)
-        if await self._publish_then_ack(delivery, message):
-            log.warning("task %s (%s) went to %s after %d attempt(s): %s",
-                        task.id, task.type, dlq, task.attempt, error)
-            if self.record is not None:
-                self.record(task, TaskStatus.FAILED, error)
+        if not await self._publish_then_ack(delivery, message):
+            return Outcome.RETURNED
+        log.warning("task %s (%s) went to %s after %d attempt(s): %s",
+                    task.id, task.type, dlq, task.attempt, error)
+        if self.record is not None:
+            self.record(task, TaskStatus.FAILED, error)
+        return Outcome.DEAD_LETTERED
 
     async def _stop_fetching(self) -> None:
         """No more deliveries enter the buffers (what was fetched stays unacked)."""
@@ -216,8 +250,14 @@ class Worker(_BaseWorker):
         self.handlers = handlers
         self._spec = None if handler is None else HandlerSpec(handler, self.is_async, timeout)
         # The plain path (one handler, no time limit) is the tuned one; the other one routes by
-        # type, applies time limits and names the task in log records.
-        self._run_one = self._run if handlers is None and timeout is None else self._run_routed
+        # type, applies time limits and names the task in log records; the observed one does that
+        # and calls the middleware.
+        if self.middleware is not None:
+            self._run_one = self._run_observed
+        elif handlers is None and timeout is None:
+            self._run_one = self._run
+        else:
+            self._run_one = self._run_routed
         self.concurrency = concurrency
         self.buffers: dict[Priority, deque[tuple[Delivery, _Route]]] = {lvl: deque() for lvl in LEVELS}
         self.running = 0
@@ -416,6 +456,58 @@ class Worker(_BaseWorker):
         finally:
             CURRENT_TASK.reset(token)
 
+    async def _run_observed(self, delivery: Delivery, route: _Route) -> None:
+        """``_run_routed`` between the middleware's ``process`` and ``processed``."""
+        decoded = self.decode_observed(delivery, route)
+        if decoded is None:
+            return
+        task, headers = decoded
+        spec = self._spec if self.handlers is None else self.handlers.get(task.type)
+        mw = self.middleware
+        assert mw is not None
+        tq = self.tq
+        token = CURRENT_TASK.set(task)
+        try:
+            state = mw.process(tq, task, delivery, headers)
+        except Exception:  # noqa: BLE001 - an observer must not fail the task
+            complain(mw, "process")
+            state = BROKEN
+        outcome = Outcome.RETURNED  # unless it gets further
+        error: BaseException | str | None = None
+        elapsed: float | None = None
+        try:
+            if spec is None:
+                error = f"no handler for task type {task.type!r} on queue {route.queue!r}"
+                outcome = await self.fail(delivery, task, route, error, retry=False)
+                return
+            record = self.record
+            if record is not None:
+                self.record_start(task)  # type: ignore[misc]
+            now = self._now
+            started = now()
+            try:
+                await call_handler(tq.clock, spec, task)
+            except asyncio.CancelledError as exc:
+                elapsed, error = now() - started, exc
+                raise  # stopped without grace: not acked, the broker redelivers
+            except Exception as exc:  # noqa: BLE001 - any handler error (TaskTimeout too) is a task failure
+                elapsed, error = now() - started, exc
+                outcome = await self.fail(delivery, task, route, exc)
+                return
+            elapsed = now() - started
+            await delivery.ack()
+            outcome = Outcome.COMPLETED
+            self.handled += 1
+            if record is not None:
+                record(task, TaskStatus.COMPLETED)
+        finally:
+            if state is not BROKEN:
+                try:
+                    mw.processed(tq, state, task, outcome, error, elapsed)
+                except Exception:  # noqa: BLE001
+                    complain(mw, "processed")
+            CURRENT_TASK.reset(token)
+
     async def stop(self, *, graceful: bool, timeout: float) -> None:
         self.stopping = True
         self._work.set()  # runners waiting for a higher level wake, see stopping, and end
@@ -467,7 +559,7 @@ class BatchWorker(_BaseWorker):
             return
         if self.types is not None and task.type not in self.types:
             error = f"no handler for task type {task.type!r} on queue {route.queue!r}"
-            reject = asyncio.get_running_loop().create_task(self.fail(delivery, task, route, error, retry=False))
+            reject = asyncio.get_running_loop().create_task(self._reject(delivery, task, route, error))
             self._rejects.add(reject)
             reject.add_done_callback(self._rejects.discard)
             return
@@ -508,6 +600,9 @@ class BatchWorker(_BaseWorker):
         del self.buffer[: self.aggregator.max_size]
         self.first_at = self.tq.clock.time() if self.buffer else None
         tasks = [task for _, task, _ in batch]
+        if self.middleware is not None:
+            await self._flush_observed(batch, tasks)
+            return
         tq = self.tq
         if self.record_all is not None:
             self.record_all(tasks, TaskStatus.PROCESSING)
@@ -528,6 +623,74 @@ class BatchWorker(_BaseWorker):
             self.record_all(tasks, TaskStatus.COMPLETED)
         self.batches += 1
         self.handled += len(batch)
+
+    async def _flush_observed(self, batch: list[tuple[Delivery, Task, _Route]], tasks: list[Task]) -> None:
+        """``flush``'s handler call and settling, between the middleware's ``process_batch`` and
+        ``processed_batch``."""
+        mw = self.middleware
+        assert mw is not None
+        tq = self.tq
+        if self.record_all is not None:
+            self.record_all(tasks, TaskStatus.PROCESSING)
+        token = CURRENT_TASK.set(tasks)
+        try:
+            state = mw.process_batch(tq, tasks, [delivery for delivery, _, _ in batch])
+        except Exception:  # noqa: BLE001 - an observer must not fail the batch
+            complain(mw, "process_batch")
+            state = BROKEN
+        outcomes = [Outcome.RETURNED] * len(batch)
+        error: BaseException | None = None
+        elapsed: float | None = None
+        now = self._now
+        started = now()
+        try:
+            try:
+                await call_handler(tq.clock, self._spec, tasks)
+            except asyncio.CancelledError as exc:
+                elapsed, error = now() - started, exc
+                raise
+            except Exception as exc:  # noqa: BLE001 - the whole batch failed: retry each task
+                elapsed, error = now() - started, exc
+                for i, (delivery, task, route) in enumerate(batch):
+                    outcomes[i] = await self.fail(delivery, task, route, exc)
+                return
+            elapsed = now() - started
+            for i, (delivery, _, _) in enumerate(batch):
+                await delivery.ack()
+                outcomes[i] = Outcome.COMPLETED
+            if self.record_all is not None:
+                self.record_all(tasks, TaskStatus.COMPLETED)
+            self.batches += 1
+            self.handled += len(batch)
+        finally:
+            if state is not BROKEN:
+                try:
+                    mw.processed_batch(tq, state, tasks, outcomes, error, elapsed)
+                except Exception:  # noqa: BLE001
+                    complain(mw, "processed_batch")
+            CURRENT_TASK.reset(token)
+
+    async def _reject(self, delivery: Delivery, task: Task, route: _Route, error: str) -> None:
+        """A task of a type the batch handler does not take: to the dead-letter queue, at once."""
+        mw = self.middleware
+        if mw is None:
+            await self.fail(delivery, task, route, error, retry=False)
+            return
+        tq = self.tq
+        try:
+            state = mw.process(tq, task, delivery, delivery.headers)
+        except Exception:  # noqa: BLE001
+            complain(mw, "process")
+            state = BROKEN
+        outcome = Outcome.RETURNED
+        try:
+            outcome = await self.fail(delivery, task, route, error, retry=False)
+        finally:
+            if state is not BROKEN:
+                try:
+                    mw.processed(tq, state, task, outcome, error, None)
+                except Exception:  # noqa: BLE001
+                    complain(mw, "processed")
 
     async def stop(self, *, graceful: bool, timeout: float) -> None:
         self.stopping = True

@@ -424,11 +424,13 @@ async def test_log_records_name_the_task(broker: SimBroker, clock: VirtualClock)
         log.removeHandler(keep)
     tags = {r.getMessage(): r.task for r in records}  # type: ignore[attr-defined]
     assert tags == {
-        "sending": f" [task={email.id} type=email queue=default]",
-        "texting": f" [task={sms.id} type=sms queue=default]",
+        "sending": f" [task={email.id} type=email queue=default attempt=1]",
+        "texting": f" [task={sms.id} type=sms queue=default attempt=1]",
         "reporting": " [batch of 2 type=report queue=reports]",
         "outside": "",
     }
     by_message = {r.getMessage(): r for r in records}
     assert by_message["sending"].task_id == email.id  # type: ignore[attr-defined]
     assert by_message["outside"].task_id is None  # type: ignore[attr-defined]
+    assert by_message["sending"].task_attempt == 1  # type: ignore[attr-defined]
+    assert by_message["outside"].task_attempt is None  # type: ignore[attr-defined]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import nova
 import nova.sim
 
@@ -13,8 +15,9 @@ EXPECTED = {
     "ClickHouseTaskRecorder", "Clock", "ClosedError", "ConfigurationError", "ConfigurationTypeError", "ConnectionError",
     "ConstantBackoff", "ConsumerModel", "CountAggregator", "DecodeError", "DelayTiers", "Delivery",
     "EnqueueError", "ExponentialBackoff", "JsonCodec", "KafkaAuth", "KafkaBroker", "KafkaSSL",
-    "MemoryTaskRecorder", "Message", "MessageCodec", "MessageFormat", "NovaError", "PayloadTooLarge",
-    "Priority", "PriorityPolicy", "ProtobufCodec", "QueryableTaskRecorder", "RabbitMQBroker", "Result", "RetryPolicy",
+    "MemoryTaskRecorder", "Message", "MessageCodec", "MessageFormat", "Middleware", "NovaError",
+    "OpenTelemetryTracing", "Outcome", "PayloadTooLarge", "Priority", "PriorityPolicy", "PrometheusMetrics",
+    "ProtobufCodec", "QueryableTaskRecorder", "RabbitMQBroker", "Result", "RetryPolicy",
     "RocketMQAdmin", "RocketMQBroker", "SonicCodec", "StateError", "StrictPriority", "Subscription", "SystemClock",
     "SyncTaskQueue", "Task",
     "TaskBody", "TaskEvent", "TaskLogFilter", "TaskQueue", "TaskRecord", "TaskRecorder", "TaskStatus",
@@ -30,7 +33,7 @@ def test_public_surface_is_pinned() -> None:
 
 def test_eager_names_exist() -> None:
     lazy = {"KafkaBroker", "KafkaAuth", "KafkaSSL", "RabbitMQBroker", "RocketMQBroker", "RocketMQAdmin",
-            "ConsumerModel", "ClickHouseTaskRecorder"}
+            "ConsumerModel", "ClickHouseTaskRecorder", "PrometheusMetrics", "OpenTelemetryTracing"}
     for name in EXPECTED - lazy:
         assert getattr(nova, name) is not None
 
@@ -39,7 +42,8 @@ def test_import_nova_imports_no_broker_client() -> None:
     code = (
         "import sys, nova, nova.sim\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in "
-        "('aiokafka', 'aio_pika', 'aiormq', 'rocketmq', 'grpc', 'clickhouse_connect', 'chdb', 'orjson')]\n"
+        "('aiokafka', 'aio_pika', 'aiormq', 'rocketmq', 'grpc', 'clickhouse_connect', 'chdb', 'orjson', "
+        "'prometheus_client', 'opentelemetry')]\n"
         "print(heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -58,6 +62,24 @@ def test_missing_extra_names_the_extra() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "nova-taskqueue[kafka]" in out.stdout
+
+
+@pytest.mark.parametrize(("module", "name", "extra"), [
+    ("prometheus_client", "PrometheusMetrics", "nova-taskqueue[metrics]"),
+    ("opentelemetry", "OpenTelemetryTracing", "nova-taskqueue[otel]"),
+])
+def test_observability_without_its_extra_names_the_extra(module: str, name: str, extra: str) -> None:
+    code = (
+        "import sys\n"
+        f"sys.modules[{module!r}] = None\n"
+        "import nova\n"
+        "try:\n"
+        f"    nova.{name}()\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert extra in out.stdout
 
 
 def test_error_tree() -> None:

@@ -92,7 +92,7 @@ def test_sigterm_lets_the_running_handler_finish_then_exit_0(setup: Setup) -> No
     assert worker.wait(30) == 0
     task_id = setup.started()[0].task_id
     assert [e.event for e in setup.entries() if e.task_id == task_id] == ["start", "done"]
-    assert f"workerapp [task={task_id} type=slow queue=default]: slow task started" in worker.output
+    assert f"workerapp [task={task_id} type=slow queue=default attempt=1]: slow task started" in worker.output
     assert "stopped (exit 0)" in worker.output
 
 

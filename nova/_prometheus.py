@@ -1,0 +1,399 @@
+"""nova.PrometheusMetrics: Prometheus metrics of a TaskQueue's (or an App's) tasks, on prometheus_client.
+
+    metrics = nova.PrometheusMetrics()                        # the default registry
+    queue = nova.TaskQueue(broker, middleware=[metrics])
+    prometheus_client.start_http_server(9464)                 # or: nova worker ... --metrics-port 9464
+
+The hot path counts in plain dicts and lists (a few dictionary updates per task, no lock):
+one collector per registry turns them into metric families when scraped. The backlog
+gauge is read at scrape time from what each consumer's subscription already knows
+(``backlog_nowait``), on the queue's event loop, without a broker round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+import weakref
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from nova._broker import InstantBacklog
+from nova._errors import ConfigurationError, ConfigurationTypeError, TaskTimeout, ValidationError
+from nova._middleware import Middleware, Outcome, is_cancel
+from nova._task import Priority, Task
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("nova.PrometheusMetrics needs prometheus_client: pip install 'nova-taskqueue[metrics]'") from exc
+
+if TYPE_CHECKING:
+    from nova._broker import Delivery
+    from nova._queue import TaskQueue
+    from nova._task import Result
+
+__all__ = ["DEFAULT_BUCKETS", "PrometheusMetrics"]
+
+#: Seconds, for handler time and waiting time alike: from 5 ms to 10 minutes.
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+#: ``nova_tasks_processed_total``'s statuses. An attempt counts once as completed, failed or
+#: timed_out; a failed or timed-out one counts once more as retried or dead_lettered.
+STATUSES = ("completed", "failed", "timed_out", "retried", "dead_lettered")
+OTHER = "other"
+MIXED = "mixed"  # a batch of several task types (its handler time has one series)
+
+_COMPLETED, _RETRIED, _DEAD = Outcome.COMPLETED, Outcome.RETRIED, Outcome.DEAD_LETTERED
+_PRIORITY_NAMES: Mapping[Priority, str] = {Priority.HIGH: "high", Priority.NORMAL: "normal", Priority.LOW: "low"}
+#: How long a scrape from another thread waits for the event loop to read the backlogs.
+_BACKLOG_WAIT = 1.0
+
+
+class PrometheusMetrics(Middleware):
+    """Prometheus metrics of every task a TaskQueue (or App) enqueues and handles.
+
+        metrics = nova.PrometheusMetrics(registry=prometheus_client.CollectorRegistry())
+        app = nova.App("kafka://127.0.0.1:9092", middleware=[metrics])
+
+    ``registry``: where the metrics are registered (default: prometheus_client's default
+    registry). ``max_types``: task types beyond this many are reported as ``type="other"``, so
+    a bad producer cannot explode the series. ``buckets``: upper bounds in seconds of both
+    histograms. Several PrometheusMetrics may share a registry (their counts add up), if they
+    share the buckets too.
+
+    Metrics (``nova worker --metrics-port`` serves them, summed over ``--processes``):
+
+    - ``nova_tasks_enqueued_total{queue,type,priority}``
+    - ``nova_tasks_processed_total{queue,type,status}``: each attempt counts once as
+      ``completed``, ``failed`` or ``timed_out``; each failed or timed-out one once more as
+      ``retried`` or ``dead_lettered`` (a type without a handler: failed and dead_lettered)
+    - ``nova_task_duration_seconds{queue,type}``: handler time (a batch: once per batch)
+    - ``nova_task_wait_seconds{queue,type}``: from when the attempt was due (enqueued, its
+      delay or its retry backoff over) to its start
+    - ``nova_tasks_in_progress{queue}``
+    - ``nova_queue_backlog{queue,priority}``: waiting, as each consumer's subscription knows it
+      without asking the broker (brokers whose subscriptions cannot tell report none)
+    - ``nova_enqueue_errors_total{queue}``: enqueue calls the broker failed
+    - ``nova_recorder_dropped_total``: task records the recorder dropped
+
+    Counting is not locked: give each event loop its own PrometheusMetrics for exact counts.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, max_types: int = 100,
+                 buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
+        if registry is not None and not isinstance(registry, CollectorRegistry):
+            raise ConfigurationTypeError(f"registry must be a prometheus_client.CollectorRegistry, got "
+                                         f"{type(registry).__name__}")
+        if isinstance(max_types, bool) or not isinstance(max_types, int):
+            raise ConfigurationTypeError(f"max_types must be an int >= 1, got {max_types!r}")
+        if max_types < 1:
+            raise ConfigurationError(f"max_types must be an int >= 1, got {max_types!r}")
+        self.registry: CollectorRegistry = REGISTRY if registry is None else registry
+        self.max_types = max_types
+        self.buckets = _check_buckets(buckets)
+        self._types: set[str] = set()
+        self._enqueued: dict[tuple[str, str, str], int] = {}
+        self._enqueue_errors: dict[str, int] = {}
+        self._processed: dict[tuple[str, str, str], int] = {}
+        # Histograms by (queue, type): a count per bucket (the last one +Inf), then the sum.
+        self._durations: dict[tuple[str, str], list[float]] = {}
+        self._waits: dict[tuple[str, str], list[float]] = {}
+        self._in_progress: dict[str, int] = {}
+        self._queues: weakref.WeakSet[TaskQueue] = weakref.WeakSet()
+        self._retired_dropped = 0  # records dropped by the sinks of TaskQueues gone since
+        self._due: tuple[datetime | None, float] = (None, 0.0)  # the last due time read, as epoch seconds
+        _collector_of(self.registry, self.buckets).add(self)
+
+    def __repr__(self) -> str:
+        return f"PrometheusMetrics(types={len(self._types)}/{self.max_types}, queues={len(self._queues)})"
+
+    # -- hooks ------------------------------------------------------------------------
+    def bind(self, queue: TaskQueue) -> None:
+        self._queues.add(queue)
+        if queue._sink is not None:
+            weakref.finalize(queue, self._retire_sink, queue._sink)
+
+    def _retire_sink(self, sink: Any) -> None:
+        self._retired_dropped += sink.dropped
+
+    def _type(self, task_type: str) -> str:
+        """``task_type`` as a label: ``other`` once ``max_types`` others were seen."""
+        if task_type in self._types:
+            return task_type
+        if len(self._types) < self.max_types:
+            self._types.add(task_type)
+            return task_type
+        return OTHER
+
+    def enqueue(self, queue: TaskQueue, tasks: Sequence[Task], destination: str, priority: Priority,
+                headers: dict[str, str]) -> Any:
+        return destination, _PRIORITY_NAMES[priority]
+
+    def enqueued(self, queue: TaskQueue, state: Any, tasks: Sequence[Task], results: Sequence[Result] | None,
+                 error: BaseException | None) -> None:
+        destination, priority = state
+        if results is None:
+            if not isinstance(error, ValidationError | asyncio.CancelledError):  # the caller's mistakes are not
+                self._enqueue_errors[destination] = self._enqueue_errors.get(destination, 0) + 1  # the broker's
+            return
+        counts = self._enqueued
+        types = self._types
+        if len(tasks) == 1:
+            task_type = tasks[0].type
+            key = (destination, task_type if task_type in types else self._type(task_type), priority)
+            counts[key] = counts.get(key, 0) + 1
+            return
+        for task_type, n in Tally(task.type for task in tasks).items():
+            key = (destination, task_type if task_type in types else self._type(task_type), priority)
+            counts[key] = counts.get(key, 0) + n
+
+    def process(self, queue: TaskQueue, task: Task, delivery: Delivery, headers: Mapping[str, str]) -> Any:
+        name = task.queue
+        task_type = task.type
+        if task_type not in self._types:
+            task_type = self._type(task_type)
+        self._in_progress[name] = self._in_progress.get(name, 0) + 1
+        due = task.eta or task.enqueued_at
+        if due is not None:
+            last, seconds = self._due
+            if due is not last:  # the tasks of one enqueue share their due time's datetime
+                seconds = due.timestamp()
+                self._due = (due, seconds)
+            key = (name, task_type)
+            waits = self._waits.get(key)
+            if waits is None:
+                waits = self._waits[key] = self._histogram()
+            wait = queue.clock.time() - seconds
+            if wait < 0:
+                wait = 0.0
+            waits[bisect_left(self.buckets, wait)] += 1
+            waits[-1] += wait
+        return None
+
+    def processed(self, queue: TaskQueue, state: Any, task: Task, outcome: Outcome,
+                  error: BaseException | str | None, elapsed: float | None) -> None:
+        name = task.queue
+        task_type = task.type
+        if task_type not in self._types:
+            task_type = self._type(task_type)
+        self._in_progress[name] -= 1
+        counts = self._processed
+        if outcome is _COMPLETED:
+            key = (name, task_type, "completed")
+            counts[key] = counts.get(key, 0) + 1
+        elif not is_cancel(error):
+            key = (name, task_type, "timed_out" if isinstance(error, TaskTimeout) else "failed")
+            counts[key] = counts.get(key, 0) + 1
+            if outcome is _RETRIED or outcome is _DEAD:
+                key = (name, task_type, outcome.value)
+                counts[key] = counts.get(key, 0) + 1
+        if elapsed is not None and not is_cancel(error):
+            durations = self._durations.get((name, task_type))
+            if durations is None:
+                durations = self._durations[(name, task_type)] = self._histogram()
+            durations[bisect_left(self.buckets, elapsed)] += 1
+            durations[-1] += elapsed
+
+    def process_batch(self, queue: TaskQueue, tasks: Sequence[Task], deliveries: Sequence[Delivery]) -> Any:
+        for task in tasks:
+            self.process(queue, task, None, {})  # type: ignore[arg-type]  # (neither is read)
+        return None
+
+    def processed_batch(self, queue: TaskQueue, state: Any, tasks: Sequence[Task], outcomes: Sequence[Outcome],
+                        error: BaseException | None, elapsed: float | None) -> None:
+        for task, outcome in zip(tasks, outcomes, strict=True):
+            self.processed(queue, None, task, outcome, error, None)
+        if elapsed is not None and tasks and not is_cancel(error):
+            types = {task.type for task in tasks}
+            key = (tasks[0].queue, self._type(types.pop()) if len(types) == 1 else MIXED)
+            durations = self._durations.get(key)
+            if durations is None:
+                durations = self._durations[key] = self._histogram()
+            durations[bisect_left(self.buckets, elapsed)] += 1
+            durations[-1] += elapsed
+
+    def _histogram(self) -> list[float]:
+        return [0] * (len(self.buckets) + 1) + [0.0]
+
+    # -- what the collector reads (from any thread) -----------------------------------------
+    def backlogs(self) -> dict[tuple[str, str], int]:
+        """What waits per (queue, priority), as the consumers' subscriptions know it now."""
+        found: dict[tuple[str, str], int] = {}
+        for tq in list(self._queues):
+            worker = tq.worker
+            loop = tq._loop
+            if worker is None or loop is None or not worker.consuming or not isinstance(worker.sub, InstantBacklog):
+                continue
+            for key, n in _on_loop(loop, lambda w=worker: _worker_backlog(w)).items():
+                found[key] = found.get(key, 0) + n
+        return found
+
+    def dropped(self) -> int:
+        live = sum(tq._sink.dropped for tq in list(self._queues) if tq._sink is not None)
+        return self._retired_dropped + live
+
+
+def _worker_backlog(worker: Any) -> dict[tuple[str, str], int]:
+    """Per (queue, priority): not yet fetched (the subscription's answer) plus fetched, not started."""
+    sub = worker.sub
+    found: dict[tuple[str, str], int] = {}
+    for topic, route in worker.routes.items():
+        waiting = sub.backlog_nowait(topic)
+        if waiting is not None:
+            found[(route.queue, _PRIORITY_NAMES[route.priority])] = waiting
+    buffers = getattr(worker, "buffers", None)  # the single-task worker: deliveries by level
+    items: Iterable[Any] = (item for level in buffers.values() for item in level) if buffers else worker.buffer
+    for item in items:
+        route = item[-1]
+        key = (route.queue, _PRIORITY_NAMES[route.priority])
+        if key in found:
+            found[key] += 1
+    return found
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, read: Any) -> dict[tuple[str, str], int]:
+    """``read()`` on ``loop``'s thread (a subscription is not thread-safe); {} if that loop is
+    not running or does not answer within a second (the scrape goes on without it)."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        result: dict[tuple[str, str], int] = read()
+        return result
+    if loop.is_closed() or not loop.is_running():
+        return {}
+    future: concurrent.futures.Future[dict[tuple[str, str], int]] = concurrent.futures.Future()
+
+    def answer() -> None:
+        try:
+            future.set_result(read())
+        except Exception as exc:  # noqa: BLE001 - told to the scraping thread
+            future.set_exception(exc)
+
+    try:
+        loop.call_soon_threadsafe(answer)
+    except RuntimeError:  # closed meanwhile
+        return {}
+    with contextlib.suppress(concurrent.futures.TimeoutError, Exception):
+        return future.result(timeout=_BACKLOG_WAIT)
+    return {}
+
+
+def _check_buckets(buckets: Sequence[float]) -> tuple[float, ...]:
+    if isinstance(buckets, str) or not isinstance(buckets, Sequence):
+        raise ConfigurationTypeError(f"buckets must be a list of seconds, e.g. (0.01, 0.1, 1, 10), got {buckets!r}")
+    values = tuple(float(b) for b in buckets if b != float("inf"))
+    if not values or list(values) != sorted(set(values)):
+        raise ConfigurationError(f"buckets must be increasing seconds, e.g. (0.01, 0.1, 1, 10), got {buckets!r}")
+    return values
+
+
+class _NovaCollector:
+    """nova's metric families on one registry, summed over the PrometheusMetrics that use it."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.bounds = [_le(b) for b in buckets] + ["+Inf"]
+        self.sources: weakref.WeakSet[PrometheusMetrics] = weakref.WeakSet()
+
+    def add(self, source: PrometheusMetrics) -> None:
+        if source.buckets != self.buckets:
+            raise ConfigurationError("PrometheusMetrics on one registry must share their buckets: this registry's "
+                                     f"are {self.buckets}")
+        self.sources.add(source)
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        enqueued: dict[tuple[str, ...], float] = {}
+        processed: dict[tuple[str, ...], float] = {}
+        errors: dict[tuple[str, ...], float] = {}
+        in_progress: dict[tuple[str, ...], float] = {}
+        backlog: dict[tuple[str, ...], float] = {}
+        durations: dict[tuple[str, ...], list[float]] = {}
+        waits: dict[tuple[str, ...], list[float]] = {}
+        dropped = 0
+        for source in list(self.sources):
+            _add(enqueued, source._enqueued.copy())
+            _add(processed, source._processed.copy())
+            _add(errors, {(q,): n for q, n in source._enqueue_errors.copy().items()})
+            _add(in_progress, {(q,): n for q, n in source._in_progress.copy().items()})
+            _add(backlog, source.backlogs())
+            _add_histograms(durations, source._durations.copy())
+            _add_histograms(waits, source._waits.copy())
+            dropped += source.dropped()
+        # Every status of every (queue, type) seen, zeros included: rate() needs the series to exist.
+        for queue, task_type in {(q, t) for q, t, _ in processed} | {key for key in durations if len(key) == 2}:
+            for status in STATUSES:
+                processed.setdefault((queue, task_type, status), 0)
+        families = self._families()
+        for family, values in zip(families[:5], (enqueued, processed, errors, in_progress, backlog), strict=True):
+            for labels, value in sorted(values.items()):
+                family.add_metric(list(labels), value)
+        for family, histograms in ((families[5], durations), (families[6], waits)):
+            for labels, counts in sorted(histograms.items()):
+                cumulative, total = [], 0.0
+                for bound, count in zip(self.bounds, counts, strict=False):
+                    total += count
+                    cumulative.append((bound, total))
+                assert isinstance(family, HistogramMetricFamily)
+                family.add_metric(list(labels), cumulative, counts[-1])
+        families[7].add_metric([], dropped)
+        yield from families
+
+    def _families(self) -> list[Any]:
+        return [
+            CounterMetricFamily("nova_tasks_enqueued", "Tasks the broker took from enqueue calls",
+                                labels=["queue", "type", "priority"]),
+            CounterMetricFamily("nova_tasks_processed", "Attempts by how they ended: completed, failed or "
+                                "timed_out; failed and timed-out ones also as retried or dead_lettered",
+                                labels=["queue", "type", "status"]),
+            CounterMetricFamily("nova_enqueue_errors", "Enqueue calls that the broker failed", labels=["queue"]),
+            GaugeMetricFamily("nova_tasks_in_progress", "Tasks whose handler runs now", labels=["queue"]),
+            GaugeMetricFamily("nova_queue_backlog", "Tasks waiting, as the consumers' subscriptions know it",
+                              labels=["queue", "priority"]),
+            HistogramMetricFamily("nova_task_duration_seconds", "Handler time of an attempt (or of a batch)",
+                                  labels=["queue", "type"]),
+            HistogramMetricFamily("nova_task_wait_seconds", "From when an attempt was due to its start",
+                                  labels=["queue", "type"]),
+            CounterMetricFamily("nova_recorder_dropped", "Task records the recorder dropped (it fell behind)"),
+        ]
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def _add(into: dict[tuple[str, ...], float], values: Mapping[Any, float]) -> None:
+    for key, value in values.items():
+        into[key] = into.get(key, 0) + value
+
+
+def _add_histograms(into: dict[tuple[str, ...], list[float]], histograms: Mapping[Any, list[float]]) -> None:
+    for key, counts in histograms.items():
+        counts = list(counts)
+        have = into.get(key)
+        into[key] = counts if have is None else [a + b for a, b in zip(have, counts, strict=True)]
+
+
+_collectors: weakref.WeakKeyDictionary[CollectorRegistry, _NovaCollector] = weakref.WeakKeyDictionary()
+_collectors_lock = threading.Lock()
+
+
+def _collector_of(registry: CollectorRegistry, buckets: tuple[float, ...]) -> _NovaCollector:
+    with _collectors_lock:
+        collector = _collectors.get(registry)
+        if collector is None:
+            collector = _NovaCollector(buckets)
+            registry.register(collector)
+            _collectors[registry] = collector
+        return collector
