@@ -10,7 +10,7 @@ pairs, each returning a state the second one gets back:
                                                                what it adds to ``headers``
                                                                travels in every task's headers
     enqueued(queue, state, tasks, results, error)              once the broker took them (or not)
-    process(queue, task, delivery, headers) -> state           right before the handler, in its
+    process(queue, task, delivery) -> state                    right before the handler, in its
                                                                context (context variables set
                                                                here are seen by the handler)
     processed(queue, state, task, outcome, error, elapsed)     once the attempt's outcome is
@@ -30,7 +30,7 @@ import asyncio
 import enum
 import logging
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -96,8 +96,8 @@ class Middleware:
                  error: BaseException | None) -> None:
         """The broker took the tasks (``results``), or the enqueue raised ``error``."""
 
-    def process(self, queue: TaskQueue, task: Task, delivery: Delivery, headers: Mapping[str, str]) -> Any:
-        """An attempt of ``task`` begins (``headers``: its message's, as ``delivery.headers``)."""
+    def process(self, queue: TaskQueue, task: Task, delivery: Delivery) -> Any:
+        """An attempt of ``task`` begins (``delivery.headers``: its message's headers)."""
         return None
 
     def processed(self, queue: TaskQueue, state: Any, task: Task, outcome: Outcome,
@@ -145,11 +145,11 @@ class _Chain(Middleware):
                 except Exception:  # noqa: BLE001
                     _complain(member, "enqueued")
 
-    def process(self, queue: TaskQueue, task: Task, delivery: Delivery, headers: Mapping[str, str]) -> Any:
+    def process(self, queue: TaskQueue, task: Task, delivery: Delivery) -> Any:
         states = []
         for member in self.members:
             try:
-                states.append(member.process(queue, task, delivery, headers))
+                states.append(member.process(queue, task, delivery))
             except Exception:  # noqa: BLE001
                 states.append(_BROKEN)
                 _complain(member, "process")

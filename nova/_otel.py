@@ -171,9 +171,9 @@ class OpenTelemetryTracing(Middleware):
             name = self._names[queue] = f"process {queue}"
         return name
 
-    def process(self, queue: TaskQueue, task: Task, delivery: Delivery, headers: Mapping[str, str]) -> Any:
+    def process(self, queue: TaskQueue, task: Task, delivery: Delivery) -> Any:
         key = id(queue)
-        parent = self._parent(headers)
+        parent = self._parent(delivery.headers)
         attributes = {**self._consumer_attrs[key], DESTINATION: task.queue, MESSAGE_ID: task.id,
                       TASK_TYPE: task.type, ATTEMPT: task.attempt}
         if key in self._kafka:

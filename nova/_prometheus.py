@@ -16,14 +16,16 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
+import time
 import weakref
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from nova._broker import InstantBacklog
+from nova._clock import SystemClock
 from nova._errors import ConfigurationError, ConfigurationTypeError, TaskTimeout, ValidationError
 from nova._middleware import Middleware, Outcome, is_cancel
 from nova._task import Priority, Task
@@ -52,6 +54,8 @@ MIXED = "mixed"  # a batch of several task types (its handler time has one serie
 
 _COMPLETED, _RETRIED, _DEAD = Outcome.COMPLETED, Outcome.RETRIED, Outcome.DEAD_LETTERED
 _PRIORITY_NAMES: Mapping[Priority, str] = {Priority.HIGH: "high", Priority.NORMAL: "normal", Priority.LOW: "low"}
+#: Series keys at most (types past max_types beyond this are looked up the slow way each time).
+_MAX_ALIASES = 10_000
 #: How long a scrape from another thread waits for the event loop to read the backlogs.
 _BACKLOG_WAIT = 1.0
 
@@ -99,16 +103,17 @@ class PrometheusMetrics(Middleware):
         self.max_types = max_types
         self.buckets = _check_buckets(buckets)
         self._types: set[str] = set()
+        # (queue, type) -> its series; a type past max_types maps to (queue, "other")'s.
+        self._series: dict[tuple[str, str], _Series] = {}
         self._enqueued: dict[tuple[str, str, str], int] = {}
         self._enqueue_errors: dict[str, int] = {}
-        self._processed: dict[tuple[str, str, str], int] = {}
-        # Histograms by (queue, type): a count per bucket (the last one +Inf), then the sum.
-        self._durations: dict[tuple[str, str], list[float]] = {}
-        self._waits: dict[tuple[str, str], list[float]] = {}
-        self._in_progress: dict[str, int] = {}
         self._queues: weakref.WeakSet[TaskQueue] = weakref.WeakSet()
         self._retired_dropped = 0  # records dropped by the sinks of TaskQueues gone since
-        self._due: tuple[datetime | None, float] = (None, 0.0)  # the last due time read, as epoch seconds
+        self._due_at: datetime | None = None  # the last due time read, and it in epoch seconds
+        self._due_seconds = 0.0
+        # The bound queues' clock (SystemClock.time() is time.time()); None: they differ, ask each.
+        self._time: Callable[[], float] | None = None
+        self._clock: Any = None
         _collector_of(self.registry, self.buckets).add(self)
 
     def __repr__(self) -> str:
@@ -116,6 +121,11 @@ class PrometheusMetrics(Middleware):
 
     # -- hooks ------------------------------------------------------------------------
     def bind(self, queue: TaskQueue) -> None:
+        if not self._queues:
+            self._clock = queue.clock
+            self._time = time.time if type(queue.clock) is SystemClock else queue.clock.time
+        elif queue.clock is not self._clock and not (type(queue.clock) is type(self._clock) is SystemClock):
+            self._time = None
         self._queues.add(queue)
         if queue._sink is not None:
             weakref.finalize(queue, self._retire_sink, queue._sink)
@@ -131,6 +141,16 @@ class PrometheusMetrics(Middleware):
             self._types.add(task_type)
             return task_type
         return OTHER
+
+    def _new_series(self, key: tuple[str, str]) -> _Series:
+        queue, task_type = key
+        label = self._type(task_type)
+        series = self._series.get((queue, label))
+        if series is None:
+            series = self._series[(queue, label)] = _Series(len(self.buckets))
+        if label == task_type or len(self._series) < _MAX_ALIASES:
+            self._series[key] = series  # a type past the limit: found at once next time (up to a bound)
+        return series
 
     def enqueue(self, queue: TaskQueue, tasks: Sequence[Task], destination: str, priority: Priority,
                 headers: dict[str, str]) -> Any:
@@ -154,75 +174,74 @@ class PrometheusMetrics(Middleware):
             key = (destination, task_type if task_type in types else self._type(task_type), priority)
             counts[key] = counts.get(key, 0) + n
 
-    def process(self, queue: TaskQueue, task: Task, delivery: Delivery, headers: Mapping[str, str]) -> Any:
-        name = task.queue
-        task_type = task.type
-        if task_type not in self._types:
-            task_type = self._type(task_type)
-        self._in_progress[name] = self._in_progress.get(name, 0) + 1
+    def process(self, queue: TaskQueue, task: Task, delivery: Delivery) -> Any:
+        series = self._series.get((task.queue, task.type))
+        if series is None:
+            series = self._new_series((task.queue, task.type))
+        series.running += 1
         due = task.eta or task.enqueued_at
         if due is not None:
-            last, seconds = self._due
-            if due is not last:  # the tasks of one enqueue share their due time's datetime
-                seconds = due.timestamp()
-                self._due = (due, seconds)
-            key = (name, task_type)
-            waits = self._waits.get(key)
-            if waits is None:
-                waits = self._waits[key] = self._histogram()
-            wait = queue.clock.time() - seconds
-            if wait < 0:
-                wait = 0.0
-            waits[bisect_left(self.buckets, wait)] += 1
-            waits[-1] += wait
-        return None
+            if due is not self._due_at:  # the tasks of one enqueue share their due time's datetime
+                self._due_at = due
+                self._due_seconds = due.timestamp()
+            now = self._time
+            wait = (queue.clock.time() if now is None else now()) - self._due_seconds
+            waits = series.waits
+            if wait > 0:
+                waits[bisect_left(self.buckets, wait)] += 1
+                waits[-1] += wait
+            else:
+                waits[0] += 1
+        return series
 
     def processed(self, queue: TaskQueue, state: Any, task: Task, outcome: Outcome,
                   error: BaseException | str | None, elapsed: float | None) -> None:
-        name = task.queue
-        task_type = task.type
-        if task_type not in self._types:
-            task_type = self._type(task_type)
-        self._in_progress[name] -= 1
-        counts = self._processed
+        series: _Series = state
+        series.running -= 1
         if outcome is _COMPLETED:
-            key = (name, task_type, "completed")
-            counts[key] = counts.get(key, 0) + 1
-        elif not is_cancel(error):
-            key = (name, task_type, "timed_out" if isinstance(error, TaskTimeout) else "failed")
-            counts[key] = counts.get(key, 0) + 1
-            if outcome is _RETRIED or outcome is _DEAD:
-                key = (name, task_type, outcome.value)
-                counts[key] = counts.get(key, 0) + 1
-        if elapsed is not None and not is_cancel(error):
-            durations = self._durations.get((name, task_type))
-            if durations is None:
-                durations = self._durations[(name, task_type)] = self._histogram()
+            series.completed += 1
+        elif isinstance(error, asyncio.CancelledError):
+            return
+        else:
+            if isinstance(error, TaskTimeout):
+                series.timed_out += 1
+            else:
+                series.failed += 1
+            if outcome is _RETRIED:
+                series.retried += 1
+            elif outcome is _DEAD:
+                series.dead_lettered += 1
+        if elapsed is not None:
+            durations = series.durations
             durations[bisect_left(self.buckets, elapsed)] += 1
             durations[-1] += elapsed
 
     def process_batch(self, queue: TaskQueue, tasks: Sequence[Task], deliveries: Sequence[Delivery]) -> Any:
-        for task in tasks:
-            self.process(queue, task, None, {})  # type: ignore[arg-type]  # (neither is read)
-        return None
+        return [self.process(queue, task, delivery) for task, delivery in zip(tasks, deliveries, strict=True)]
 
     def processed_batch(self, queue: TaskQueue, state: Any, tasks: Sequence[Task], outcomes: Sequence[Outcome],
                         error: BaseException | None, elapsed: float | None) -> None:
-        for task, outcome in zip(tasks, outcomes, strict=True):
-            self.processed(queue, None, task, outcome, error, None)
+        for series, task, outcome in zip(state, tasks, outcomes, strict=True):
+            self.processed(queue, series, task, outcome, error, None)
         if elapsed is not None and tasks and not is_cancel(error):
             types = {task.type for task in tasks}
-            key = (tasks[0].queue, self._type(types.pop()) if len(types) == 1 else MIXED)
-            durations = self._durations.get(key)
-            if durations is None:
-                durations = self._durations[key] = self._histogram()
+            name = tasks[0].queue
+            series = state[0] if len(types) == 1 else self._series.get((name, MIXED))
+            if series is None:
+                series = self._series[(name, MIXED)] = _Series(len(self.buckets))
+            durations = series.durations
             durations[bisect_left(self.buckets, elapsed)] += 1
             durations[-1] += elapsed
 
-    def _histogram(self) -> list[float]:
-        return [0] * (len(self.buckets) + 1) + [0.0]
-
     # -- what the collector reads (from any thread) -----------------------------------------
+    def snapshot(self) -> dict[tuple[str, str], _Series]:
+        """Each series once, under its own labels (copied: the loop may count on meanwhile)."""
+        found: dict[tuple[str, str], _Series] = {}
+        for key, series in self._series.copy().items():
+            if key[1] == OTHER or key[1] in self._types or key[1] == MIXED:
+                found[key] = series.copy()
+        return found
+
     def backlogs(self) -> dict[tuple[str, str], int]:
         """What waits per (queue, priority), as the consumers' subscriptions know it now."""
         found: dict[tuple[str, str], int] = {}
@@ -238,6 +257,29 @@ class PrometheusMetrics(Middleware):
     def dropped(self) -> int:
         live = sum(tq._sink.dropped for tq in list(self._queues) if tq._sink is not None)
         return self._retired_dropped + live
+
+
+class _Series:
+    """The counts of one (queue, type): attempts by status, running now, and two histograms
+    (a count per bucket, the last one +Inf, then the sum)."""
+
+    __slots__ = ("completed", "dead_lettered", "durations", "failed", "retried", "running", "timed_out", "waits")
+
+    def __init__(self, buckets: int) -> None:
+        self.completed = self.failed = self.timed_out = self.retried = self.dead_lettered = self.running = 0
+        self.durations: list[float] = [0] * (buckets + 1) + [0.0]
+        self.waits: list[float] = [0] * (buckets + 1) + [0.0]
+
+    def copy(self) -> _Series:
+        other = _Series.__new__(_Series)
+        other.completed, other.failed, other.timed_out = self.completed, self.failed, self.timed_out
+        other.retried, other.dead_lettered, other.running = self.retried, self.dead_lettered, self.running
+        other.durations, other.waits = list(self.durations), list(self.waits)
+        return other
+
+    def statuses(self) -> dict[str, int]:
+        return {"completed": self.completed, "failed": self.failed, "timed_out": self.timed_out,
+                "retried": self.retried, "dead_lettered": self.dead_lettered}
 
 
 def _worker_backlog(worker: Any) -> dict[tuple[str, str], int]:
@@ -324,17 +366,16 @@ class _NovaCollector:
         dropped = 0
         for source in list(self.sources):
             _add(enqueued, source._enqueued.copy())
-            _add(processed, source._processed.copy())
             _add(errors, {(q,): n for q, n in source._enqueue_errors.copy().items()})
-            _add(in_progress, {(q,): n for q, n in source._in_progress.copy().items()})
+            for (queue, task_type), series in source.snapshot().items():
+                if task_type != MIXED:  # (a mixed batch has handler time only)
+                    _add(processed, {(queue, task_type, status): n for status, n in series.statuses().items()})
+                    _add_histograms(waits, {(queue, task_type): series.waits})
+                _add(in_progress, {(queue,): series.running})
+                if any(series.durations):
+                    _add_histograms(durations, {(queue, task_type): series.durations})
             _add(backlog, source.backlogs())
-            _add_histograms(durations, source._durations.copy())
-            _add_histograms(waits, source._waits.copy())
             dropped += source.dropped()
-        # Every status of every (queue, type) seen, zeros included: rate() needs the series to exist.
-        for queue, task_type in {(q, t) for q, t, _ in processed} | {key for key in durations if len(key) == 2}:
-            for status in STATUSES:
-                processed.setdefault((queue, task_type, status), 0)
         families = self._families()
         for family, values in zip(families[:5], (enqueued, processed, errors, in_progress, backlog), strict=True):
             for labels, value in sorted(values.items()):

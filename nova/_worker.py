@@ -49,6 +49,8 @@ def _nothing() -> None:
     return None
 
 
+_COMPLETED, _RETURNED = Outcome.COMPLETED, Outcome.RETURNED
+
 #: W3C trace context headers (see nova.OpenTelemetryTracing), kept on an undecodable message's dead letter.
 _TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
@@ -134,22 +136,6 @@ class _BaseWorker:
             return None
         task.queue = route.queue
         return task
-
-    def decode_observed(self, delivery: Delivery, route: _Route) -> tuple[Task, Mapping[str, str]] | None:
-        """``decode``, with the delivery's headers (for middleware)."""
-        try:
-            run = None if self._header_run is None else self._header_run(delivery)
-            if run is None:
-                headers = delivery.headers
-                task = self._decode(delivery.body, headers)
-            else:
-                headers = run[0]
-                task = self._decode_run(delivery.body, *run)
-        except DecodeError as exc:
-            asyncio.get_running_loop().create_task(self._poison(delivery, route, exc))
-            return None
-        task.queue = route.queue
-        return task, headers
 
     async def _poison(self, delivery: Delivery, route: _Route, exc: DecodeError) -> None:
         """Undecodable bytes go to the dead-letter queue with the decode error.
@@ -254,6 +240,9 @@ class Worker(_BaseWorker):
         # and calls the middleware.
         if self.middleware is not None:
             self._run_one = self._run_observed
+            self._process, self._processed = self.middleware.process, self.middleware.processed
+            # As on the routed path: the task in log records (the tuned path leaves that out).
+            self._names_tasks = handlers is not None or timeout is not None
         elif handlers is None and timeout is None:
             self._run_one = self._run
         else:
@@ -457,22 +446,20 @@ class Worker(_BaseWorker):
             CURRENT_TASK.reset(token)
 
     async def _run_observed(self, delivery: Delivery, route: _Route) -> None:
-        """``_run_routed`` between the middleware's ``process`` and ``processed``."""
-        decoded = self.decode_observed(delivery, route)
-        if decoded is None:
+        """``_run`` (or ``_run_routed``) between the middleware's ``process`` and ``processed``."""
+        task = self.decode(delivery, route)
+        if task is None:
             return
-        task, headers = decoded
-        spec = self._spec if self.handlers is None else self.handlers.get(task.type)
-        mw = self.middleware
-        assert mw is not None
+        handlers = self.handlers
+        spec = self._spec if handlers is None else handlers.get(task.type)
         tq = self.tq
-        token = CURRENT_TASK.set(task)
+        token = CURRENT_TASK.set(task) if self._names_tasks else None
         try:
-            state = mw.process(tq, task, delivery, headers)
+            state = self._process(tq, task, delivery)
         except Exception:  # noqa: BLE001 - an observer must not fail the task
-            complain(mw, "process")
+            complain(self.middleware, "process")
             state = BROKEN
-        outcome = Outcome.RETURNED  # unless it gets further
+        outcome = _RETURNED  # unless it gets further
         error: BaseException | str | None = None
         elapsed: float | None = None
         try:
@@ -483,10 +470,14 @@ class Worker(_BaseWorker):
             record = self.record
             if record is not None:
                 self.record_start(task)  # type: ignore[misc]
+            fn, is_async, limit = spec
             now = self._now
             started = now()
             try:
-                await call_handler(tq.clock, spec, task)
+                if is_async and limit is None:
+                    await fn(task)  # type: ignore[misc]
+                else:
+                    await call_handler(tq.clock, spec, task)
             except asyncio.CancelledError as exc:
                 elapsed, error = now() - started, exc
                 raise  # stopped without grace: not acked, the broker redelivers
@@ -496,17 +487,18 @@ class Worker(_BaseWorker):
                 return
             elapsed = now() - started
             await delivery.ack()
-            outcome = Outcome.COMPLETED
+            outcome = _COMPLETED
             self.handled += 1
             if record is not None:
                 record(task, TaskStatus.COMPLETED)
         finally:
             if state is not BROKEN:
                 try:
-                    mw.processed(tq, state, task, outcome, error, elapsed)
+                    self._processed(tq, state, task, outcome, error, elapsed)
                 except Exception:  # noqa: BLE001
-                    complain(mw, "processed")
-            CURRENT_TASK.reset(token)
+                    complain(self.middleware, "processed")
+            if token is not None:
+                CURRENT_TASK.reset(token)
 
     async def stop(self, *, graceful: bool, timeout: float) -> None:
         self.stopping = True
@@ -678,7 +670,7 @@ class BatchWorker(_BaseWorker):
             return
         tq = self.tq
         try:
-            state = mw.process(tq, task, delivery, delivery.headers)
+            state = mw.process(tq, task, delivery)
         except Exception:  # noqa: BLE001
             complain(mw, "process")
             state = BROKEN

@@ -214,8 +214,8 @@ class Recorder(nova.Middleware):
     def enqueued(self, queue: Any, state: Any, tasks: Any, results: Any, error: BaseException | None) -> None:
         self.calls.append(("enqueued", state, len(results or ()), type(error).__name__))
 
-    def process(self, queue: Any, task: nova.Task, delivery: Any, headers: Any) -> Any:
-        self.calls.append(("process", task.type, headers.get("x-seen")))
+    def process(self, queue: Any, task: nova.Task, delivery: Any) -> Any:
+        self.calls.append(("process", task.type, delivery.headers.get("x-seen")))
         return task.attempt
 
     def processed(self, queue: Any, state: Any, task: nova.Task, outcome: nova.Outcome, error: Any,
@@ -224,7 +224,7 @@ class Recorder(nova.Middleware):
 
 
 class Broken(nova.Middleware):
-    def process(self, queue: Any, task: nova.Task, delivery: Any, headers: Any) -> Any:
+    def process(self, queue: Any, task: nova.Task, delivery: Any) -> Any:
         raise RuntimeError("a bug in an observer")
 
     def enqueued(self, queue: Any, state: Any, tasks: Any, results: Any, error: BaseException | None) -> None:

@@ -1,6 +1,7 @@
 """Benchmarks: nova side by side with the raw client, in one process and one run.
 
     python tools/bench.py --broker sim [--tasks 200000] [--recorder chdb [--pairs 3]]
+    python tools/bench.py --broker sim --middleware metrics|tracing [--pairs 5]   # off/on pairs
     python tools/bench.py --broker kafka|rabbitmq|rocketmq   # needs the broker up (tools/brokers.py)
     python tools/bench.py --broker kafka --processes 2        # drain by `nova worker`, 1 and 2 processes
 
@@ -103,9 +104,9 @@ async def sim_raw(n: int) -> float:
 
 
 async def sim_nova(n: int, fmt: nova.MessageFormat, *, batch: bool, recorder: Any = None,
-                   stats: dict[str, int] | None = None) -> float:
+                   stats: dict[str, int] | None = None, middleware: list[Any] | None = None) -> float:
     broker = SimBroker(clock=nova.SystemClock())
-    queue = nova.TaskQueue(broker, message_format=fmt, recorder=recorder)
+    queue = nova.TaskQueue(broker, message_format=fmt, recorder=recorder, middleware=middleware)
     handled = Handled()
     start = time.perf_counter()
     await enqueue_all(queue, n)
@@ -141,6 +142,81 @@ async def bench_sim(args: argparse.Namespace) -> None:
     if args.recorder:
         await bench_recorder(args)
     print(f"  peak RSS {peak_rss_mib():.0f} MiB")
+
+
+def _middleware(kind: str) -> tuple[list[Any], Callable[[], int]]:
+    """The middleware of ``--middleware KIND`` and a count of what it saw (spans exported, tasks counted)."""
+    if kind == "metrics":
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry()
+        metrics = nova.PrometheusMetrics(registry=registry)
+
+        def counted() -> int:
+            return int(registry.get_sample_value("nova_tasks_processed_total",
+                                                 {"queue": "default", "type": "bench", "status": "completed"}) or 0)
+
+        return [metrics], counted
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class NoopExporter(SpanExporter):
+        def __init__(self) -> None:
+            self.spans = 0
+
+        def export(self, spans: Any) -> SpanExportResult:
+            self.spans += len(spans)
+            return SpanExportResult.SUCCESS
+
+    exporter = NoopExporter()
+    provider = TracerProvider()
+    # Room for every span of a run: none dropped, so every run's spans are all made and exported.
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=1 << 17))
+
+    def exported() -> int:
+        provider.force_flush()
+        return exporter.spans
+
+    return [nova.OpenTelemetryTracing(tracer_provider=provider)], exported
+
+
+async def bench_middleware(args: argparse.Namespace) -> None:
+    """No middleware vs ``--middleware`` (metrics, or tracing with the SDK and a no-op exporter),
+    in ``--pairs`` interleaved pairs, as ``bench_recorder``: wall time and event-loop thread CPU."""
+    n = min(args.tasks, 50_000)
+    fmt = nova.MessageFormat.SONIC
+    offs: list[float] = []
+    ons: list[float] = []
+    cpu_offs: list[float] = []
+    cpu_ons: list[float] = []
+    loads = [os.getloadavg()[0]]
+    for _ in range(args.pairs):
+        gc.collect()
+        cpu = time.thread_time()
+        offs.append(await sim_nova(n, fmt, batch=False))
+        cpu_offs.append((time.thread_time() - cpu) / n * 1e6)
+        middleware, seen = _middleware(args.middleware)
+        gc.collect()
+        cpu = time.thread_time()
+        ons.append(await sim_nova(n, fmt, batch=False, middleware=middleware))
+        cpu_ons.append((time.thread_time() - cpu) / n * 1e6)
+        expected = n if args.middleware == "metrics" else n + -(-n // 1000)  # a process span per task, a send per 1000
+        if seen() != expected:
+            raise RuntimeError(f"{args.middleware} saw {seen()} of {expected}")
+        loads.append(os.getloadavg()[0])
+    ratios = [on / off for off, on in zip(offs, ons, strict=True)]
+    print(f"  --middleware {args.middleware}: {n:,} tasks ({fmt.name}, start(), concurrency 8), {args.pairs} pairs "
+          f"(off, on); load average {min(loads):.1f}-{max(loads):.1f}")
+    _row(f"no middleware, median of {args.pairs}", statistics.median(offs),
+         note=f"({min(offs):,.0f}-{max(offs):,.0f})")
+    _row(f"{args.middleware}, median", statistics.median(ons), note=f"({min(ons):,.0f}-{max(ons):,.0f})")
+    label = "on / off, median of the pairs' ratios"
+    print(f"  {label:<62}{statistics.median(ratios):>10.2f} x        "
+          f"({min(ratios):.2f}-{max(ratios):.2f}; pairs: {', '.join(f'{r:.2f}' for r in ratios)})")
+    cpu_ratios = [off / on for off, on in zip(cpu_offs, cpu_ons, strict=True)]
+    label = "event-loop thread CPU per task, off / on (us), median"
+    print(f"  {label:<62}{statistics.median(cpu_offs):>5.2f} / {statistics.median(cpu_ons):.2f}  "
+          f"ratio {statistics.median(cpu_ratios):.2f} ({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f})")
 
 
 async def bench_recorder(args: argparse.Namespace) -> None:
@@ -486,7 +562,10 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=None)
     parser.add_argument("--recorder", choices=["chdb"], default=None)
     parser.add_argument("--pairs", type=int, default=3,
-                        help="with --recorder: interleaved (off, on) pairs to run (default 3)")
+                        help="with --recorder or --middleware: interleaved (off, on) pairs to run (default 3)")
+    parser.add_argument("--middleware", choices=["metrics", "tracing"], default=None,
+                        help="sim: no middleware vs nova.PrometheusMetrics, or nova.OpenTelemetryTracing with the "
+                             "SDK and a no-op exporter, side by side (only that)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds of raw client then nova on a real broker (default: 3 on Kafka, else 1)")
     parser.add_argument("--processes", type=int, default=None, metavar="N",
@@ -495,7 +574,7 @@ def main() -> int:
     print(f"machine: {machine()}")
     if args.broker == "sim":
         args.tasks = args.tasks or 200_000
-        asyncio.run(bench_sim(args))
+        asyncio.run(bench_middleware(args) if args.middleware else bench_sim(args))
         return 0
     args.tasks = args.tasks or {"kafka": 100_000, "rabbitmq": 50_000, "rocketmq": 20_000}[args.broker]
     args.rounds = args.rounds or (3 if args.broker == "kafka" else 1)
