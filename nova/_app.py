@@ -41,6 +41,7 @@ from nova._errors import (
     ValidationTypeError,
 )
 from nova._handlers import HandlerSpec
+from nova._middleware import Middleware, combine
 from nova._naming import validate_queue
 from nova._queue import TaskQueue, _check_count, handler_timeout
 from nova._task import Priority, Result, Task
@@ -93,7 +94,9 @@ class App:
 
     ``broker`` is a URL (``kafka://``, ``amqp://``, ``rocketmq://``, ``sim://``; the App
     then owns the broker and closes it on ``stop()``) or a broker object. ``options`` are
-    any ``nova.TaskQueue`` options (``group_id``, ``topic_prefix``, ``retry``, ...).
+    any ``nova.TaskQueue`` options (``group_id``, ``topic_prefix``, ``retry``,
+    ``middleware=[nova.PrometheusMetrics(), nova.OpenTelemetryTracing()]``, ...): the
+    middleware sees the App's enqueues and every consumer's tasks.
     """
 
     def __init__(self, broker: str | Broker, /, **options: Any) -> None:
@@ -195,6 +198,19 @@ class App:
     def _check_open(self) -> None:
         if self._state != "idle":
             raise StateError("register handlers before app.start()")
+
+    @property
+    def middleware(self) -> list[Middleware]:
+        """The middleware given to the App (``middleware=``)."""
+        return list(self._options.get("middleware") or ())
+
+    def _add_middleware(self, middleware: Middleware) -> None:
+        """Add one before ``start()`` (``nova worker --metrics-port`` adds a PrometheusMetrics)."""
+        self._check_open()
+        members = [*self.middleware, middleware]
+        self._options["middleware"] = members
+        self._producer._middleware = combine(members)
+        middleware.bind(self._producer)
 
     @property
     def queues(self) -> dict[str, list[str]]:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from nova._runtime.loading import AppLoadError, load_app
-from nova._runtime.logs import LEVELS, setup_logging
+from nova._runtime.logs import FORMATS, LEVELS, setup_logging
 from nova._runtime.options import ChildLink, ExitCode, WorkerOptions
 from nova._runtime.process import die_with_supervisor, install_early_signal_handlers, run_process
 
@@ -18,7 +18,7 @@ Run the handlers of a nova.App until SIGTERM or SIGINT.
 
   nova worker shop.tasks:app                      every queue the app has handlers for
   nova worker shop.tasks:app --queues images --concurrency 16 --processes 2 \\
-              --shutdown-timeout 30 --health-port 8081
+              --shutdown-timeout 30 --health-port 8081 --metrics-port 9464 --log-format json
   nova worker shop.tasks:app --reload             development: restart on code change
 """
 
@@ -40,6 +40,11 @@ exit codes:
 health (--health-port):
   GET /livez   200 while the event loop turns (with --processes: every worker's)
   GET /readyz  200 once every consumer is subscribed; 503 while connecting or stopping
+
+metrics (--metrics-port, needs nova-taskqueue[metrics]):
+  GET /metrics  the Prometheus text format of the app's nova.PrometheusMetrics (one is added
+                if the app has none) and its registry's other metrics; with --processes the
+                workers' samples summed (at most a second old)
 """
 
 
@@ -96,8 +101,17 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--health-host", default=defaults.health_host, metavar="HOST",
                         help="address the health port listens on (default: %(default)s)")
     parser.add_argument("--log-level", choices=LEVELS, default=defaults.log_level,
-                        help="log level; each line names its process and, in a handler, its task id, type and "
-                             "queue (default: %(default)s)")
+                        help="log level; each line names its process and, in a handler, its task id, type, "
+                             "queue and attempt (default: %(default)s)")
+    parser.add_argument("--log-format", choices=FORMATS, default=defaults.log_format,
+                        help="text lines, or one JSON object per line with the task's fields and the current "
+                             "trace id as keys (default: %(default)s)")
+    parser.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
+                        help="serve GET /metrics (Prometheus) on this port, e.g. 9464; needs "
+                             "nova-taskqueue[metrics] (default: none)")
+    parser.add_argument("--metrics-host", default=defaults.metrics_host, metavar="HOST",
+                        help="address the metrics port listens on (default: %(default)s)")
+    parser.add_argument("--metrics-dir", default=None, help=argparse.SUPPRESS)  # a supervisor's worker process
     parser.add_argument("--reload", action="store_true",
                         help="development: restart the workers when a .py file of the app's package changes")
 
@@ -117,7 +131,8 @@ def options_from_args(args: argparse.Namespace) -> WorkerOptions:
     return WorkerOptions(app=args.app, queues=queues or None, concurrency=args.concurrency, prefetch=args.prefetch,
                          processes=args.processes, shutdown_timeout=args.shutdown_timeout,
                          health_port=args.health_port, health_host=args.health_host, log_level=args.log_level,
-                         reload=args.reload)
+                         log_format=args.log_format, reload=args.reload, metrics_port=args.metrics_port,
+                         metrics_host=args.metrics_host, metrics_dir=args.metrics_dir)
 
 
 def _load_error(exc: AppLoadError) -> int:
@@ -128,11 +143,26 @@ def _load_error(exc: AppLoadError) -> int:
     return ExitCode.USAGE
 
 
+def _metrics_missing() -> int:
+    """Exit 2 with a message naming the extra if --metrics-port cannot work here; 0 if it can."""
+    try:
+        import nova._prometheus  # noqa: F401
+    except ImportError as exc:
+        sys.stderr.write(f"nova worker: error: --metrics-port: {exc}\n")
+        sys.stderr.flush()
+        return ExitCode.USAGE
+    return 0
+
+
 def run_worker(args: argparse.Namespace) -> int:
     """``nova worker ...``: one worker here, or a supervisor of several (or of one, with --reload)."""
     install_early_signal_handlers()
     opts = options_from_args(args)
-    setup_logging(opts.log_level)
+    setup_logging(opts.log_level, opts.log_format)
+    if opts.metrics_port is not None:
+        problem = _metrics_missing()
+        if problem:
+            return problem
     if opts.processes > 1 or opts.reload:
         from nova._runtime.supervisor import Supervisor
 
@@ -155,7 +185,7 @@ def run_child(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="nova worker (child)")
     add_worker_arguments(parser)
     opts = options_from_args(parser.parse_args(argv))
-    setup_logging(opts.log_level)
+    setup_logging(opts.log_level, opts.log_format)
     link = ChildLink.from_environment()
     if link is not None and not die_with_supervisor(link):
         return ExitCode.OK  # the supervisor died before this process got going

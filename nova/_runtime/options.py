@@ -30,14 +30,22 @@ class WorkerOptions:
     health_port: int | None = None
     health_host: str = "0.0.0.0"  # probes come from outside the pod
     log_level: str = "info"
+    log_format: str = "text"
     reload: bool = False
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"  # scraped from outside the pod
+    #: A worker process of a supervisor serving --metrics-port: where it writes its metrics.
+    metrics_dir: str | None = None
 
     def child_argv(self) -> list[str]:
         """The arguments of one worker process (no supervisor options)."""
         argv = [self.app, "--concurrency", str(self.concurrency), "--prefetch", str(self.prefetch),
-                "--shutdown-timeout", f"{self.shutdown_timeout:g}", "--log-level", self.log_level]
+                "--shutdown-timeout", f"{self.shutdown_timeout:g}", "--log-level", self.log_level,
+                "--log-format", self.log_format]
         if self.queues:
             argv += ["--queues", *self.queues]
+        if self.metrics_dir is not None:
+            argv += ["--metrics-dir", self.metrics_dir]
         return argv
 
 

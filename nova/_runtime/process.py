@@ -29,13 +29,15 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from nova._app import App
 from nova._errors import BrokerError, ConfigurationError, NovaError, ValidationError
 from nova._naming import ready_topic
-from nova._runtime.health import HealthServer
+from nova._runtime.health import HttpServer, Route, health_routes
 from nova._runtime.logs import flush_logs
+from nova._runtime.metrics import app_registries, content_type, render, write_snapshot
 from nova._runtime.options import ChildLink, ExitCode, WorkerOptions
 from nova._task import Priority
 from nova.brokers._common import scrub
 
-__all__ = ["PartitionCounts", "die_with_supervisor", "install_early_signal_handlers", "run_process"]
+__all__ = ["PartitionCounts", "die_with_supervisor", "install_early_signal_handlers", "listen_address",
+           "run_process"]
 
 log = logging.getLogger("nova.runtime")
 
@@ -116,6 +118,8 @@ class _WorkerProcess:
         self.stop_requested = asyncio.Event()
         self.forced = asyncio.Event()
         self.threads = _HandlerThreads(opts.concurrency * max(len(opts.queues or app.queues), 1) + 4)
+        # The registries of the app's PrometheusMetrics (with --metrics-port, or for the supervisor's).
+        self.registries: list[Any] = []
 
     # -- signals --------------------------------------------------------------------
     def on_signal(self, sig: signal.Signals) -> None:
@@ -151,6 +155,7 @@ class _WorkerProcess:
     async def heartbeat(self) -> None:
         while True:
             self.report()
+            self.write_metrics()
             if self.link is not None and os.getppid() != self.link.supervisor_pid:
                 self.supervisor_gone()
             await asyncio.sleep(HEARTBEAT)
@@ -158,6 +163,14 @@ class _WorkerProcess:
     def set_state(self, state: bytes) -> None:
         self.state = state
         self.report()
+
+    def write_metrics(self) -> None:
+        """This process's metrics for the supervisor's /metrics (with --processes)."""
+        if self.opts.metrics_dir is not None and self.registries:
+            write_snapshot(self.opts.metrics_dir, self.registries)
+
+    def metrics(self) -> tuple[int, str, bytes]:
+        return 200, content_type(), render(self.registries)
 
     # -- health ---------------------------------------------------------------------------
     def live(self) -> tuple[bool, str]:
@@ -181,23 +194,36 @@ class _WorkerProcess:
             self.stop_requested.set()
         if self.signals > 1:
             self.forced.set()
+        if self.opts.metrics_port is not None or self.opts.metrics_dir is not None:
+            self.registries = app_registries(self.app)  # before the app starts: it may add a PrometheusMetrics
         beat = loop.create_task(self.heartbeat(), name="nova-heartbeat")
-        health = None
-        if self.opts.health_port is not None and self.link is None:
-            health = HealthServer(self.opts.health_host, self.opts.health_port, live=self.live, ready=self.ready)
-            try:
-                await health.start()
-            except OSError as exc:
-                log.error("cannot serve health checks on %s:%s: %s", self.opts.health_host, self.opts.health_port,
-                          exc)
-                return ExitCode.USAGE
+        servers: list[HttpServer] = []
+        if self.link is None:
+            routes: dict[tuple[str, int], dict[str, Route]] = {}
+            if self.opts.health_port is not None:
+                routes.setdefault((self.opts.health_host, self.opts.health_port), {}).update(
+                    health_routes(live=self.live, ready=self.ready))
+            if self.opts.metrics_port is not None:
+                routes.setdefault(listen_address(self.opts), {})["/metrics"] = self.metrics
+            servers = [HttpServer(host, port, paths) for (host, port), paths in routes.items()]
+            for server in servers:
+                try:
+                    await server.start()
+                except OSError as exc:
+                    log.error("cannot serve %s on %s:%s: %s", " and ".join(server.paths), server.host, server.port,
+                              exc)
+                    beat.cancel()
+                    for other in servers:
+                        await other.close()
+                    return ExitCode.USAGE
         try:
             return await self._run()
         finally:
             beat.cancel()
+            self.write_metrics()  # the final counts
             await self._close_broker()
-            if health is not None:
-                await health.close()
+            for server in servers:
+                await server.close()
 
     async def _close_broker(self) -> None:
         """The process ends: close the broker even if the App does not own it (given as an object)."""
@@ -348,6 +374,14 @@ class _Interrupted(Exception):
 
 class _NoAnswer(Exception):
     """The broker did not answer the first connection in time."""
+
+
+def listen_address(opts: WorkerOptions) -> tuple[str, int]:
+    """Where /metrics is served: with the health endpoints if it is their port."""
+    assert opts.metrics_port is not None
+    if opts.metrics_port == opts.health_port:
+        return opts.health_host, opts.metrics_port
+    return opts.metrics_host, opts.metrics_port
 
 
 def _describe(app: App) -> str:

@@ -16,22 +16,28 @@ outlives it; the supervisor reaps every child, so none is left a zombie.
   each stopped cleanly, else 1.
 - ``--reload``: when a source file changes, every child is stopped gracefully and started
   again; a child that fails before it is ready waits for the next change.
+- ``--metrics-port``: the children write their metrics to files in a directory of the
+  supervisor's, which /metrics sums (``nova._runtime.metrics``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
-from nova._runtime.health import HealthServer
+from nova._runtime.health import HttpServer, Route, health_routes
+from nova._runtime.metrics import MetricsFiles, content_type
 from nova._runtime.options import CHILD_ENV, ChildLink, ExitCode, WorkerOptions
-from nova._runtime.process import READY, STARTING, STOPPING
+from nova._runtime.process import READY, STARTING, STOPPING, listen_address
 from nova._runtime.reload import FileWatcher, source_roots
 
 __all__ = ["Supervisor", "describe_exit"]
@@ -89,6 +95,10 @@ class Supervisor:
         self._wake = asyncio.Event()  # stop asked, or a child ended
         self._watchers: set[asyncio.Task[None]] = set()
         self._waiting_for_change = False
+        self._metrics: MetricsFiles | None = None
+        if opts.metrics_port is not None:
+            self._metrics = MetricsFiles(tempfile.mkdtemp(prefix="nova-metrics-"))
+            self.opts = dataclasses.replace(opts, metrics_dir=str(self._metrics.directory))
 
     # -- children ---------------------------------------------------------------------
     async def _spawn(self, index: int) -> None:
@@ -226,6 +236,11 @@ class Supervisor:
                 return False, self._lines()
         return True, self._lines()
 
+    def metrics(self) -> tuple[int, str, bytes]:
+        assert self._metrics is not None
+        live = {c.process.pid for c in self.children.values() if c.exit_code is None}
+        return 200, content_type(), self._metrics.render(live)
+
     def ready(self) -> tuple[bool, str]:
         now = time.monotonic()
         ok = not self.stopping and len(self.children) == self.opts.processes and all(
@@ -241,14 +256,21 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.on_signal, sig)
-        health = None
+        routes: dict[tuple[str, int], dict[str, Route]] = {}
         if self.opts.health_port is not None:
-            health = HealthServer(self.opts.health_host, self.opts.health_port, live=self.live, ready=self.ready)
+            routes.setdefault((self.opts.health_host, self.opts.health_port), {}).update(
+                health_routes(live=self.live, ready=self.ready))
+        if self.opts.metrics_port is not None:
+            routes.setdefault(listen_address(self.opts), {})["/metrics"] = self.metrics
+        servers = [HttpServer(host, port, paths) for (host, port), paths in routes.items()]
+        for server in servers:
             try:
-                await health.start()
+                await server.start()
             except OSError as exc:
-                log.error("cannot serve health checks on %s:%s: %s", self.opts.health_host, self.opts.health_port,
-                          exc)
+                log.error("cannot serve %s on %s:%s: %s", " and ".join(server.paths), server.host, server.port, exc)
+                for other in servers:
+                    await other.close()
+                self._remove_metrics()
                 return ExitCode.USAGE
         watcher = None
         if self.opts.reload:
@@ -272,13 +294,18 @@ class Supervisor:
                 await child.process.wait()
             if self._watchers:
                 await asyncio.gather(*self._watchers, return_exceptions=True)
-            if health is not None:
-                await health.close()
+            for server in servers:
+                await server.close()
+            self._remove_metrics()
         code: int = ExitCode.OK if self.clean else ExitCode.FORCED
         if self.fatal is not None:
             code = self.fatal
         log.info("supervisor stopped (exit %d)", code)
         return code
+
+    def _remove_metrics(self) -> None:
+        if self._metrics is not None:
+            shutil.rmtree(self._metrics.directory, ignore_errors=True)
 
     async def _reload_loop(self) -> None:
         watcher = FileWatcher(source_roots(self.opts.app.partition(":")[0]))
