@@ -178,6 +178,22 @@ async def test_a_message_without_a_trace_starts_its_own(broker: SimBroker, clock
     assert span.parent is None
 
 
+async def test_a_delayed_task_stays_in_its_trace(broker: SimBroker, clock: VirtualClock, provider: TracerProvider,
+                                                exporter: InMemorySpanExporter) -> None:
+    queue = nova.TaskQueue(broker, middleware=[nova.OpenTelemetryTracing(tracer_provider=provider)])
+
+    async def handle(task: nova.Task) -> None:
+        return None
+
+    await queue.start(handle)
+    await queue.enqueue(nova.Task("later"), process_in=timedelta(hours=3))  # through the delay tiers
+    await clock.advance(timedelta(hours=4))
+    await queue.stop()
+    (send,) = spans(exporter, "send default")
+    (process,) = spans(exporter, "process default")
+    assert parent_of(process) == send.context.span_id
+
+
 @pytest.mark.parametrize("fmt", list(nova.MessageFormat))
 async def test_the_trace_context_travels_whatever_the_codec(broker: SimBroker, clock: VirtualClock,
                                                             provider: TracerProvider,

@@ -144,7 +144,7 @@ async def bench_sim(args: argparse.Namespace) -> None:
     print(f"  peak RSS {peak_rss_mib():.0f} MiB")
 
 
-def _middleware(kind: str) -> tuple[list[Any], Callable[[], int]]:
+def _middleware(kind: str, sample: float = 1.0) -> tuple[list[Any], Callable[[], int]]:
     """The middleware of ``--middleware KIND`` and a count of what it saw (spans exported, tasks counted)."""
     if kind == "metrics":
         from prometheus_client import CollectorRegistry
@@ -169,7 +169,12 @@ def _middleware(kind: str) -> tuple[list[Any], Callable[[], int]]:
             return SpanExportResult.SUCCESS
 
     exporter = NoopExporter()
-    provider = TracerProvider()
+    if sample < 1:
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(sample)))
+    else:
+        provider = TracerProvider()
     # Room for every span of a run: none dropped, so every run's spans are all made and exported.
     provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=1 << 17))
 
@@ -195,18 +200,19 @@ async def bench_middleware(args: argparse.Namespace) -> None:
         cpu = time.thread_time()
         offs.append(await sim_nova(n, fmt, batch=False))
         cpu_offs.append((time.thread_time() - cpu) / n * 1e6)
-        middleware, seen = _middleware(args.middleware)
+        middleware, seen = _middleware(args.middleware, args.trace_sample)
         gc.collect()
         cpu = time.thread_time()
         ons.append(await sim_nova(n, fmt, batch=False, middleware=middleware))
         cpu_ons.append((time.thread_time() - cpu) / n * 1e6)
         expected = n if args.middleware == "metrics" else n + -(-n // 1000)  # a process span per task, a send per 1000
-        if seen() != expected:
+        if seen() != expected and args.trace_sample == 1:
             raise RuntimeError(f"{args.middleware} saw {seen()} of {expected}")
         loads.append(os.getloadavg()[0])
     ratios = [on / off for off, on in zip(offs, ons, strict=True)]
+    sampled = f", {args.trace_sample:g} of traces sampled" if args.middleware == "tracing" else ""
     print(f"  --middleware {args.middleware}: {n:,} tasks ({fmt.name}, start(), concurrency 8), {args.pairs} pairs "
-          f"(off, on); load average {min(loads):.1f}-{max(loads):.1f}")
+          f"(off, on){sampled}; load average {min(loads):.1f}-{max(loads):.1f}")
     _row(f"no middleware, median of {args.pairs}", statistics.median(offs),
          note=f"({min(offs):,.0f}-{max(offs):,.0f})")
     _row(f"{args.middleware}, median", statistics.median(ons), note=f"({min(ons):,.0f}-{max(ons):,.0f})")
@@ -566,6 +572,8 @@ def main() -> int:
     parser.add_argument("--middleware", choices=["metrics", "tracing"], default=None,
                         help="sim: no middleware vs nova.PrometheusMetrics, or nova.OpenTelemetryTracing with the "
                              "SDK and a no-op exporter, side by side (only that)")
+    parser.add_argument("--trace-sample", type=float, default=1.0, metavar="RATIO",
+                        help="with --middleware tracing: the SDK samples this ratio of traces (default 1: all)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds of raw client then nova on a real broker (default: 3 on Kafka, else 1)")
     parser.add_argument("--processes", type=int, default=None, metavar="N",
