@@ -108,6 +108,7 @@ class PrometheusMetrics(Middleware):
         self._enqueued: dict[tuple[str, str, str], int] = {}
         self._enqueue_errors: dict[str, int] = {}
         self._queues: weakref.WeakSet[TaskQueue] = weakref.WeakSet()
+        self._queues_lock = threading.Lock()  # a scrape's thread lists them while a loop may add one
         self._retired_dropped = 0  # records dropped by the sinks of TaskQueues gone since
         self._due_at: datetime | None = None  # the last due time read, and it in epoch seconds
         self._due_seconds = 0.0
@@ -117,7 +118,7 @@ class PrometheusMetrics(Middleware):
         _collector_of(self.registry, self.buckets).add(self)
 
     def __repr__(self) -> str:
-        return f"PrometheusMetrics(types={len(self._types)}/{self.max_types}, queues={len(self._queues)})"
+        return f"PrometheusMetrics(types={len(self._types)}/{self.max_types}, queues={len(self._bound())})"
 
     # -- hooks ------------------------------------------------------------------------
     def bind(self, queue: TaskQueue) -> None:
@@ -126,7 +127,8 @@ class PrometheusMetrics(Middleware):
             self._time = time.time if type(queue.clock) is SystemClock else queue.clock.time
         elif queue.clock is not self._clock and not (type(queue.clock) is type(self._clock) is SystemClock):
             self._time = None
-        self._queues.add(queue)
+        with self._queues_lock:
+            self._queues.add(queue)
         if queue._sink is not None:
             weakref.finalize(queue, self._retire_sink, queue._sink)
 
@@ -245,7 +247,7 @@ class PrometheusMetrics(Middleware):
     def backlogs(self) -> dict[tuple[str, str], int]:
         """What waits per (queue, priority), as the consumers' subscriptions know it now."""
         found: dict[tuple[str, str], int] = {}
-        for tq in list(self._queues):
+        for tq in self._bound():
             worker = tq.worker
             loop = tq._loop
             if worker is None or loop is None or not worker.consuming or not isinstance(worker.sub, InstantBacklog):
@@ -255,8 +257,12 @@ class PrometheusMetrics(Middleware):
         return found
 
     def dropped(self) -> int:
-        live = sum(tq._sink.dropped for tq in list(self._queues) if tq._sink is not None)
+        live = sum(tq._sink.dropped for tq in self._bound() if tq._sink is not None)
         return self._retired_dropped + live
+
+    def _bound(self) -> list[TaskQueue]:
+        with self._queues_lock:
+            return list(self._queues)
 
 
 class _Series:
@@ -345,12 +351,14 @@ class _NovaCollector:
         self.buckets = buckets
         self.bounds = [_le(b) for b in buckets] + ["+Inf"]
         self.sources: weakref.WeakSet[PrometheusMetrics] = weakref.WeakSet()
+        self._lock = threading.Lock()
 
     def add(self, source: PrometheusMetrics) -> None:
         if source.buckets != self.buckets:
             raise ConfigurationError("PrometheusMetrics on one registry must share their buckets: this registry's "
                                      f"are {self.buckets}")
-        self.sources.add(source)
+        with self._lock:
+            self.sources.add(source)
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families()
@@ -364,7 +372,9 @@ class _NovaCollector:
         durations: dict[tuple[str, ...], list[float]] = {}
         waits: dict[tuple[str, ...], list[float]] = {}
         dropped = 0
-        for source in list(self.sources):
+        with self._lock:
+            sources = list(self.sources)
+        for source in sources:
             _add(enqueued, source._enqueued.copy())
             _add(errors, {(q,): n for q, n in source._enqueue_errors.copy().items()})
             for (queue, task_type), series in source.snapshot().items():

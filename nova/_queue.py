@@ -259,7 +259,7 @@ class TaskQueue:
 
         Every task is validated before anything is sent.
         """
-        if self._middleware is not None and ENQUEUE_HEADERS.get() is None:  # (None: not called by the middleware)
+        if self._middleware is not None and ENQUEUE_HEADERS.get() is None:  # (None: not yet inside observed_enqueue)
             return await observed_enqueue(self, tasks, priority, process_in, process_at, queue)
         if isinstance(tasks, Task) or not isinstance(tasks, Sequence):
             raise ValidationTypeError(f"enqueue_batch takes a list of nova.Task, got {type(tasks).__name__}")
