@@ -227,8 +227,9 @@ ENQUEUE_HEADERS: ContextVar[dict[str, str] | None] = ContextVar("nova_enqueue_he
 
 async def observed_enqueue(tq: TaskQueue, tasks: Sequence[Task], priority: Priority,
                            process_in: timedelta | float | None, process_at: datetime | None,
-                           queue: str) -> list[Result]:
-    """``tq.enqueue_batch`` between its middleware's ``enqueue`` and ``enqueued``."""
+                           queue: str, *, one: bool = False) -> list[Result]:
+    """``tq.enqueue_batch`` (``one``: ``tq.enqueue`` of the one task) between its middleware's
+    ``enqueue`` and ``enqueued``."""
     mw = tq._middleware
     assert mw is not None
     if isinstance(tasks, Task) or not isinstance(tasks, Sequence):
@@ -249,8 +250,12 @@ async def observed_enqueue(tq: TaskQueue, tasks: Sequence[Task], priority: Prior
                                   "with 'nova-' are nova's")
     token = ENQUEUE_HEADERS.set(headers)
     try:
-        results = await tq.enqueue_batch(tasks, priority=level, process_in=process_in, process_at=process_at,
-                                         queue=queue)
+        if one:
+            results = [await tq.enqueue(tasks[0], priority=level, process_in=process_in, process_at=process_at,
+                                        queue=queue)]
+        else:
+            results = await tq.enqueue_batch(tasks, priority=level, process_in=process_in, process_at=process_at,
+                                             queue=queue)
     except BaseException as exc:
         if state is not _BROKEN:
             try:

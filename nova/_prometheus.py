@@ -22,6 +22,7 @@ from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from nova._broker import InstantBacklog
@@ -53,6 +54,7 @@ OTHER = "other"
 MIXED = "mixed"  # a batch of several task types (its handler time has one series)
 
 _COMPLETED, _RETRIED, _DEAD = Outcome.COMPLETED, Outcome.RETRIED, Outcome.DEAD_LETTERED
+_type_of = attrgetter("type")
 _PRIORITY_NAMES: Mapping[Priority, str] = {Priority.HIGH: "high", Priority.NORMAL: "normal", Priority.LOW: "low"}
 #: Series keys at most (types past max_types beyond this are looked up the slow way each time).
 _MAX_ALIASES = 10_000
@@ -172,7 +174,9 @@ class PrometheusMetrics(Middleware):
             key = (destination, task_type if task_type in types else self._type(task_type), priority)
             counts[key] = counts.get(key, 0) + 1
             return
-        for task_type, n in Tally(task.type for task in tasks).items():
+        types_of = list(map(_type_of, tasks))
+        tally = {types_of[0]: len(tasks)} if types_of.count(types_of[0]) == len(tasks) else Tally(types_of)
+        for task_type, n in tally.items():
             key = (destination, task_type if task_type in types else self._type(task_type), priority)
             counts[key] = counts.get(key, 0) + n
 

@@ -241,8 +241,8 @@ class TaskQueue:
         queue: str = "default",
     ) -> Result:
         """Publish one task; returns once the broker holds it (raises EnqueueError otherwise)."""
-        if self._middleware is not None:
-            return (await observed_enqueue(self, [task], priority, process_in, process_at, queue))[0]
+        if self._middleware is not None and ENQUEUE_HEADERS.get() is None:  # (None: not yet inside observed_enqueue)
+            return (await observed_enqueue(self, [task], priority, process_in, process_at, queue, one=True))[0]
         return (await self.enqueue_batch([task], priority=priority, process_in=process_in,
                                          process_at=process_at, queue=queue))[0]
 
