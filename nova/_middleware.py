@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from nova._queue import TaskQueue
     from nova._task import Result
 
-__all__ = ["ENQUEUE_HEADERS", "Middleware", "Outcome", "broker_system", "combine", "observed_enqueue"]
+__all__ = ["BROKEN", "ENQUEUE_HEADERS", "Middleware", "Outcome", "broker_system", "combine", "complain", "is_cancel",
+           "observed_enqueue"]
 
 log = logging.getLogger("nova.middleware")
 
@@ -132,18 +133,18 @@ class _Chain(Middleware):
             try:
                 states.append(member.enqueue(queue, tasks, destination, priority, headers))
             except Exception:  # noqa: BLE001 - an observer must not fail the enqueue
-                states.append(_BROKEN)
-                _complain(member, "enqueue")
+                states.append(BROKEN)
+                complain(member, "enqueue")
         return states
 
     def enqueued(self, queue: TaskQueue, state: Any, tasks: Sequence[Task], results: Sequence[Result] | None,
                  error: BaseException | None) -> None:
         for member, own in zip(reversed(self.members), reversed(state), strict=True):
-            if own is not _BROKEN:
+            if own is not BROKEN:
                 try:
                     member.enqueued(queue, own, tasks, results, error)
                 except Exception:  # noqa: BLE001
-                    _complain(member, "enqueued")
+                    complain(member, "enqueued")
 
     def process(self, queue: TaskQueue, task: Task, delivery: Delivery) -> Any:
         states = []
@@ -151,18 +152,18 @@ class _Chain(Middleware):
             try:
                 states.append(member.process(queue, task, delivery))
             except Exception:  # noqa: BLE001
-                states.append(_BROKEN)
-                _complain(member, "process")
+                states.append(BROKEN)
+                complain(member, "process")
         return states
 
     def processed(self, queue: TaskQueue, state: Any, task: Task, outcome: Outcome,
                   error: BaseException | str | None, elapsed: float | None) -> None:
         for member, own in zip(reversed(self.members), reversed(state), strict=True):
-            if own is not _BROKEN:
+            if own is not BROKEN:
                 try:
                     member.processed(queue, own, task, outcome, error, elapsed)
                 except Exception:  # noqa: BLE001
-                    _complain(member, "processed")
+                    complain(member, "processed")
 
     def process_batch(self, queue: TaskQueue, tasks: Sequence[Task], deliveries: Sequence[Delivery]) -> Any:
         states = []
@@ -170,38 +171,39 @@ class _Chain(Middleware):
             try:
                 states.append(member.process_batch(queue, tasks, deliveries))
             except Exception:  # noqa: BLE001
-                states.append(_BROKEN)
-                _complain(member, "process_batch")
+                states.append(BROKEN)
+                complain(member, "process_batch")
         return states
 
     def processed_batch(self, queue: TaskQueue, state: Any, tasks: Sequence[Task], outcomes: Sequence[Outcome],
                         error: BaseException | None, elapsed: float | None) -> None:
         for member, own in zip(reversed(self.members), reversed(state), strict=True):
-            if own is not _BROKEN:
+            if own is not BROKEN:
                 try:
                     member.processed_batch(queue, own, tasks, outcomes, error, elapsed)
                 except Exception:  # noqa: BLE001
-                    _complain(member, "processed_batch")
+                    complain(member, "processed_batch")
 
 
 #: The state of a hook that raised: its pair is not called.
-_BROKEN: Any = object()
-BROKEN = _BROKEN
+BROKEN: Any = object()
 
 _complained: weakref.WeakKeyDictionary[object, set[str]] = weakref.WeakKeyDictionary()
+_complained_by_id: dict[int, set[str]] = {}
 
 
-def _complain(member: object, hook: str) -> None:
+def complain(member: object, hook: str) -> None:
     """Log a middleware's failure, once per middleware and hook (a broken one would otherwise log per task)."""
-    hooks = _complained.setdefault(member, set())
+    try:
+        hooks = _complained.setdefault(member, set())
+    except TypeError:  # not weakly referable (__slots__ without __weakref__)
+        hooks = _complained_by_id.setdefault(id(member), set())
     if hook in hooks:
         return
     hooks.add(hook)
     log.exception("middleware %s failed in %s(); ignored (further failures of it there are not logged)",
                   type(member).__name__, hook)
 
-
-complain = _complain
 
 
 def combine(middleware: object) -> Middleware | None:
@@ -242,8 +244,8 @@ async def observed_enqueue(tq: TaskQueue, tasks: Sequence[Task], priority: Prior
     try:
         state = mw.enqueue(tq, tasks, queue, level, headers)
     except Exception:  # noqa: BLE001 - an observer must not fail the enqueue
-        _complain(mw, "enqueue")
-        state = _BROKEN
+        complain(mw, "enqueue")
+        state = BROKEN
     for name in headers:
         if name.lower().startswith("nova-"):
             raise ValidationError(f"middleware {type(mw).__name__} added header {name!r}: names starting "
@@ -257,19 +259,19 @@ async def observed_enqueue(tq: TaskQueue, tasks: Sequence[Task], priority: Prior
             results = await tq.enqueue_batch(tasks, priority=level, process_in=process_in, process_at=process_at,
                                              queue=queue)
     except BaseException as exc:
-        if state is not _BROKEN:
+        if state is not BROKEN:
             try:
                 mw.enqueued(tq, state, tasks, None, exc)
             except Exception:  # noqa: BLE001
-                _complain(mw, "enqueued")
+                complain(mw, "enqueued")
         raise
     finally:
         ENQUEUE_HEADERS.reset(token)
-    if state is not _BROKEN:
+    if state is not BROKEN:
         try:
             mw.enqueued(tq, state, tasks, results, None)
         except Exception:  # noqa: BLE001
-            _complain(mw, "enqueued")
+            complain(mw, "enqueued")
     return results
 
 
