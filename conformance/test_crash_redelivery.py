@@ -34,13 +34,9 @@ BOUND = timedelta(seconds=60)
 
 
 def redelivery_bound(backend: Backend, broker: Any) -> timedelta:
-    """``BOUND``, except on RocketMQ: there a killed worker's message comes back when its
-    invisible time ends, and the adapter receives with an invisible time of its whole
-    ``consume_timeout`` (default 5 min), extended while the handler runs. Until it
-    receives with a short one that it keeps extending, the RocketMQ case is expected to
-    take up to ``consume_timeout`` (plus a minute for the next receive to find it)."""
-    if backend.name == "rocketmq":
-        return max(BOUND, broker.consume_timeout + timedelta(minutes=1))
+    """``BOUND`` on every broker: RabbitMQ returns a dead connection's deliveries at once,
+    Kafka after the member's session timeout and a rebalance, RocketMQ when the short
+    invisible time of its receive (30 s, extended only while the worker lives) runs out."""
     return BOUND
 
 

@@ -254,6 +254,9 @@ def _configure(nodes: int) -> None:
         (d / "rabbitmq-env.conf").write_text(f"# Written by nova's tools/harness/rabbitmq_cluster.py.\n"
                                              f"NODENAME={node_name(i)}\nERL_EPMD_ADDRESS={HOST}\n")
         (d / "enabled_plugins").write_text("[].\n")
+        # Quorum delay tiers dead-letter at least once; after a node dies, 3.10 resends what
+        # it never confirmed only after this timeout (default 3 min): delayed tasks that late.
+        (d / "advanced.config").write_text("[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 10000}]}].\n")
     NODES_FILE.write_text(str(nodes))
     for path in [BASE, *BASE.rglob("*")]:
         shutil.chown(path, "rabbitmq", "rabbitmq")
