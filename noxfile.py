@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import nox
+import nox.virtualenv
 
 nox.options.sessions = ["lint", "types", "tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -35,6 +36,9 @@ CLUSTER_NODES = {"kafka": 3, "rabbitmq": 3, "rocketmq": 2}  # default --nodes of
 
 
 def _install(session: nox.Session, extras: str = "all,dev") -> None:
+    # `nox --no-venv` (CI, after the README's install) runs in the current environment as it is.
+    if isinstance(session.virtualenv, nox.virtualenv.PassthroughEnv):
+        return
     session.install("-e", f".[{extras}]")
 
 
