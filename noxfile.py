@@ -90,6 +90,13 @@ def _take_option(args: list[str], name: str, default: str) -> str:
     return value
 
 
+def _up_empty(session: nox.Session, broker: str, *extra: str) -> None:
+    """Bring a harness broker up with no data: a machine may keep the data of an earlier
+    run (thousands of queues a node would spend minutes recovering, or never finish)."""
+    session.run("python", "tools/brokers.py", "down", broker, *extra)
+    session.run("python", "tools/brokers.py", "up", broker, *extra)
+
+
 def _on_cluster(session: nox.Session, broker: str, nodes: int, pytest_args: list[str]) -> None:
     """Run pytest against an N-node harness cluster: brought up and down here unless its
     variables are already exported (``NOVA_<BROKER>_NODES`` equal to ``nodes``)."""
@@ -97,7 +104,7 @@ def _on_cluster(session: nox.Session, broker: str, nodes: int, pytest_args: list
     started = os.environ.get(f"NOVA_{broker.upper()}_NODES") != str(nodes)
     env: dict[str, str] = {}
     if started:
-        session.run("python", "tools/brokers.py", "up", broker, *count)
+        _up_empty(session, broker, *count)
         env = _harness_env(session, broker, *count)
     try:
         session.run("pytest", *pytest_args, env=env)
@@ -130,7 +137,7 @@ def conformance(session: nox.Session) -> None:
     started = False
     env: dict[str, str] = {}
     if broker != "sim" and not containers and not os.environ.get(ENDPOINT_VARS[broker]):
-        session.run("python", "tools/brokers.py", "up", broker)
+        _up_empty(session, broker)
         started = True
         env = _harness_env(session, broker)
     try:
