@@ -619,70 +619,18 @@ class RocketMQContainer(BrokerContainer):
         return self.settings.rocketmq_acl
 
     def env(self) -> dict[str, str]:
-        out = {
-            "NOVA_ROCKETMQ_ENDPOINTS": f"{self.host}:{self.ports['grpc']}",
-            "NOVA_ROCKETMQ_NAMESRV": f"{self.host}:{self.ports['namesrv']}",
-            "NOVA_ROCKETMQ_TIMER_PRECISION_MS": str(harness_rocketmq.TIMER_PRECISION_MS),
-        }
-        if self.acl:
-            out["NOVA_ROCKETMQ_ACCESS_KEY"], out["NOVA_ROCKETMQ_SECRET_KEY"] = harness_rocketmq.APP_USER
-            out["NOVA_ROCKETMQ_ADMIN_ACCESS_KEY"], out["NOVA_ROCKETMQ_ADMIN_SECRET_KEY"] = harness_rocketmq.ADMIN_USER
-        return out
+        return harness_rocketmq.client_env(f"{self.host}:{self.ports['grpc']}", f"{self.host}:{self.ports['namesrv']}",
+                                           acl=self.acl)
 
     def broker_conf(self) -> list[str]:
-        p, bind = self.ports, self.settings.bind
-        store = f"{self.RUN}/store"
-        return [
-            f"brokerClusterName={harness_rocketmq.CLUSTER}",
-            "brokerName=broker-a",
-            "brokerId=0",
-            f"namesrvAddr=127.0.0.1:{p['namesrv']}",
-            f"brokerIP1={self.host}",
-            f"listenPort={p['broker']}",
-            f"bindAddress={bind}",
-            f"storePathRootDir={store}",
-            f"storePathCommitLog={store}/commitlog",
-            "mappedFileSizeCommitLog=104857600",
-            "mappedFileSizeConsumeQueue=600000",
-            "mappedFileSizeTimerLog=52428800",
-            "autoCreateTopicEnable=false",
-            "enableMixedMessageType=true",
-            "autoCreateSubscriptionGroup=true",
-            "deleteWhen=04",
-            "fileReservedTime=48",
-            "flushDiskType=ASYNC_FLUSH",
-            f"timerPrecisionMs={harness_rocketmq.TIMER_PRECISION_MS}",
-            f"timerMaxDelaySec={3 * 86_400}",
-            "timerWheelEnable=true",
-            "enablePropertyFilter=true",
-            "transientStorePoolEnable=false",
-            "useReentrantLockWhenPutMessage=true",
-            "sendMessageThreadPoolNums=4",
-            "pullMessageThreadPoolNums=8",
-            *harness_rocketmq._auth_lines(self.acl),
-        ]
+        return harness_rocketmq.broker_conf(name="broker-a", namesrv=f"127.0.0.1:{self.ports['namesrv']}",
+                                            ip=self.host, port=self.ports["broker"], bind=self.settings.bind,
+                                            store=f"{self.RUN}/store", acl=self.acl)
 
     def proxy_config(self) -> dict[str, object]:
-        p = self.ports
-        config: dict[str, object] = {
-            "rocketMQClusterName": harness_rocketmq.CLUSTER,
-            "namesrvAddr": f"127.0.0.1:{p['namesrv']}",
-            "grpcServerPort": p["grpc"],
-            "remotingListenPort": p["remoting"],
-            "enableTopicMessageTypeCheck": False,
-            "maxDelayTimeMills": harness_rocketmq.MAX_DELAY_SECONDS * 1000,
-            "grpcThreadPoolNums": 8,
-            "grpcShutdownTimeSeconds": 1,
-            "grpcClientConsumerMinLongPollingTimeoutMillis": 100,
-        }
-        if self.acl:
-            for line in harness_rocketmq._auth_lines(True):
-                key, _, value = line.partition("=")
-                config[key] = True if value == "true" else value
-            provider = "org.apache.rocketmq.proxy.auth.Proxy{}MetadataProvider"
-            config["authenticationMetadataProvider"] = provider.format("Authentication")
-            config["authorizationMetadataProvider"] = provider.format("Authorization")
-        return config
+        return harness_rocketmq.proxy_config(namesrv=f"127.0.0.1:{self.ports['namesrv']}",
+                                             grpc_port=self.ports["grpc"], remoting_port=self.ports["remoting"],
+                                             acl=self.acl)
 
     def files(self) -> dict[str, bytes]:
         p = self.ports
@@ -739,31 +687,9 @@ exec "$java" -Xms64m -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Drocketm
 
     def _smoke_test(self) -> None:
         """Send and receive one message through nova's adapter, as the harness does."""
-        creds = repr(harness_rocketmq.ADMIN_USER) if self.acl else "None"
-        code = f"""
-import asyncio, sys, uuid
-sys.path.insert(0, {str(ROOT)!r})
-from nova._broker import Message
-from nova.brokers.rocketmq import RocketMQBroker
-
-async def main():
-    broker = RocketMQBroker("{self.host}:{self.ports['grpc']}", namesrv="{self.host}:{self.ports['namesrv']}",
-                            auth={creds})
-    topic = "nova-harness-smoke"
-    await broker.ensure_topics([topic])
-    token = uuid.uuid4().hex.encode()
-    await broker.publish([Message(topic, token)])
-    sub = await broker.subscribe([topic], group="nova-harness-smoke", window=16)
-    async with asyncio.timeout(60):
-        async for delivery in sub:
-            await delivery.ack()
-            if delivery.body == token:
-                break
-    await sub.close()
-    await broker.close()
-
-asyncio.run(main())
-"""
+        code = harness_rocketmq.smoke_script(ROOT, f"{self.host}:{self.ports['grpc']}",
+                                             f"{self.host}:{self.ports['namesrv']}",
+                                             harness_rocketmq.ADMIN_USER if self.acl else None)
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
             raise ContainerError(f"smoke test failed: {result.stderr.strip()[-800:]}")
@@ -771,15 +697,7 @@ asyncio.run(main())
     def after_first_start(self) -> None:
         if not self.acl:
             return
-        app, cluster = harness_rocketmq.APP_USER, harness_rocketmq.CLUSTER
-        steps = [
-            ["createUser", "-c", cluster, "-u", app[0], "-p", app[1], "-t", "Normal"],
-            ["createAcl", "-c", cluster, "-s", f"User:{app[0]}", "-r", "Topic:*,Group:*",
-             "-a", "Pub,Sub", "-d", "Allow"],
-            ["createAcl", "-c", cluster, "-s", f"User:{app[0]}", "-r", "Topic:forbidden*",
-             "-a", "Pub,Sub", "-d", "Deny"],
-        ]  # fmt: skip
-        for args in steps:
+        for args in harness_rocketmq.APP_USER_ACL_STEPS:
             self.exec("bash", "/nova/mqadmin.sh", *args)
 
 
