@@ -379,71 +379,17 @@ class KafkaContainer(BrokerContainer):
     DATA = "/tmp/nova-kafka/data"
 
     def env(self) -> dict[str, str]:
-        p, h = self.ports, self.host
-        return {
-            "NOVA_KAFKA_BOOTSTRAP": f"{h}:{p['PLAINTEXT']}",
-            "NOVA_KAFKA_SASL_BOOTSTRAP": f"{h}:{p['SASL_PLAINTEXT']}",
-            "NOVA_KAFKA_SSL_BOOTSTRAP": f"{h}:{p['SSL']}",
-            "NOVA_KAFKA_SASL_SSL_BOOTSTRAP": f"{h}:{p['SASL_SSL']}",
-            "NOVA_KAFKA_CA_FILE": str(self.certs.path("ca.pem")),
-            "NOVA_KAFKA_CLIENT_CERT_FILE": str(self.certs.path("client.pem")),
-            "NOVA_KAFKA_CLIENT_KEY_FILE": str(self.certs.path("client.key")),
-            "NOVA_KAFKA_USER": harness_kafka.USER,
-            "NOVA_KAFKA_PASSWORD": harness_kafka.PASSWORD,
-        }
+        return harness_kafka.client_env(lambda listener: f"{self.host}:{self.ports[listener]}", self.certs.dir)
 
     def _published_ports(self) -> list[int]:
         return [port for role, port in self.ports.items() if role != "CONTROLLER"]
 
     def server_properties(self) -> list[str]:
-        p, bind = self.ports, self.settings.bind
-        user, password = harness_kafka.USER, harness_kafka.PASSWORD
-        admin, admin_password = harness_kafka.ADMIN_USER, harness_kafka.ADMIN_PASSWORD
-        plain_users = f'user_{admin}="{admin_password}" user_{user}="{password}"'
-        lines = [
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{p['CONTROLLER']}",
-            "controller.listener.names=CONTROLLER",
-            "listeners=" + ",".join(
-                f"{name}://{'127.0.0.1' if name == 'CONTROLLER' else bind}:{port}" for name, port in p.items()
-            ),
-            "advertised.listeners="
-            + ",".join(f"{name}://{self.host}:{port}" for name, port in p.items() if name != "CONTROLLER"),
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,"
-            "SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL",
-            "inter.broker.listener.name=PLAINTEXT",
-            f"log.dirs={self.DATA}",
-            "num.partitions=1",
-            "auto.create.topics.enable=false",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "group.min.session.timeout.ms=1000",
-            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
-        ]  # fmt: skip
-        for listener in ("sasl_plaintext", "sasl_ssl"):
-            lines += [
-                f"listener.name.{listener}.plain.sasl.jaas.config="
-                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};",
-                f"listener.name.{listener}.scram-sha-256.sasl.jaas.config="
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
-                f"listener.name.{listener}.scram-sha-512.sasl.jaas.config="
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
-            ]
-        lines += [
-            "ssl.keystore.type=PEM",
-            "ssl.keystore.location=/nova/certs/server.keystore.pem",
-            "ssl.truststore.type=PEM",
-            "ssl.truststore.location=/nova/certs/ca.pem",
-            "listener.name.ssl.ssl.client.auth=requested",
-            "ssl.endpoint.identification.algorithm=https",
-        ]
-        return lines
+        quorum = f"controller.quorum.bootstrap.servers=127.0.0.1:{self.ports['CONTROLLER']}"
+        text = harness_kafka.server_properties(node_id=1, ports=self.ports, quorum=quorum, data=Path(self.DATA),
+                                               certs=Path("/nova/certs"), bind=self.settings.bind,
+                                               advertised=self.host)
+        return text.splitlines()
 
     def files(self) -> dict[str, bytes]:
         user, password = harness_kafka.USER, harness_kafka.PASSWORD

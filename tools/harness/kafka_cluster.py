@@ -81,18 +81,7 @@ def env(nodes: int = DEFAULT_NODES) -> dict[str, str]:
     def servers(listener: str) -> str:
         return ",".join(f"{HOST}:{ports(i)[listener]}" for i in range(1, nodes + 1))
 
-    return {
-        "NOVA_KAFKA_BOOTSTRAP": servers("PLAINTEXT"),
-        "NOVA_KAFKA_SASL_BOOTSTRAP": servers("SASL_PLAINTEXT"),
-        "NOVA_KAFKA_SSL_BOOTSTRAP": servers("SSL"),
-        "NOVA_KAFKA_SASL_SSL_BOOTSTRAP": servers("SASL_SSL"),
-        "NOVA_KAFKA_CA_FILE": str(CERTS / "ca.pem"),
-        "NOVA_KAFKA_CLIENT_CERT_FILE": str(CERTS / "client.pem"),
-        "NOVA_KAFKA_CLIENT_KEY_FILE": str(CERTS / "client.key"),
-        "NOVA_KAFKA_USER": single.USER,
-        "NOVA_KAFKA_PASSWORD": single.PASSWORD,
-        "NOVA_KAFKA_NODES": str(nodes),
-    }
+    return {**single.client_env(servers, CERTS), "NOVA_KAFKA_NODES": str(nodes)}
 
 
 def up(nodes: int = DEFAULT_NODES) -> None:
@@ -231,7 +220,7 @@ def _write_configs(nodes: int) -> None:
     LOG4J_CONFIG.write_text(single._LOG4J)
     for i in range(1, nodes + 1):
         (_node_dir(i) / "logs").mkdir(parents=True, exist_ok=True)
-        text = single._server_properties(
+        text = single.server_properties(
             node_id=i,
             ports=ports(i),
             quorum=f"controller.quorum.voters={voters}",
