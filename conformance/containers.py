@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote, urlparse
+from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -465,15 +464,8 @@ class RabbitMQContainer(BrokerContainer):
     START_SCRIPT = None  # the image's own entrypoint (the official one drops to user rabbitmq)
 
     def env(self) -> dict[str, str]:
-        user, password = harness_rabbitmq.USER, harness_rabbitmq.PASSWORD
-        credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
-        return {
-            "NOVA_RABBITMQ_URL": f"amqp://{credentials}@{self.host}:{self.ports['amqp']}/",
-            "NOVA_RABBITMQ_TLS_URL": f"amqps://{credentials}@{self.host}:{self.ports['amqps']}/",
-            "NOVA_RABBITMQ_CA_FILE": str(self.certs.path("ca.pem")),
-            "NOVA_RABBITMQ_USER": user,
-            "NOVA_RABBITMQ_PASSWORD": password,
-        }
+        p = self.ports
+        return harness_rabbitmq.client_env(self.host, p["amqp"], p["amqps"], self.certs.path("ca.pem"))
 
     def _published_ports(self) -> list[int]:
         return [self.ports["amqp"], self.ports["amqps"]]
@@ -521,21 +513,9 @@ log.file = false
             "RABBITMQ_DIST_PORT": str(self.ports["dist"]),
         }
 
-    def _amqp_answers(self, port: int, tls: bool) -> bool:
-        try:
-            with contextlib.ExitStack() as stack:
-                sock = stack.enter_context(socket.create_connection((self.host, port), timeout=3))
-                if tls:
-                    context = ssl.create_default_context(cafile=str(self.certs.path("ca.pem")))
-                    sock = stack.enter_context(context.wrap_socket(sock, server_hostname=self.host))
-                sock.sendall(b"AMQP\x00\x00\x09\x01")
-                frame = sock.recv(7)
-                return len(frame) == 7 and frame[0] == 1  # a METHOD frame: Connection.Start
-        except OSError:
-            return False
-
     def ready(self) -> bool:
-        return self._amqp_answers(self.ports["amqp"], tls=False) and self._amqp_answers(self.ports["amqps"], tls=True)
+        return harness_rabbitmq.amqp_answers(self.host, self.ports["amqp"]) and harness_rabbitmq.amqp_answers(
+            self.host, self.ports["amqps"], self.certs.path("ca.pem"))
 
     def after_first_start(self) -> None:
         user, password = harness_rabbitmq.USER, harness_rabbitmq.PASSWORD

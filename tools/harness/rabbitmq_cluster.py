@@ -34,7 +34,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import quote
 
 from . import rabbitmq as single
 
@@ -63,17 +62,10 @@ def ports(node: int) -> dict[str, int]:
 def env(nodes: int = DEFAULT_NODES) -> dict[str, str]:
     """The single node's ``NOVA_RABBITMQ_*`` variables for node 1, plus every node's URLs."""
     _check_count(nodes)
-    credentials = f"{quote(single.USER, safe='')}:{quote(single.PASSWORD, safe='')}"
-    urls = [f"amqp://{credentials}@{HOST}:{ports(i)['amqp']}/" for i in range(1, nodes + 1)]
-    tls_urls = [f"amqps://{credentials}@{HOST}:{ports(i)['amqps']}/" for i in range(1, nodes + 1)]
     return {
-        "NOVA_RABBITMQ_URL": urls[0],
-        "NOVA_RABBITMQ_TLS_URL": tls_urls[0],
-        "NOVA_RABBITMQ_CA_FILE": str(single.CA_FILE),
-        "NOVA_RABBITMQ_USER": single.USER,
-        "NOVA_RABBITMQ_PASSWORD": single.PASSWORD,
-        "NOVA_RABBITMQ_URLS": ",".join(urls),
-        "NOVA_RABBITMQ_TLS_URLS": ",".join(tls_urls),
+        **single.client_env(HOST, ports(1)["amqp"], ports(1)["amqps"], single.CA_FILE),
+        "NOVA_RABBITMQ_URLS": ",".join(single.url("amqp", HOST, ports(i)["amqp"]) for i in range(1, nodes + 1)),
+        "NOVA_RABBITMQ_TLS_URLS": ",".join(single.url("amqps", HOST, ports(i)["amqps"]) for i in range(1, nodes + 1)),
         "NOVA_RABBITMQ_NODES": str(nodes),
     }
 
