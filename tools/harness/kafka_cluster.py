@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from . import kafka as single
+from .cluster_size import ClusterSize
 
 __all__ = ["down", "env", "leader", "ports", "restart", "start_node", "stop_node", "up"]
 
@@ -53,7 +54,7 @@ PORT_BASE = 19000
 RUN = single.CACHE / "run" / "kafka-cluster"
 CERTS = RUN / "certs"
 LOG4J_CONFIG = RUN / "log4j2.properties"
-NODES_FILE = RUN / "nodes"
+SIZE = ClusterSize("kafka", RUN / "nodes", least=3, most=MAX_NODES)
 CLUSTER_ID_FILE = RUN / "cluster.id"
 SERVER_JVM = ("-Xms128m", "-Xmx384m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true")
 # Fewer threads than the defaults (8 I/O, 3 network, 10 background): three nodes on two cores.
@@ -76,7 +77,7 @@ def ports(node: int) -> dict[str, int]:
 
 def env(nodes: int = DEFAULT_NODES) -> dict[str, str]:
     """The single node's ``NOVA_KAFKA_*`` variables for the cluster, plus ``NOVA_KAFKA_NODES``."""
-    _check_count(nodes)
+    SIZE.check_count(nodes)
 
     def servers(listener: str) -> str:
         return ",".join(f"{HOST}:{ports(i)[listener]}" for i in range(1, nodes + 1))
@@ -86,18 +87,12 @@ def env(nodes: int = DEFAULT_NODES) -> dict[str, str]:
 
 def up(nodes: int = DEFAULT_NODES) -> None:
     """Start every node that is not running; return once all ``nodes`` serve as one cluster."""
-    _check_count(nodes)
-    recorded = _recorded_nodes()
-    if recorded is not None and recorded != nodes:
-        raise SystemExit(
-            f"a {recorded}-node kafka cluster is set up in {RUN}: "
-            f"`python tools/brokers.py down kafka --nodes {recorded}` first"
-        )
+    SIZE.check_up(nodes)
     started = time.monotonic()
     single._fetch_jars()
     single._make_certs(CERTS)
     RUN.mkdir(parents=True, exist_ok=True)
-    NODES_FILE.write_text(str(nodes))
+    SIZE.record(nodes)
     _write_configs(nodes)
     _format_storage(nodes)
     waiting = [i for i in range(1, nodes + 1) if _running_pid(i) is None]
@@ -127,12 +122,10 @@ def down(nodes: int | None = None) -> None:
 
 def restart(nodes: int | None = None) -> None:
     """Stop every node, then start them all again with the same data."""
-    count = _recorded_nodes()
+    count = SIZE.check_restart(nodes)
     if count is None:  # never started: a restart is a plain start
         up(nodes or DEFAULT_NODES)
         return
-    if nodes is not None and nodes != count:
-        raise SystemExit(f"the kafka cluster in {RUN} has {count} nodes, not {nodes}")
     started = time.monotonic()
     _stop_nodes(range(1, count + 1), kill=False)
     up(count)
@@ -141,7 +134,7 @@ def restart(nodes: int | None = None) -> None:
 
 def stop_node(node: int, *, kill: bool = False) -> None:
     """Stop one node: TERM (a controlled shutdown: it hands its leaderships over first) or KILL."""
-    _check_node(node)
+    SIZE.check_node(node)
     started = time.monotonic()
     if _running_pid(node) is None:
         print(f"kafka node {node} is not running", file=sys.stderr)
@@ -153,7 +146,7 @@ def stop_node(node: int, *, kill: bool = False) -> None:
 
 def start_node(node: int) -> None:
     """Start one node of a set-up cluster; return once the cluster lists it as a live broker."""
-    _check_node(node)
+    SIZE.check_node(node)
     started = time.monotonic()
     if _running_pid(node) is None:
         _check_ports_free([node])
@@ -168,9 +161,7 @@ def start_node(node: int) -> None:
 
 def leader(topic: str, partition: int = 0) -> int:
     """The node that leads ``partition`` of ``topic`` (-1: none right now)."""
-    count = _recorded_nodes()
-    if count is None:
-        raise SystemExit(f"no kafka cluster is set up in {RUN}: `python tools/brokers.py up kafka --nodes 3`")
+    count = SIZE.check_node(1)
 
     async def ask(admin: Any) -> int:
         for entry in await admin.describe_topics([topic]):
@@ -185,26 +176,6 @@ def leader(topic: str, partition: int = 0) -> int:
 
 
 # --- configuration ------------------------------------------------------------------------------
-
-
-def _check_count(nodes: int) -> None:
-    if not 3 <= nodes <= MAX_NODES:
-        raise SystemExit(f"a kafka cluster here has 3 to {MAX_NODES} nodes, not {nodes}")
-
-
-def _check_node(node: int) -> None:
-    count = _recorded_nodes()
-    if count is None:
-        raise SystemExit(f"no kafka cluster is set up in {RUN}: `python tools/brokers.py up kafka --nodes 3`")
-    if not 1 <= node <= count:
-        raise SystemExit(f"the kafka cluster has nodes 1 to {count}, not {node}")
-
-
-def _recorded_nodes() -> int | None:
-    try:
-        return int(NODES_FILE.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def _node_dir(node: int) -> Path:

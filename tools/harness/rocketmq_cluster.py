@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import rocketmq as single
+from .cluster_size import ClusterSize
 
 __all__ = ["broker_port", "down", "env", "restart", "start_node", "stop_node", "up"]
 
@@ -55,6 +56,7 @@ REMOTING_PORT = 18080
 CLUSTER = single.CLUSTER
 HEAPS = {"namesrv": "128m", "broker": "512m", "proxy": "384m"}
 READY_TIMEOUT_S = 180.0
+SIZE = ClusterSize("rocketmq", RUN / "nodes", least=2, most=MAX_NODES, noun="broker")
 
 
 def broker_port(node: int) -> int:
@@ -64,7 +66,7 @@ def broker_port(node: int) -> int:
 
 def env(nodes: int = DEFAULT_NODES) -> dict[str, str]:
     """The single node's ``NOVA_ROCKETMQ_*`` variables for this cluster, plus ``NOVA_ROCKETMQ_NODES``."""
-    _check_count(nodes)
+    SIZE.check_count(nodes)
     out = single.client_env(f"{HOST}:{GRPC_PORT}", f"{HOST}:{NAMESRV_PORT}", acl=_acl_enabled())
     out["NOVA_ROCKETMQ_ADMIN_CLASSPATH"] = single.classpath()
     out["NOVA_ROCKETMQ_NODES"] = str(nodes)
@@ -73,13 +75,7 @@ def env(nodes: int = DEFAULT_NODES) -> dict[str, str]:
 
 def up(nodes: int = DEFAULT_NODES) -> None:
     """Start what is not running; return once every broker is routed and a client sends and receives."""
-    _check_count(nodes)
-    recorded = _recorded_nodes()
-    if recorded is not None and recorded != nodes:
-        raise SystemExit(
-            f"a {recorded}-broker rocketmq cluster is set up in {RUN}: "
-            f"`python tools/brokers.py down rocketmq --nodes {recorded}` first"
-        )
+    recorded = SIZE.check_up(nodes)
     started = time.monotonic()
     RUN.mkdir(parents=True, exist_ok=True)
     flag = RUN / "acl"
@@ -88,7 +84,7 @@ def up(nodes: int = DEFAULT_NODES) -> None:
             flag.unlink(missing_ok=True)
         else:
             flag.write_text("1")
-    (RUN / "nodes").write_text(str(nodes))
+    SIZE.record(nodes)
     _start(nodes)
     if _acl_enabled():
         _setup_acl_users()
@@ -106,12 +102,10 @@ def down(nodes: int | None = None) -> None:
 
 def restart(nodes: int | None = None) -> None:
     """Stop every process and start them again with the same data."""
-    count = _recorded_nodes()
+    count = SIZE.check_restart(nodes)
     if count is None:
         up(nodes or DEFAULT_NODES)
         return
-    if nodes is not None and nodes != count:
-        raise SystemExit(f"the rocketmq cluster in {RUN} has {count} brokers, not {nodes}")
     started = time.monotonic()
     for name in ["proxy", *(f"broker-{i}" for i in range(1, count + 1)), "namesrv"]:
         _stop(name, kill=False)
@@ -121,7 +115,7 @@ def restart(nodes: int | None = None) -> None:
 
 def stop_node(node: int, *, kill: bool = False) -> None:
     """Stop broker ``node``: TERM (it unregisters from the name server first) or KILL."""
-    _check_node(node)
+    SIZE.check_node(node)
     started = time.monotonic()
     _stop(f"broker-{node}", kill=kill)
     _log(f"broker-{node} {'killed' if kill else 'stopped'} ({time.monotonic() - started:.1f} s)")
@@ -129,7 +123,7 @@ def stop_node(node: int, *, kill: bool = False) -> None:
 
 def start_node(node: int) -> None:
     """Start broker ``node``; return once the name server routes to it again."""
-    count = _check_node(node)
+    count = SIZE.check_node(node)
     started = time.monotonic()
     if _pid(f"broker-{node}") is None:
         _spawn_broker(node)
@@ -142,27 +136,6 @@ def start_node(node: int) -> None:
 
 def _log(message: str) -> None:
     print(f"[rocketmq-cluster] {message}", file=sys.stderr, flush=True)
-
-
-def _check_count(nodes: int) -> None:
-    if not 2 <= nodes <= MAX_NODES:
-        raise SystemExit(f"a rocketmq cluster here has 2 to {MAX_NODES} brokers, not {nodes}")
-
-
-def _check_node(node: int) -> int:
-    count = _recorded_nodes()
-    if count is None:
-        raise SystemExit(f"no rocketmq cluster is set up in {RUN}: `python tools/brokers.py up rocketmq --nodes 2`")
-    if not 1 <= node <= count:
-        raise SystemExit(f"the rocketmq cluster has brokers 1 to {count}, not {node}")
-    return count
-
-
-def _recorded_nodes() -> int | None:
-    try:
-        return int((RUN / "nodes").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def _acl_enabled() -> bool:
