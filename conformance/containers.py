@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from harness import kafka as harness_kafka  # noqa: E402
 from harness import rabbitmq as harness_rabbitmq  # noqa: E402
 from harness import rocketmq as harness_rocketmq  # noqa: E402
+from harness.processes import port_open  # noqa: E402
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer
@@ -208,12 +209,6 @@ def _openssl(*args: str) -> None:
         raise ContainerError(f"openssl {args[0]} failed ({result.returncode}): {result.stderr.strip()[-500:]}")
 
 
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
 # --- one broker -----------------------------------------------------------------------------------
 
 
@@ -300,7 +295,7 @@ class BrokerContainer:
     def start(self) -> None:
         # On the host's network every port the broker opens is the host's.
         wanted = list(self.ports.values()) if self.settings.network == "host" else self._published_ports()
-        taken = [f"{self.host}:{p}" for p in wanted if _port_open(self.host, p)]
+        taken = [f"{self.host}:{p}" for p in wanted if port_open(p, self.host)]
         if taken:
             raise ContainerError(
                 f"{self.name}: {', '.join(taken)} already answer (another broker or an old container?); "
@@ -430,7 +425,7 @@ exec /opt/kafka/bin/kafka-server-start.sh /nova/server.properties
         }
 
     def ready(self) -> bool:
-        if not _port_open(self.host, self.ports["PLAINTEXT"]):
+        if not port_open(self.ports["PLAINTEXT"], self.host):
             return False
         from aiokafka.admin import AIOKafkaAdminClient
 
@@ -606,7 +601,7 @@ exec "$java" -Xms64m -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Drocketm
         return files
 
     def ready(self) -> bool:
-        if not _port_open(self.host, self.ports["grpc"]):
+        if not port_open(self.ports["grpc"], self.host):
             return False
         self._smoke_test()
         return True

@@ -27,8 +27,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +34,8 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from .processes import port_open, stop_pids
 
 __all__ = ["down", "env", "restart", "up"]
 
@@ -329,7 +329,7 @@ def _uuid_base64() -> str:
 
 def _start() -> None:
     for name, port in PORTS.items():
-        if _port_open(port):
+        if port_open(port):
             raise SystemExit(
                 f"port {HOST}:{port} ({name}) is already taken by another process; stop it (or an old kafka) first"
             )
@@ -372,33 +372,10 @@ def _running_pid() -> int | None:
 
 def _stop() -> None:
     pid = _running_pid()
-    if pid is None:
-        PID_FILE.unlink(missing_ok=True)
-        return
-    os.kill(pid, signal.SIGTERM)  # kafka shuts down cleanly on TERM (flushes, closes the log)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        while _alive(pid):
-            time.sleep(0.05)
+    if pid is not None:
+        # kafka shuts down cleanly on TERM (flushes, closes the log)
+        stop_pids([pid], kill=False, timeout=STOP_TIMEOUT_S)
     PID_FILE.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        # A zombie (our own child not yet reaped) counts as gone.
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((HOST, port)) == 0
 
 
 def _wait_ready(deadline: float, process: subprocess.Popen[bytes] | None = None) -> None:
@@ -421,7 +398,7 @@ def _wait_ready(deadline: float, process: subprocess.Popen[bytes] | None = None)
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise SystemExit(f"kafka exited with code {process.returncode} while starting\n{_log_tail()}")
-        if _port_open(PORTS["PLAINTEXT"]):
+        if port_open(PORTS["PLAINTEXT"]):
             try:
                 asyncio.run(asyncio.wait_for(list_topics(), 10))
                 return

@@ -32,9 +32,7 @@ cluster shares two cores with everything else.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -44,6 +42,7 @@ from typing import Any
 
 from . import kafka as single
 from .cluster_size import ClusterSize
+from .processes import alive, port_open, stop_pids
 
 __all__ = ["down", "env", "leader", "ports", "restart", "start_node", "stop_node", "up"]
 
@@ -263,24 +262,14 @@ def _running_pid(node: int) -> int | None:
     except FileNotFoundError:
         return None
     # A recycled pid belongs to someone else: only claim a java running this node's config.
-    if b"kafka.Kafka" in cmdline and str(_config(node)).encode() in cmdline and single._alive(pid):
+    if b"kafka.Kafka" in cmdline and str(_config(node)).encode() in cmdline and alive(pid):
         return pid
     return None
 
 
 def _stop_nodes(nodes: Any, *, kill: bool) -> None:
     """Signal the given nodes together, wait for all, KILL whatever outlives the timeout."""
-    pids = {i: pid for i in nodes if (pid := _running_pid(i)) is not None}
-    for pid in pids.values():
-        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and any(single._alive(pid) for pid in pids.values()):
-        time.sleep(0.2)
-    for pid in pids.values():
-        if single._alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            while single._alive(pid):
-                time.sleep(0.05)
+    stop_pids([pid for i in nodes if (pid := _running_pid(i)) is not None], kill=kill, timeout=STOP_TIMEOUT_S)
     for i in nodes:
         (_node_dir(i) / "kafka.pid").unlink(missing_ok=True)
 
@@ -288,7 +277,7 @@ def _stop_nodes(nodes: Any, *, kill: bool) -> None:
 def _check_ports_free(nodes: list[int]) -> None:
     for i in nodes:
         for name, port in ports(i).items():
-            if single._port_open(port):
+            if port_open(port):
                 raise SystemExit(
                     f"port {HOST}:{port} (node {i} {name}) is already taken by another process; "
                     "stop it (or an old kafka cluster) first"
@@ -326,7 +315,7 @@ def _cluster_serves(nodes: int) -> bool:
 
 def _node_serves(node: int, expected: set[int] | None = None) -> bool:
     """The node answers a client on its own listener and the cluster lists it (and ``expected``)."""
-    if not single._port_open(ports(node)["PLAINTEXT"]):
+    if not port_open(ports(node)["PLAINTEXT"]):
         return False
     live: set[int] = _admin(f"{HOST}:{ports(node)['PLAINTEXT']}", _live_brokers)
     return (expected or {node}) <= live

@@ -39,11 +39,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .processes import port_open
 
 VERSION = "5.5.0"
 CACHE = Path.home() / ".cache" / "nova"
@@ -275,12 +276,6 @@ def _pid(name: str) -> int | None:
     return pid
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((HOST, port)) == 0
-
-
 def _wait(what: str, check, timeout: float, name: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -324,7 +319,7 @@ def _start() -> None:
     namesrv, broker, proxy = _write_configs()
     if _pid("namesrv") is None:
         _java("256m", "namesrv", "org.apache.rocketmq.namesrv.NamesrvStartup", ["-c", str(namesrv)])
-    _wait("name server port", lambda: _port_open(NAMESRV_PORT), 60, "namesrv")
+    _wait("name server port", lambda: port_open(NAMESRV_PORT), 60, "namesrv")
     if _pid("proxy") is None:
         _java(
             "1g",
@@ -332,7 +327,7 @@ def _start() -> None:
             "org.apache.rocketmq.proxy.ProxyStartup",
             ["-pm", "local", "-n", f"{HOST}:{NAMESRV_PORT}", "-bc", str(broker), "-pc", str(proxy)],
         )
-    _wait("proxy gRPC port", lambda: _port_open(GRPC_PORT), 120, "proxy")
+    _wait("proxy gRPC port", lambda: port_open(GRPC_PORT), 120, "proxy")
     _log(f"proxy port open after {time.monotonic() - t0:.1f} s")
     _smoke_test()
     _log(f"smoke test passed after {time.monotonic() - t0:.1f} s")

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ from pathlib import Path
 
 from . import rocketmq as single
 from .cluster_size import ClusterSize
+from .processes import port_open, stop_pids
 
 __all__ = ["broker_port", "down", "env", "restart", "start_node", "stop_node", "up"]
 
@@ -200,14 +200,7 @@ def _pid(name: str) -> int | None:
 def _stop(name: str, *, kill: bool) -> None:
     pid = _pid(name)
     if pid is not None:
-        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while _pid(name) is not None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _pid(name) is not None:
-            os.kill(pid, signal.SIGKILL)
-            while _pid(name) is not None:
-                time.sleep(0.05)
+        stop_pids([pid], kill=kill, timeout=30)
     (RUN / f"{name}.pid").unlink(missing_ok=True)
 
 
@@ -229,18 +222,18 @@ def _start(nodes: int) -> None:
     if _pid("namesrv") is None:
         conf = RUN / "conf" / "namesrv.conf"
         _java(HEAPS["namesrv"], "namesrv", "org.apache.rocketmq.namesrv.NamesrvStartup", ["-c", str(conf)])
-    _wait("name server port", lambda: single._port_open(NAMESRV_PORT), "namesrv")
+    _wait("name server port", lambda: port_open(NAMESRV_PORT), "namesrv")
     for i in range(1, nodes + 1):
         if _pid(f"broker-{i}") is None:
             _spawn_broker(i)
     for i in range(1, nodes + 1):
-        _wait("broker port", lambda i=i: single._port_open(broker_port(i)), f"broker-{i}")  # type: ignore[misc]
+        _wait("broker port", lambda i=i: port_open(broker_port(i)), f"broker-{i}")  # type: ignore[misc]
     _wait("every broker registered", lambda: len(_masters()) == nodes, "namesrv")
     if _pid("proxy") is None:
         conf = RUN / "conf" / "rmq-proxy.json"
         _java(HEAPS["proxy"], "proxy", "org.apache.rocketmq.proxy.ProxyStartup",
               ["-pm", "cluster", "-n", f"{HOST}:{NAMESRV_PORT}", "-pc", str(conf)])
-    _wait("proxy gRPC port", lambda: single._port_open(GRPC_PORT), "proxy")
+    _wait("proxy gRPC port", lambda: port_open(GRPC_PORT), "proxy")
     _smoke_test()
 
 
