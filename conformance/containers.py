@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote, urlparse
+from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -50,6 +49,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from harness import kafka as harness_kafka  # noqa: E402
 from harness import rabbitmq as harness_rabbitmq  # noqa: E402
 from harness import rocketmq as harness_rocketmq  # noqa: E402
+from harness.processes import port_open  # noqa: E402
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer
@@ -209,12 +209,6 @@ def _openssl(*args: str) -> None:
         raise ContainerError(f"openssl {args[0]} failed ({result.returncode}): {result.stderr.strip()[-500:]}")
 
 
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
 # --- one broker -----------------------------------------------------------------------------------
 
 
@@ -301,7 +295,7 @@ class BrokerContainer:
     def start(self) -> None:
         # On the host's network every port the broker opens is the host's.
         wanted = list(self.ports.values()) if self.settings.network == "host" else self._published_ports()
-        taken = [f"{self.host}:{p}" for p in wanted if _port_open(self.host, p)]
+        taken = [f"{self.host}:{p}" for p in wanted if port_open(p, self.host)]
         if taken:
             raise ContainerError(
                 f"{self.name}: {', '.join(taken)} already answer (another broker or an old container?); "
@@ -379,71 +373,17 @@ class KafkaContainer(BrokerContainer):
     DATA = "/tmp/nova-kafka/data"
 
     def env(self) -> dict[str, str]:
-        p, h = self.ports, self.host
-        return {
-            "NOVA_KAFKA_BOOTSTRAP": f"{h}:{p['PLAINTEXT']}",
-            "NOVA_KAFKA_SASL_BOOTSTRAP": f"{h}:{p['SASL_PLAINTEXT']}",
-            "NOVA_KAFKA_SSL_BOOTSTRAP": f"{h}:{p['SSL']}",
-            "NOVA_KAFKA_SASL_SSL_BOOTSTRAP": f"{h}:{p['SASL_SSL']}",
-            "NOVA_KAFKA_CA_FILE": str(self.certs.path("ca.pem")),
-            "NOVA_KAFKA_CLIENT_CERT_FILE": str(self.certs.path("client.pem")),
-            "NOVA_KAFKA_CLIENT_KEY_FILE": str(self.certs.path("client.key")),
-            "NOVA_KAFKA_USER": harness_kafka.USER,
-            "NOVA_KAFKA_PASSWORD": harness_kafka.PASSWORD,
-        }
+        return harness_kafka.client_env(lambda listener: f"{self.host}:{self.ports[listener]}", self.certs.dir)
 
     def _published_ports(self) -> list[int]:
         return [port for role, port in self.ports.items() if role != "CONTROLLER"]
 
     def server_properties(self) -> list[str]:
-        p, bind = self.ports, self.settings.bind
-        user, password = harness_kafka.USER, harness_kafka.PASSWORD
-        admin, admin_password = harness_kafka.ADMIN_USER, harness_kafka.ADMIN_PASSWORD
-        plain_users = f'user_{admin}="{admin_password}" user_{user}="{password}"'
-        lines = [
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{p['CONTROLLER']}",
-            "controller.listener.names=CONTROLLER",
-            "listeners=" + ",".join(
-                f"{name}://{'127.0.0.1' if name == 'CONTROLLER' else bind}:{port}" for name, port in p.items()
-            ),
-            "advertised.listeners="
-            + ",".join(f"{name}://{self.host}:{port}" for name, port in p.items() if name != "CONTROLLER"),
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,"
-            "SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL",
-            "inter.broker.listener.name=PLAINTEXT",
-            f"log.dirs={self.DATA}",
-            "num.partitions=1",
-            "auto.create.topics.enable=false",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "group.min.session.timeout.ms=1000",
-            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
-        ]  # fmt: skip
-        for listener in ("sasl_plaintext", "sasl_ssl"):
-            lines += [
-                f"listener.name.{listener}.plain.sasl.jaas.config="
-                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};",
-                f"listener.name.{listener}.scram-sha-256.sasl.jaas.config="
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
-                f"listener.name.{listener}.scram-sha-512.sasl.jaas.config="
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
-            ]
-        lines += [
-            "ssl.keystore.type=PEM",
-            "ssl.keystore.location=/nova/certs/server.keystore.pem",
-            "ssl.truststore.type=PEM",
-            "ssl.truststore.location=/nova/certs/ca.pem",
-            "listener.name.ssl.ssl.client.auth=requested",
-            "ssl.endpoint.identification.algorithm=https",
-        ]
-        return lines
+        quorum = f"controller.quorum.bootstrap.servers=127.0.0.1:{self.ports['CONTROLLER']}"
+        text = harness_kafka.server_properties(node_id=1, ports=self.ports, quorum=quorum, data=Path(self.DATA),
+                                               certs=Path("/nova/certs"), bind=self.settings.bind,
+                                               advertised=self.host)
+        return text.splitlines()
 
     def files(self) -> dict[str, bytes]:
         user, password = harness_kafka.USER, harness_kafka.PASSWORD
@@ -485,7 +425,7 @@ exec /opt/kafka/bin/kafka-server-start.sh /nova/server.properties
         }
 
     def ready(self) -> bool:
-        if not _port_open(self.host, self.ports["PLAINTEXT"]):
+        if not port_open(self.ports["PLAINTEXT"], self.host):
             return False
         from aiokafka.admin import AIOKafkaAdminClient
 
@@ -519,15 +459,8 @@ class RabbitMQContainer(BrokerContainer):
     START_SCRIPT = None  # the image's own entrypoint (the official one drops to user rabbitmq)
 
     def env(self) -> dict[str, str]:
-        user, password = harness_rabbitmq.USER, harness_rabbitmq.PASSWORD
-        credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
-        return {
-            "NOVA_RABBITMQ_URL": f"amqp://{credentials}@{self.host}:{self.ports['amqp']}/",
-            "NOVA_RABBITMQ_TLS_URL": f"amqps://{credentials}@{self.host}:{self.ports['amqps']}/",
-            "NOVA_RABBITMQ_CA_FILE": str(self.certs.path("ca.pem")),
-            "NOVA_RABBITMQ_USER": user,
-            "NOVA_RABBITMQ_PASSWORD": password,
-        }
+        p = self.ports
+        return harness_rabbitmq.client_env(self.host, p["amqp"], p["amqps"], self.certs.path("ca.pem"))
 
     def _published_ports(self) -> list[int]:
         return [self.ports["amqp"], self.ports["amqps"]]
@@ -575,21 +508,9 @@ log.file = false
             "RABBITMQ_DIST_PORT": str(self.ports["dist"]),
         }
 
-    def _amqp_answers(self, port: int, tls: bool) -> bool:
-        try:
-            with contextlib.ExitStack() as stack:
-                sock = stack.enter_context(socket.create_connection((self.host, port), timeout=3))
-                if tls:
-                    context = ssl.create_default_context(cafile=str(self.certs.path("ca.pem")))
-                    sock = stack.enter_context(context.wrap_socket(sock, server_hostname=self.host))
-                sock.sendall(b"AMQP\x00\x00\x09\x01")
-                frame = sock.recv(7)
-                return len(frame) == 7 and frame[0] == 1  # a METHOD frame: Connection.Start
-        except OSError:
-            return False
-
     def ready(self) -> bool:
-        return self._amqp_answers(self.ports["amqp"], tls=False) and self._amqp_answers(self.ports["amqps"], tls=True)
+        return harness_rabbitmq.amqp_answers(self.host, self.ports["amqp"]) and harness_rabbitmq.amqp_answers(
+            self.host, self.ports["amqps"], self.certs.path("ca.pem"))
 
     def after_first_start(self) -> None:
         user, password = harness_rabbitmq.USER, harness_rabbitmq.PASSWORD
@@ -619,70 +540,18 @@ class RocketMQContainer(BrokerContainer):
         return self.settings.rocketmq_acl
 
     def env(self) -> dict[str, str]:
-        out = {
-            "NOVA_ROCKETMQ_ENDPOINTS": f"{self.host}:{self.ports['grpc']}",
-            "NOVA_ROCKETMQ_NAMESRV": f"{self.host}:{self.ports['namesrv']}",
-            "NOVA_ROCKETMQ_TIMER_PRECISION_MS": str(harness_rocketmq.TIMER_PRECISION_MS),
-        }
-        if self.acl:
-            out["NOVA_ROCKETMQ_ACCESS_KEY"], out["NOVA_ROCKETMQ_SECRET_KEY"] = harness_rocketmq.APP_USER
-            out["NOVA_ROCKETMQ_ADMIN_ACCESS_KEY"], out["NOVA_ROCKETMQ_ADMIN_SECRET_KEY"] = harness_rocketmq.ADMIN_USER
-        return out
+        return harness_rocketmq.client_env(f"{self.host}:{self.ports['grpc']}", f"{self.host}:{self.ports['namesrv']}",
+                                           acl=self.acl)
 
     def broker_conf(self) -> list[str]:
-        p, bind = self.ports, self.settings.bind
-        store = f"{self.RUN}/store"
-        return [
-            f"brokerClusterName={harness_rocketmq.CLUSTER}",
-            "brokerName=broker-a",
-            "brokerId=0",
-            f"namesrvAddr=127.0.0.1:{p['namesrv']}",
-            f"brokerIP1={self.host}",
-            f"listenPort={p['broker']}",
-            f"bindAddress={bind}",
-            f"storePathRootDir={store}",
-            f"storePathCommitLog={store}/commitlog",
-            "mappedFileSizeCommitLog=104857600",
-            "mappedFileSizeConsumeQueue=600000",
-            "mappedFileSizeTimerLog=52428800",
-            "autoCreateTopicEnable=false",
-            "enableMixedMessageType=true",
-            "autoCreateSubscriptionGroup=true",
-            "deleteWhen=04",
-            "fileReservedTime=48",
-            "flushDiskType=ASYNC_FLUSH",
-            f"timerPrecisionMs={harness_rocketmq.TIMER_PRECISION_MS}",
-            f"timerMaxDelaySec={3 * 86_400}",
-            "timerWheelEnable=true",
-            "enablePropertyFilter=true",
-            "transientStorePoolEnable=false",
-            "useReentrantLockWhenPutMessage=true",
-            "sendMessageThreadPoolNums=4",
-            "pullMessageThreadPoolNums=8",
-            *harness_rocketmq._auth_lines(self.acl),
-        ]
+        return harness_rocketmq.broker_conf(name="broker-a", namesrv=f"127.0.0.1:{self.ports['namesrv']}",
+                                            ip=self.host, port=self.ports["broker"], bind=self.settings.bind,
+                                            store=f"{self.RUN}/store", acl=self.acl)
 
     def proxy_config(self) -> dict[str, object]:
-        p = self.ports
-        config: dict[str, object] = {
-            "rocketMQClusterName": harness_rocketmq.CLUSTER,
-            "namesrvAddr": f"127.0.0.1:{p['namesrv']}",
-            "grpcServerPort": p["grpc"],
-            "remotingListenPort": p["remoting"],
-            "enableTopicMessageTypeCheck": False,
-            "maxDelayTimeMills": harness_rocketmq.MAX_DELAY_SECONDS * 1000,
-            "grpcThreadPoolNums": 8,
-            "grpcShutdownTimeSeconds": 1,
-            "grpcClientConsumerMinLongPollingTimeoutMillis": 100,
-        }
-        if self.acl:
-            for line in harness_rocketmq._auth_lines(True):
-                key, _, value = line.partition("=")
-                config[key] = True if value == "true" else value
-            provider = "org.apache.rocketmq.proxy.auth.Proxy{}MetadataProvider"
-            config["authenticationMetadataProvider"] = provider.format("Authentication")
-            config["authorizationMetadataProvider"] = provider.format("Authorization")
-        return config
+        return harness_rocketmq.proxy_config(namesrv=f"127.0.0.1:{self.ports['namesrv']}",
+                                             grpc_port=self.ports["grpc"], remoting_port=self.ports["remoting"],
+                                             acl=self.acl)
 
     def files(self) -> dict[str, bytes]:
         p = self.ports
@@ -732,38 +601,16 @@ exec "$java" -Xms64m -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Drocketm
         return files
 
     def ready(self) -> bool:
-        if not _port_open(self.host, self.ports["grpc"]):
+        if not port_open(self.ports["grpc"], self.host):
             return False
         self._smoke_test()
         return True
 
     def _smoke_test(self) -> None:
         """Send and receive one message through nova's adapter, as the harness does."""
-        creds = repr(harness_rocketmq.ADMIN_USER) if self.acl else "None"
-        code = f"""
-import asyncio, sys, uuid
-sys.path.insert(0, {str(ROOT)!r})
-from nova._broker import Message
-from nova.brokers.rocketmq import RocketMQBroker
-
-async def main():
-    broker = RocketMQBroker("{self.host}:{self.ports['grpc']}", namesrv="{self.host}:{self.ports['namesrv']}",
-                            auth={creds})
-    topic = "nova-harness-smoke"
-    await broker.ensure_topics([topic])
-    token = uuid.uuid4().hex.encode()
-    await broker.publish([Message(topic, token)])
-    sub = await broker.subscribe([topic], group="nova-harness-smoke", window=16)
-    async with asyncio.timeout(60):
-        async for delivery in sub:
-            await delivery.ack()
-            if delivery.body == token:
-                break
-    await sub.close()
-    await broker.close()
-
-asyncio.run(main())
-"""
+        code = harness_rocketmq.smoke_script(ROOT, f"{self.host}:{self.ports['grpc']}",
+                                             f"{self.host}:{self.ports['namesrv']}",
+                                             harness_rocketmq.ADMIN_USER if self.acl else None)
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
             raise ContainerError(f"smoke test failed: {result.stderr.strip()[-800:]}")
@@ -771,15 +618,7 @@ asyncio.run(main())
     def after_first_start(self) -> None:
         if not self.acl:
             return
-        app, cluster = harness_rocketmq.APP_USER, harness_rocketmq.CLUSTER
-        steps = [
-            ["createUser", "-c", cluster, "-u", app[0], "-p", app[1], "-t", "Normal"],
-            ["createAcl", "-c", cluster, "-s", f"User:{app[0]}", "-r", "Topic:*,Group:*",
-             "-a", "Pub,Sub", "-d", "Allow"],
-            ["createAcl", "-c", cluster, "-s", f"User:{app[0]}", "-r", "Topic:forbidden*",
-             "-a", "Pub,Sub", "-d", "Deny"],
-        ]  # fmt: skip
-        for args in steps:
+        for args in harness_rocketmq.APP_USER_ACL_STEPS:
             self.exec("bash", "/nova/mqadmin.sh", *args)
 
 

@@ -124,8 +124,7 @@ class App:
         self._forced = False
 
     def __repr__(self) -> str:
-        queues = {q: h.types for q, h in self._queues.items()}
-        return f"App(broker={type(self.broker).__name__}, queues={queues}, state={self._state})"
+        return f"App(broker={type(self.broker).__name__}, queues={self.queues}, state={self._state})"
 
     # -- registration -------------------------------------------------------------
     def task(self, task_type: str, /, *, queue: str = "default",

@@ -20,7 +20,7 @@ from typing import Any
 from nova._errors import NovaError
 from nova._recording import QueryableTaskRecorder, TaskEvent, TaskRecord, TaskStatus
 
-__all__ = ["add_tasks_parser", "run_tasks"]
+__all__ = ["add_tasks_parser", "non_negative_int", "recorder_url", "run_tasks"]
 
 _DURATION = re.compile(r"(?:\d+[smhdw])+")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -62,11 +62,22 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                         help="recorder table (default: nova_task_records)")
 
 
-def _limit(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number, 0 or more (``nova tasks --limit``, ``nova dashboard --refresh``)."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must be >= 0")
     return value
+
+
+def recorder_url(given: str | None, command: str) -> str | None:
+    """``--recorder``, else ``$NOVA_RECORDER``; None after telling the user on stderr how to give one."""
+    url = given or os.environ.get("NOVA_RECORDER")
+    if not url:
+        print(f"nova {command}: pass --recorder URL (e.g. chdb:///var/lib/nova/records) or set NOVA_RECORDER",
+              file=sys.stderr)
+        return None
+    return url
 
 
 def add_tasks_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -82,8 +93,8 @@ def add_tasks_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     parser.add_argument("--since", type=parse_when, metavar="WHEN",
                         help="updated at or after: a duration ago (30m, 1h, 2d) or an ISO time")
     parser.add_argument("--until", type=parse_when, metavar="WHEN", help="updated before (same forms)")
-    parser.add_argument("--limit", type=_limit, default=50, help="rows to print (default: 50)")
-    parser.add_argument("--offset", type=_limit, default=0, help="rows to skip (default: 0)")
+    parser.add_argument("--limit", type=non_negative_int, default=50, help="rows to print (default: 50)")
+    parser.add_argument("--offset", type=non_negative_int, default=0, help="rows to skip (default: 0)")
     commands = parser.add_subparsers(dest="tasks_command", metavar="{show,stats}")
     show = commands.add_parser("show", help="one task's state and history",
                                description="Print one task's latest state and every recorded event.")
@@ -96,10 +107,8 @@ def add_tasks_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 async def run_tasks(args: argparse.Namespace) -> int:
     """Run ``nova tasks ...``; returns the exit status (0 ok, 1 not found or failed, 2 usage)."""
-    url = args.recorder or os.environ.get("NOVA_RECORDER")
-    if not url:
-        print("nova tasks: pass --recorder URL (e.g. chdb:///var/lib/nova/tasks) or set NOVA_RECORDER",
-              file=sys.stderr)
+    url = recorder_url(args.recorder, "tasks")
+    if url is None:
         return 2
     from nova._clickhouse import ClickHouseTaskRecorder
 

@@ -30,7 +30,7 @@ import asyncio
 import enum
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -126,63 +126,48 @@ class _Chain(Middleware):
         for member in self.members:
             member.bind(queue)
 
-    def enqueue(self, queue: TaskQueue, tasks: Sequence[Task], destination: str, priority: Priority,
-                headers: dict[str, str]) -> Any:
+    def _begin(self, hook: str, call: Callable[[Middleware], Any]) -> list[Any]:
+        """Each member's state from ``call`` (BROKEN where it raised)."""
         states = []
         for member in self.members:
             try:
-                states.append(member.enqueue(queue, tasks, destination, priority, headers))
-            except Exception:  # noqa: BLE001 - an observer must not fail the enqueue
+                states.append(call(member))
+            except Exception:  # noqa: BLE001 - an observer must not fail the enqueue or the task
                 states.append(BROKEN)
-                complain(member, "enqueue")
+                complain(member, hook)
         return states
+
+    def _end(self, hook: str, states: list[Any], call: Callable[[Middleware, Any], None]) -> None:
+        """``call`` with each member's state, last member first, skipping those whose begin raised."""
+        for member, own in zip(reversed(self.members), reversed(states), strict=True):
+            if own is not BROKEN:
+                try:
+                    call(member, own)
+                except Exception:  # noqa: BLE001
+                    complain(member, hook)
+
+    def enqueue(self, queue: TaskQueue, tasks: Sequence[Task], destination: str, priority: Priority,
+                headers: dict[str, str]) -> Any:
+        return self._begin("enqueue", lambda m: m.enqueue(queue, tasks, destination, priority, headers))
 
     def enqueued(self, queue: TaskQueue, state: Any, tasks: Sequence[Task], results: Sequence[Result] | None,
                  error: BaseException | None) -> None:
-        for member, own in zip(reversed(self.members), reversed(state), strict=True):
-            if own is not BROKEN:
-                try:
-                    member.enqueued(queue, own, tasks, results, error)
-                except Exception:  # noqa: BLE001
-                    complain(member, "enqueued")
+        self._end("enqueued", state, lambda m, own: m.enqueued(queue, own, tasks, results, error))
 
     def process(self, queue: TaskQueue, task: Task, delivery: Delivery) -> Any:
-        states = []
-        for member in self.members:
-            try:
-                states.append(member.process(queue, task, delivery))
-            except Exception:  # noqa: BLE001
-                states.append(BROKEN)
-                complain(member, "process")
-        return states
+        return self._begin("process", lambda m: m.process(queue, task, delivery))
 
     def processed(self, queue: TaskQueue, state: Any, task: Task, outcome: Outcome,
                   error: BaseException | str | None, elapsed: float | None) -> None:
-        for member, own in zip(reversed(self.members), reversed(state), strict=True):
-            if own is not BROKEN:
-                try:
-                    member.processed(queue, own, task, outcome, error, elapsed)
-                except Exception:  # noqa: BLE001
-                    complain(member, "processed")
+        self._end("processed", state, lambda m, own: m.processed(queue, own, task, outcome, error, elapsed))
 
     def process_batch(self, queue: TaskQueue, tasks: Sequence[Task], deliveries: Sequence[Delivery]) -> Any:
-        states = []
-        for member in self.members:
-            try:
-                states.append(member.process_batch(queue, tasks, deliveries))
-            except Exception:  # noqa: BLE001
-                states.append(BROKEN)
-                complain(member, "process_batch")
-        return states
+        return self._begin("process_batch", lambda m: m.process_batch(queue, tasks, deliveries))
 
     def processed_batch(self, queue: TaskQueue, state: Any, tasks: Sequence[Task], outcomes: Sequence[Outcome],
                         error: BaseException | None, elapsed: float | None) -> None:
-        for member, own in zip(reversed(self.members), reversed(state), strict=True):
-            if own is not BROKEN:
-                try:
-                    member.processed_batch(queue, own, tasks, outcomes, error, elapsed)
-                except Exception:  # noqa: BLE001
-                    complain(member, "processed_batch")
+        self._end("processed_batch", state,
+                  lambda m, own: m.processed_batch(queue, own, tasks, outcomes, error, elapsed))
 
 
 #: The state of a hook that raised: its pair is not called.

@@ -17,16 +17,6 @@ from nova.sim import SimBroker, VirtualClock
 BACKOFF = nova.RetryPolicy(max_retries=1, backoff=nova.ConstantBackoff(timedelta(seconds=5)))
 
 
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
-@pytest.fixture
-def broker(clock: VirtualClock) -> SimBroker:
-    return SimBroker(clock=clock, seed=0)
-
-
 class DeadLetters:
     """Consumes a queue's dead-letter queue on the same broker."""
 

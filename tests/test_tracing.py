@@ -23,16 +23,6 @@ RETRY = nova.RetryPolicy(max_retries=1, backoff=nova.ConstantBackoff(timedelta(s
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
-@pytest.fixture
-def broker(clock: VirtualClock) -> SimBroker:
-    return SimBroker(clock=clock, seed=0)
-
-
-@pytest.fixture
 def exporter() -> InMemorySpanExporter:
     return InMemorySpanExporter()
 

@@ -178,8 +178,8 @@ class Setup:
         self.workers.append(worker)
         return worker
 
-    def queue(self) -> nova.TaskQueue:
-        """A producer on the same broker and prefix as the workers (set the env first)."""
+    def queue(self, **options: Any) -> nova.TaskQueue:
+        """A producer on the same broker and prefix as the workers, with more TaskQueue ``options``."""
         saved = dict(os.environ)
         os.environ.update(self.env)
         try:
@@ -187,7 +187,7 @@ class Setup:
         finally:
             os.environ.clear()
             os.environ.update(saved)
-        return nova.TaskQueue(broker, topic_prefix=self.prefix, group_id="workers", close_broker=True)
+        return nova.TaskQueue(broker, topic_prefix=self.prefix, group_id="workers", close_broker=True, **options)
 
     def cleanup(self) -> None:
         for worker in self.workers:

@@ -209,20 +209,27 @@ async def bench_middleware(args: argparse.Namespace) -> None:
         if seen() != expected and args.trace_sample == 1:
             raise RuntimeError(f"{args.middleware} saw {seen()} of {expected}")
         loads.append(os.getloadavg()[0])
-    ratios = [on / off for off, on in zip(offs, ons, strict=True)]
     sampled = f", {args.trace_sample:g} of traces sampled" if args.middleware == "tracing" else ""
     print(f"  --middleware {args.middleware}: {n:,} tasks ({fmt.name}, start(), concurrency 8), {args.pairs} pairs "
           f"(off, on){sampled}; load average {min(loads):.1f}-{max(loads):.1f}")
     _row(f"no middleware, median of {args.pairs}", statistics.median(offs),
          note=f"({min(offs):,.0f}-{max(offs):,.0f})")
     _row(f"{args.middleware}, median", statistics.median(ons), note=f"({min(ons):,.0f}-{max(ons):,.0f})")
+    _pair_ratios(offs, ons, cpu_offs, cpu_ons)
+
+
+def _pair_ratios(offs: list[float], ons: list[float], cpu_offs: list[float], cpu_ons: list[float],
+                 cpu_note: str = "") -> None:
+    """The rows of an off/on comparison in pairs: the median of the pairs' rates' ratios, and of the
+    event loop's CPU per task."""
+    ratios = [on / off for off, on in zip(offs, ons, strict=True)]
     label = "on / off, median of the pairs' ratios"
     print(f"  {label:<62}{statistics.median(ratios):>10.2f} x        "
           f"({min(ratios):.2f}-{max(ratios):.2f}; pairs: {', '.join(f'{r:.2f}' for r in ratios)})")
     cpu_ratios = [off / on for off, on in zip(cpu_offs, cpu_ons, strict=True)]
     label = "event-loop thread CPU per task, off / on (us), median"
     print(f"  {label:<62}{statistics.median(cpu_offs):>5.2f} / {statistics.median(cpu_ons):.2f}  "
-          f"ratio {statistics.median(cpu_ratios):.2f} ({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f})")
+          f"ratio {statistics.median(cpu_ratios):.2f} ({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}{cpu_note})")
 
 
 async def bench_recorder(args: argparse.Namespace) -> None:
@@ -258,19 +265,11 @@ async def bench_recorder(args: argparse.Namespace) -> None:
                 raise RuntimeError(f"the recorder lost records: {stats}")
         counts = await recorder.counts()
         await recorder.close()
-    ratios = [on / off for off, on in zip(offs, ons, strict=True)]
     _row(f"recorder off ({n:,} tasks, SONIC), median of {args.pairs}", statistics.median(offs),
          note=f"({min(offs):,.0f}-{max(offs):,.0f})")
     _row("recorder on (ClickHouseTaskRecorder, chDB), median", statistics.median(ons),
          note=f"({min(ons):,.0f}-{max(ons):,.0f})")
-    label = "on / off, median of the pairs' ratios"
-    print(f"  {label:<62}{statistics.median(ratios):>10.2f} x        "
-          f"({min(ratios):.2f}-{max(ratios):.2f}; pairs: {', '.join(f'{r:.2f}' for r in ratios)})")
-    cpu_ratios = [off / on for off, on in zip(cpu_offs, cpu_ons, strict=True)]
-    label = "event-loop thread CPU per task, off / on (us), median"
-    print(f"  {label:<62}{statistics.median(cpu_offs):>5.2f} / {statistics.median(cpu_ons):.2f}  "
-          f"ratio {statistics.median(cpu_ratios):.2f} ({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}; "
-          "steadier than wall time on a shared machine)")
+    _pair_ratios(offs, ons, cpu_offs, cpu_ons, cpu_note="; steadier than wall time on a shared machine")
     print(f"  every on run wrote all {3 * n:,} records, none dropped; records by status after the runs: "
           f"{ {str(k): v for k, v in counts.items()} }")
 

@@ -12,7 +12,9 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-__all__ = ["Check", "HealthServer", "HttpServer", "Route", "health_routes"]
+from nova._runtime.options import WorkerOptions
+
+__all__ = ["Check", "HttpServer", "Route", "start_endpoints"]
 
 log = logging.getLogger("nova.health")
 
@@ -33,11 +35,6 @@ def _probe(check: Check) -> Route:
         return (200 if healthy else 503), _TEXT, (text.rstrip("\n") + "\n").encode()
 
     return answer
-
-
-def health_routes(*, live: Check, ready: Check) -> dict[str, Route]:
-    """``/livez`` and ``/readyz`` from two checks."""
-    return {"/livez": _probe(live), "/readyz": _probe(ready)}
 
 
 class HttpServer:
@@ -104,12 +101,30 @@ class HttpServer:
         return status, content_type, body, method
 
 
-class HealthServer(HttpServer):
-    """Serves ``/livez`` and ``/readyz`` from two checks.
+def _listen_address(opts: WorkerOptions) -> tuple[str, int]:
+    """Where /metrics is served: with the health endpoints if it is their port."""
+    assert opts.metrics_port is not None
+    if opts.metrics_port == opts.health_port:
+        return opts.health_host, opts.metrics_port
+    return opts.metrics_host, opts.metrics_port
 
-        server = HealthServer("0.0.0.0", 8081, live=lambda: (True, "ok"), ready=lambda: (False, "starting"))
-        await server.start()
-    """
 
-    def __init__(self, host: str, port: int, *, live: Check, ready: Check) -> None:
-        super().__init__(host, port, health_routes(live=live, ready=ready))
+async def start_endpoints(opts: WorkerOptions, *, live: Check, ready: Check, metrics: Route) -> list[HttpServer] | None:
+    """Serve ``--health-port``'s /livez and /readyz and ``--metrics-port``'s /metrics (one server
+    when they share a port); None, after logging why and closing the others, if a port cannot be had."""
+    routes: dict[tuple[str, int], dict[str, Route]] = {}
+    if opts.health_port is not None:
+        routes.setdefault((opts.health_host, opts.health_port), {}).update(
+            {"/livez": _probe(live), "/readyz": _probe(ready)})
+    if opts.metrics_port is not None:
+        routes.setdefault(_listen_address(opts), {})["/metrics"] = metrics
+    servers = [HttpServer(host, port, paths) for (host, port), paths in routes.items()]
+    for server in servers:
+        try:
+            await server.start()
+        except OSError as exc:
+            log.error("cannot serve %s on %s:%s: %s", " and ".join(server.paths), server.host, server.port, exc)
+            for other in servers:
+                await other.close()
+            return None
+    return servers

@@ -29,15 +29,14 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from nova._app import App
 from nova._errors import BrokerError, ConfigurationError, NovaError, ValidationError
 from nova._naming import ready_topic
-from nova._runtime.health import HttpServer, Route, health_routes
+from nova._runtime.health import HttpServer, start_endpoints
 from nova._runtime.logs import flush_logs
 from nova._runtime.metrics import app_registries, content_type, render, write_snapshot
 from nova._runtime.options import ChildLink, ExitCode, WorkerOptions
 from nova._task import Priority
 from nova.brokers._common import scrub
 
-__all__ = ["PartitionCounts", "die_with_supervisor", "install_early_signal_handlers", "listen_address",
-           "run_process"]
+__all__ = ["PartitionCounts", "die_with_supervisor", "install_early_signal_handlers", "run_process"]
 
 log = logging.getLogger("nova.runtime")
 
@@ -198,24 +197,12 @@ class _WorkerProcess:
             self.registries = app_registries(self.app)  # before the app starts: it may add a PrometheusMetrics
         beat = loop.create_task(self.heartbeat(), name="nova-heartbeat")
         servers: list[HttpServer] = []
-        if self.link is None:
-            routes: dict[tuple[str, int], dict[str, Route]] = {}
-            if self.opts.health_port is not None:
-                routes.setdefault((self.opts.health_host, self.opts.health_port), {}).update(
-                    health_routes(live=self.live, ready=self.ready))
-            if self.opts.metrics_port is not None:
-                routes.setdefault(listen_address(self.opts), {})["/metrics"] = self.metrics
-            servers = [HttpServer(host, port, paths) for (host, port), paths in routes.items()]
-            for server in servers:
-                try:
-                    await server.start()
-                except OSError as exc:
-                    log.error("cannot serve %s on %s:%s: %s", " and ".join(server.paths), server.host, server.port,
-                              exc)
-                    beat.cancel()
-                    for other in servers:
-                        await other.close()
-                    return ExitCode.USAGE
+        if self.link is None:  # a supervisor's worker leaves them to the supervisor
+            started = await start_endpoints(self.opts, live=self.live, ready=self.ready, metrics=self.metrics)
+            if started is None:
+                beat.cancel()
+                return ExitCode.USAGE
+            servers = started
         try:
             return await self._run()
         finally:
@@ -374,14 +361,6 @@ class _Interrupted(Exception):
 
 class _NoAnswer(Exception):
     """The broker did not answer the first connection in time."""
-
-
-def listen_address(opts: WorkerOptions) -> tuple[str, int]:
-    """Where /metrics is served: with the health endpoints if it is their port."""
-    assert opts.metrics_port is not None
-    if opts.metrics_port == opts.health_port:
-        return opts.health_host, opts.metrics_port
-    return opts.metrics_host, opts.metrics_port
 
 
 def _describe(app: App) -> str:

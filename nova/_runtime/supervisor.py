@@ -34,10 +34,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from nova._runtime.health import HttpServer, Route, health_routes
+from nova._runtime.health import start_endpoints
 from nova._runtime.metrics import MetricsFiles, content_type
 from nova._runtime.options import CHILD_ENV, ChildLink, ExitCode, WorkerOptions
-from nova._runtime.process import READY, STARTING, STOPPING, listen_address
+from nova._runtime.process import READY, STARTING, STOPPING
 from nova._runtime.reload import FileWatcher, source_roots
 
 __all__ = ["Supervisor", "describe_exit"]
@@ -256,22 +256,10 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.on_signal, sig)
-        routes: dict[tuple[str, int], dict[str, Route]] = {}
-        if self.opts.health_port is not None:
-            routes.setdefault((self.opts.health_host, self.opts.health_port), {}).update(
-                health_routes(live=self.live, ready=self.ready))
-        if self.opts.metrics_port is not None:
-            routes.setdefault(listen_address(self.opts), {})["/metrics"] = self.metrics
-        servers = [HttpServer(host, port, paths) for (host, port), paths in routes.items()]
-        for server in servers:
-            try:
-                await server.start()
-            except OSError as exc:
-                log.error("cannot serve %s on %s:%s: %s", " and ".join(server.paths), server.host, server.port, exc)
-                for other in servers:
-                    await other.close()
-                self._remove_metrics()
-                return ExitCode.USAGE
+        servers = await start_endpoints(self.opts, live=self.live, ready=self.ready, metrics=self.metrics)
+        if servers is None:
+            self._remove_metrics()
+            return ExitCode.USAGE
         watcher = None
         if self.opts.reload:
             watcher = loop.create_task(self._reload_loop(), name="nova-reload")

@@ -17,6 +17,7 @@ import os
 import sys
 from typing import Any
 
+from nova._cli_tasks import non_negative_int, recorder_url
 from nova._errors import ConfigurationError, NovaError
 
 __all__ = ["add_dashboard_parser", "run_dashboard"]
@@ -50,13 +51,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
-
-
 def add_dashboard_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``dashboard`` to the ``nova`` command."""
     parser = subparsers.add_parser(
@@ -79,16 +73,14 @@ def add_dashboard_parser(subparsers: argparse._SubParsersAction[argparse.Argumen
     parser.add_argument("--auth", metavar="USER:PASSWORD",
                         help="require HTTP Basic auth with this user and password on every request "
                              "(default: $NOVA_DASHBOARD_AUTH; needed to listen on a non-loopback address)")
-    parser.add_argument("--refresh", type=_seconds, default=10, metavar="SECONDS",
+    parser.add_argument("--refresh", type=non_negative_int, default=10, metavar="SECONDS",
                         help="overview refresh interval (default: 10; 0: never)")
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
     """Run ``nova dashboard``; returns the exit status (2: bad arguments, 1: the records cannot be read)."""
-    url = args.recorder or os.environ.get("NOVA_RECORDER")
-    if not url:
-        print("nova dashboard: pass --recorder URL (e.g. chdb:///var/lib/nova/records) or set NOVA_RECORDER",
-              file=sys.stderr)
+    url = recorder_url(args.recorder, "dashboard")
+    if url is None:
         return 2
     try:
         import uvicorn

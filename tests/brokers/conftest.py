@@ -57,3 +57,21 @@ def kafka_name() -> Callable[[str], str]:
     """Fresh topic/group names per test, so tests never see each other's records."""
     run = uuid.uuid4().hex[:10]
     return lambda kind: f"nova-test-{kind}-{run}"
+
+
+# --- nova worker processes (tests/worker_support.py) on the broker --broker names -----------------
+
+WORKER_ENDPOINTS = {"kafka": "NOVA_KAFKA_BOOTSTRAP", "rabbitmq": "NOVA_RABBITMQ_URL",
+                    "rocketmq": "NOVA_ROCKETMQ_ENDPOINTS"}
+
+
+@pytest.fixture
+def broker_name(request: pytest.FixtureRequest) -> str:
+    """``--broker``, a real one whose endpoint is set: sim skips, a missing endpoint FAILS."""
+    name: str = request.config.getoption("--broker")
+    if name == "sim":
+        pytest.skip("needs a real broker: --broker kafka|rabbitmq|rocketmq")
+    if not os.environ.get(WORKER_ENDPOINTS[name]):
+        pytest.fail(f"needs {WORKER_ENDPOINTS[name]}: run `python tools/brokers.py up {name}` and "
+                    f'`eval "$(python tools/brokers.py env {name})"` first', pytrace=False)
+    return name

@@ -18,23 +18,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import nova
 from tests.observability_support import sample, spans, write_app
-from tests.worker_support import Setup, free_port, make_broker, probe, wait_until
+from tests.worker_support import Setup, free_port, probe, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uses Linux signals")
 
-ENDPOINTS = {"kafka": "NOVA_KAFKA_BOOTSTRAP", "rabbitmq": "NOVA_RABBITMQ_URL", "rocketmq": "NOVA_ROCKETMQ_ENDPOINTS"}
 START = 90.0  # import + connect + join the group, on a busy 2-core machine
-
-
-@pytest.fixture
-def broker_name(request: pytest.FixtureRequest) -> str:
-    name: str = request.config.getoption("--broker")
-    if name == "sim":
-        pytest.skip("needs a real broker: --broker kafka|rabbitmq|rocketmq")
-    if not os.environ.get(ENDPOINTS[name]):
-        pytest.fail(f"needs {ENDPOINTS[name]}: run `python tools/brokers.py up {name}` and "
-                    f'`eval "$(python tools/brokers.py env {name})"` first', pytrace=False)
-    return name
 
 
 @pytest.fixture
@@ -55,15 +43,7 @@ def test_a_producer_and_a_worker_in_two_processes_share_one_trace(setup: Setup, 
     provider.add_span_processor(SimpleSpanProcessor(exporter))
 
     async def produce() -> str:
-        saved = dict(os.environ)
-        os.environ.update(setup.env)
-        try:
-            broker = make_broker()
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-        queue = nova.TaskQueue(broker, topic_prefix=setup.prefix, group_id="workers", close_broker=True,
-                               middleware=[nova.OpenTelemetryTracing(tracer_provider=provider)])
+        queue = setup.queue(middleware=[nova.OpenTelemetryTracing(tracer_provider=provider)])
         try:
             with provider.get_tracer("test").start_as_current_span("POST /orders"):
                 result = await queue.enqueue(nova.Task("ok", b"{}"))

@@ -21,21 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 import nova
+from tests.brokers._cluster import eventually, harness
 from tests.brokers._rabbitmq_queues import Queues, made_queues
 
-ROOT = Path(__file__).resolve().parents[2]
-PATIENCE = 120.0  # a stopped node's leaderships move within seconds; a loaded box needs slack
 #: RabbitMQ 3.10's at-least-once dead-letter worker of a delay tier can stall when the leader
 #: it was dead-lettering to dies: it resends what was not confirmed after
 #: ``dead_letter_worker_publisher_confirm_timeout`` (3 min by default; seen: a few hundred
@@ -46,22 +43,6 @@ DLX_CONFIRM_TIMEOUT_MS = 10_000
 
 _URLS = [u for u in os.environ.get("NOVA_RABBITMQ_URLS", "").split(",") if u]
 pytestmark = [pytest.mark.broker("rabbitmq"), pytest.mark.cluster]
-
-
-async def _harness(*args: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "tools" / "brokers.py"), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await asyncio.wait_for(process.communicate(), 240)
-    assert process.returncode == 0, f"brokers.py {' '.join(args)} failed ({process.returncode}):\n{err.decode()}"
-
-
-async def _eventually(predicate: Callable[[], bool], what: str, within: float = PATIENCE) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {within:.0f} s: {what}"
-        await asyncio.sleep(0.05)  # polling what the test's tasks saw
 
 
 @pytest.fixture
@@ -132,23 +113,23 @@ async def test_the_clients_node_stops_mid_stream_and_nothing_is_lost(
     try:
         await worker.start(handle, concurrency=16)
         producing = asyncio.create_task(produce())
-        await _eventually(lambda: len(handled) >= 50, "the worker handles the first 50 tasks")
+        await eventually(lambda: len(handled) >= 50, "the worker handles the first 50 tasks")
         assert producer_broker.current_node == worker_broker.current_node == first
-        await _harness("stop-node", "rabbitmq", "1", *(["--kill"] if how == "kill" else []))
+        await harness("stop-node", "rabbitmq", "1", *(["--kill"] if how == "kill" else []))
         down = True
         mark = len(enqueued)
-        await _eventually(lambda: len(enqueued) >= mark + 100, "enqueueing goes on through another node")
+        await eventually(lambda: len(enqueued) >= mark + 100, "enqueueing goes on through another node")
         assert first not in (producer_broker.current_node, worker_broker.current_node)
         immediate = set(enqueued) - delayed
-        await _eventually(lambda: immediate <= handled.keys(),
+        await eventually(lambda: immediate <= handled.keys(),
                           f"the worker goes on through another node ({missing(immediate)})")
         producing.cancel()
         await asyncio.gather(producing, return_exceptions=True)
-        await _harness("start-node", "rabbitmq", "1")
+        await harness("start-node", "rabbitmq", "1")
         down = False
         short_dlx_resend(1)
         restarted = time.monotonic()
-        await _eventually(lambda: enqueued.keys() <= handled.keys(),
+        await eventually(lambda: enqueued.keys() <= handled.keys(),
                           f"every enqueued task handled ({missing(set(enqueued))})")
         drained = time.monotonic() - restarted
     finally:
@@ -158,7 +139,7 @@ async def test_the_clients_node_stops_mid_stream_and_nothing_is_lost(
         await worker.stop()
         await producer.stop()
         if down:
-            await _harness("start-node", "rabbitmq", "1")
+            await harness("start-node", "rabbitmq", "1")
     early = {i: enqueued[i] - times[0] for i, times in handled.items()
              if i in enqueued and times[0] < enqueued[i] - 0.001}
     assert not early, f"{len(early)} delayed tasks handled early: {list(early.values())[:5]}"

@@ -23,24 +23,12 @@ from pathlib import Path
 import pytest
 
 import nova
-from tests.worker_support import ROCKETMQ_INVISIBLE, Setup, child_pids, free_port, probe, wait_until
+from tests.worker_support import ROCKETMQ_INVISIBLE, Setup, WorkerProcess, child_pids, free_port, probe, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and Linux signals")
 
-ENDPOINTS = {"kafka": "NOVA_KAFKA_BOOTSTRAP", "rabbitmq": "NOVA_RABBITMQ_URL", "rocketmq": "NOVA_ROCKETMQ_ENDPOINTS"}
 START = 90.0  # import + connect + join the group, on a busy 2-core machine
 REDELIVERY = 90.0  # Kafka: the session timeout (30 s) and a rebalance; RocketMQ: the invisible time (10 s)
-
-
-@pytest.fixture
-def broker_name(request: pytest.FixtureRequest) -> str:
-    name: str = request.config.getoption("--broker")
-    if name == "sim":
-        pytest.skip("needs a real broker: --broker kafka|rabbitmq|rocketmq")
-    if not os.environ.get(ENDPOINTS[name]):
-        pytest.fail(f"needs {ENDPOINTS[name]}: run `python tools/brokers.py up {name}` and "
-                    f'`eval "$(python tools/brokers.py env {name})"` first', pytrace=False)
-    return name
 
 
 @pytest.fixture
@@ -117,13 +105,19 @@ KAFKA_GROUPS = ("waits for the Kafka adapter's work on competing consumers: two 
                 "count over all topics, so one process may hold every partition of the normal level")
 
 
-def test_two_processes_both_take_tasks(setup: Setup, broker_name: str) -> None:
+def two_ready_workers(setup: Setup, broker_name: str) -> tuple[WorkerProcess, int]:
+    """A supervisor of two worker processes (concurrency 1, prefetch 1), once both are ready; its health port."""
     if broker_name == "kafka":
         pytest.skip(KAFKA_GROUPS)
     port = free_port()
     supervisor = setup.worker("workerapp:app", "--processes", "2", "--concurrency", "1", "--prefetch", "1",
                               "--health-port", str(port), "--health-host", "127.0.0.1")
     wait_until(lambda: probe(port, "/readyz")[0] == 200, START, "both workers ready")
+    return supervisor, port
+
+
+def test_two_processes_both_take_tasks(setup: Setup, broker_name: str) -> None:
+    supervisor, _ = two_ready_workers(setup, broker_name)
     children = set(child_pids(supervisor.pid))
     ids = enqueue(setup, "slow", 2)
     # Each worker holds one task (concurrency 1, prefetch 1) until released: the other must take the second.
@@ -137,12 +131,7 @@ def test_two_processes_both_take_tasks(setup: Setup, broker_name: str) -> None:
 
 
 def test_a_killed_child_is_restarted_and_its_task_redelivered(setup: Setup, broker_name: str) -> None:
-    if broker_name == "kafka":
-        pytest.skip(KAFKA_GROUPS)
-    port = free_port()
-    supervisor = setup.worker("workerapp:app", "--processes", "2", "--concurrency", "1", "--prefetch", "1",
-                              "--health-port", str(port), "--health-host", "127.0.0.1")
-    wait_until(lambda: probe(port, "/readyz")[0] == 200, START, "both workers ready")
+    supervisor, port = two_ready_workers(setup, broker_name)
     [slow_id] = enqueue(setup, "slow")
     wait_until(lambda: len(setup.started(slow_id)) == 1, START, "the slow task started")
     victim = setup.started(slow_id)[0].pid

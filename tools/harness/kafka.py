@@ -27,14 +27,15 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+
+from .processes import port_open, stop_pids
 
 __all__ = ["down", "env", "restart", "up"]
 
@@ -65,14 +66,20 @@ LOG4J_CONFIG = RUN / "log4j2.properties"
 
 def env() -> dict[str, str]:
     """Endpoints and credentials as ``NOVA_KAFKA_*`` variables (nothing is started)."""
+    return client_env(lambda listener: f"{HOST}:{PORTS[listener]}", CERTS)
+
+
+def client_env(servers: Callable[[str], str], certs: Path) -> dict[str, str]:
+    """The ``NOVA_KAFKA_*`` variables, given a listener's bootstrap servers (``servers("SSL")``) and the
+    folder of the CA and client certificate (this node's, the cluster's and the container's)."""
     return {
-        "NOVA_KAFKA_BOOTSTRAP": f"{HOST}:{PORTS['PLAINTEXT']}",
-        "NOVA_KAFKA_SASL_BOOTSTRAP": f"{HOST}:{PORTS['SASL_PLAINTEXT']}",
-        "NOVA_KAFKA_SSL_BOOTSTRAP": f"{HOST}:{PORTS['SSL']}",
-        "NOVA_KAFKA_SASL_SSL_BOOTSTRAP": f"{HOST}:{PORTS['SASL_SSL']}",
-        "NOVA_KAFKA_CA_FILE": str(CERTS / "ca.pem"),
-        "NOVA_KAFKA_CLIENT_CERT_FILE": str(CERTS / "client.pem"),
-        "NOVA_KAFKA_CLIENT_KEY_FILE": str(CERTS / "client.key"),
+        "NOVA_KAFKA_BOOTSTRAP": servers("PLAINTEXT"),
+        "NOVA_KAFKA_SASL_BOOTSTRAP": servers("SASL_PLAINTEXT"),
+        "NOVA_KAFKA_SSL_BOOTSTRAP": servers("SSL"),
+        "NOVA_KAFKA_SASL_SSL_BOOTSTRAP": servers("SASL_SSL"),
+        "NOVA_KAFKA_CA_FILE": str(certs / "ca.pem"),
+        "NOVA_KAFKA_CLIENT_CERT_FILE": str(certs / "client.pem"),
+        "NOVA_KAFKA_CLIENT_KEY_FILE": str(certs / "client.key"),
         "NOVA_KAFKA_USER": USER,
         "NOVA_KAFKA_PASSWORD": PASSWORD,
     }
@@ -199,11 +206,11 @@ def _write_config() -> None:
     RUN.mkdir(parents=True, exist_ok=True)
     (RUN / "logs").mkdir(exist_ok=True)
     quorum = f"controller.quorum.bootstrap.servers={HOST}:{PORTS['CONTROLLER']}"
-    CONFIG.write_text(_server_properties(node_id=1, ports=PORTS, quorum=quorum, data=DATA, certs=CERTS))
+    CONFIG.write_text(server_properties(node_id=1, ports=PORTS, quorum=quorum, data=DATA, certs=CERTS))
     LOG4J_CONFIG.write_text(_LOG4J)
 
 
-def _server_properties(
+def server_properties(
     *,
     node_id: int,
     ports: dict[str, int],
@@ -212,8 +219,12 @@ def _server_properties(
     certs: Path,
     replicas: int = 1,
     extra: tuple[str, ...] = (),
+    bind: str = HOST,
+    advertised: str = HOST,
 ) -> str:
-    """One node's server.properties; ``replicas`` > 1 (a cluster) sets the replication defaults."""
+    """One node's server.properties (this node's, each of ``kafka_cluster.py``'s and the container's of
+    ``conformance/containers.py``); ``replicas`` > 1 (a cluster) sets the replication defaults. The
+    client listeners listen on ``bind`` and are advertised as ``advertised``; the controller's stays on HOST."""
     p = ports
     min_isr = 1 if replicas == 1 else 2
     plain_users = f'user_{ADMIN_USER}="{ADMIN_PASSWORD}" user_{USER}="{PASSWORD}"'
@@ -222,9 +233,10 @@ def _server_properties(
         f"node.id={node_id}",
         quorum,
         "controller.listener.names=CONTROLLER",
-        "listeners=" + ",".join(f"{name}://{HOST}:{port}" for name, port in p.items()),
+        "listeners="
+        + ",".join(f"{name}://{HOST if name == 'CONTROLLER' else bind}:{port}" for name, port in p.items()),
         "advertised.listeners="
-        + ",".join(f"{name}://{HOST}:{port}" for name, port in p.items() if name != "CONTROLLER"),
+        + ",".join(f"{name}://{advertised}:{port}" for name, port in p.items() if name != "CONTROLLER"),
         "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,"
         "SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL",
         "inter.broker.listener.name=PLAINTEXT",
@@ -317,7 +329,7 @@ def _uuid_base64() -> str:
 
 def _start() -> None:
     for name, port in PORTS.items():
-        if _port_open(port):
+        if port_open(port):
             raise SystemExit(
                 f"port {HOST}:{port} ({name}) is already taken by another process; stop it (or an old kafka) first"
             )
@@ -360,33 +372,10 @@ def _running_pid() -> int | None:
 
 def _stop() -> None:
     pid = _running_pid()
-    if pid is None:
-        PID_FILE.unlink(missing_ok=True)
-        return
-    os.kill(pid, signal.SIGTERM)  # kafka shuts down cleanly on TERM (flushes, closes the log)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        while _alive(pid):
-            time.sleep(0.05)
+    if pid is not None:
+        # kafka shuts down cleanly on TERM (flushes, closes the log)
+        stop_pids([pid], kill=False, timeout=STOP_TIMEOUT_S)
     PID_FILE.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        # A zombie (our own child not yet reaped) counts as gone.
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((HOST, port)) == 0
 
 
 def _wait_ready(deadline: float, process: subprocess.Popen[bytes] | None = None) -> None:
@@ -409,7 +398,7 @@ def _wait_ready(deadline: float, process: subprocess.Popen[bytes] | None = None)
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise SystemExit(f"kafka exited with code {process.returncode} while starting\n{_log_tail()}")
-        if _port_open(PORTS["PLAINTEXT"]):
+        if port_open(PORTS["PLAINTEXT"]):
             try:
                 asyncio.run(asyncio.wait_for(list_topics(), 10))
                 return

@@ -32,9 +32,7 @@ cluster shares two cores with everything else.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -43,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from . import kafka as single
+from .cluster_size import ClusterSize
+from .processes import alive, port_open, stop_pids
 
 __all__ = ["down", "env", "leader", "ports", "restart", "start_node", "stop_node", "up"]
 
@@ -53,7 +53,7 @@ PORT_BASE = 19000
 RUN = single.CACHE / "run" / "kafka-cluster"
 CERTS = RUN / "certs"
 LOG4J_CONFIG = RUN / "log4j2.properties"
-NODES_FILE = RUN / "nodes"
+SIZE = ClusterSize("kafka", RUN / "nodes", least=3, most=MAX_NODES)
 CLUSTER_ID_FILE = RUN / "cluster.id"
 SERVER_JVM = ("-Xms128m", "-Xmx384m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true")
 # Fewer threads than the defaults (8 I/O, 3 network, 10 background): three nodes on two cores.
@@ -76,39 +76,22 @@ def ports(node: int) -> dict[str, int]:
 
 def env(nodes: int = DEFAULT_NODES) -> dict[str, str]:
     """The single node's ``NOVA_KAFKA_*`` variables for the cluster, plus ``NOVA_KAFKA_NODES``."""
-    _check_count(nodes)
+    SIZE.check_count(nodes)
 
     def servers(listener: str) -> str:
         return ",".join(f"{HOST}:{ports(i)[listener]}" for i in range(1, nodes + 1))
 
-    return {
-        "NOVA_KAFKA_BOOTSTRAP": servers("PLAINTEXT"),
-        "NOVA_KAFKA_SASL_BOOTSTRAP": servers("SASL_PLAINTEXT"),
-        "NOVA_KAFKA_SSL_BOOTSTRAP": servers("SSL"),
-        "NOVA_KAFKA_SASL_SSL_BOOTSTRAP": servers("SASL_SSL"),
-        "NOVA_KAFKA_CA_FILE": str(CERTS / "ca.pem"),
-        "NOVA_KAFKA_CLIENT_CERT_FILE": str(CERTS / "client.pem"),
-        "NOVA_KAFKA_CLIENT_KEY_FILE": str(CERTS / "client.key"),
-        "NOVA_KAFKA_USER": single.USER,
-        "NOVA_KAFKA_PASSWORD": single.PASSWORD,
-        "NOVA_KAFKA_NODES": str(nodes),
-    }
+    return {**single.client_env(servers, CERTS), "NOVA_KAFKA_NODES": str(nodes)}
 
 
 def up(nodes: int = DEFAULT_NODES) -> None:
     """Start every node that is not running; return once all ``nodes`` serve as one cluster."""
-    _check_count(nodes)
-    recorded = _recorded_nodes()
-    if recorded is not None and recorded != nodes:
-        raise SystemExit(
-            f"a {recorded}-node kafka cluster is set up in {RUN}: "
-            f"`python tools/brokers.py down kafka --nodes {recorded}` first"
-        )
+    SIZE.check_up(nodes)
     started = time.monotonic()
     single._fetch_jars()
     single._make_certs(CERTS)
     RUN.mkdir(parents=True, exist_ok=True)
-    NODES_FILE.write_text(str(nodes))
+    SIZE.record(nodes)
     _write_configs(nodes)
     _format_storage(nodes)
     waiting = [i for i in range(1, nodes + 1) if _running_pid(i) is None]
@@ -138,12 +121,10 @@ def down(nodes: int | None = None) -> None:
 
 def restart(nodes: int | None = None) -> None:
     """Stop every node, then start them all again with the same data."""
-    count = _recorded_nodes()
+    count = SIZE.check_restart(nodes)
     if count is None:  # never started: a restart is a plain start
         up(nodes or DEFAULT_NODES)
         return
-    if nodes is not None and nodes != count:
-        raise SystemExit(f"the kafka cluster in {RUN} has {count} nodes, not {nodes}")
     started = time.monotonic()
     _stop_nodes(range(1, count + 1), kill=False)
     up(count)
@@ -152,7 +133,7 @@ def restart(nodes: int | None = None) -> None:
 
 def stop_node(node: int, *, kill: bool = False) -> None:
     """Stop one node: TERM (a controlled shutdown: it hands its leaderships over first) or KILL."""
-    _check_node(node)
+    SIZE.check_node(node)
     started = time.monotonic()
     if _running_pid(node) is None:
         print(f"kafka node {node} is not running", file=sys.stderr)
@@ -164,7 +145,7 @@ def stop_node(node: int, *, kill: bool = False) -> None:
 
 def start_node(node: int) -> None:
     """Start one node of a set-up cluster; return once the cluster lists it as a live broker."""
-    _check_node(node)
+    SIZE.check_node(node)
     started = time.monotonic()
     if _running_pid(node) is None:
         _check_ports_free([node])
@@ -179,9 +160,7 @@ def start_node(node: int) -> None:
 
 def leader(topic: str, partition: int = 0) -> int:
     """The node that leads ``partition`` of ``topic`` (-1: none right now)."""
-    count = _recorded_nodes()
-    if count is None:
-        raise SystemExit(f"no kafka cluster is set up in {RUN}: `python tools/brokers.py up kafka --nodes 3`")
+    count = SIZE.check_node(1)
 
     async def ask(admin: Any) -> int:
         for entry in await admin.describe_topics([topic]):
@@ -198,26 +177,6 @@ def leader(topic: str, partition: int = 0) -> int:
 # --- configuration ------------------------------------------------------------------------------
 
 
-def _check_count(nodes: int) -> None:
-    if not 3 <= nodes <= MAX_NODES:
-        raise SystemExit(f"a kafka cluster here has 3 to {MAX_NODES} nodes, not {nodes}")
-
-
-def _check_node(node: int) -> None:
-    count = _recorded_nodes()
-    if count is None:
-        raise SystemExit(f"no kafka cluster is set up in {RUN}: `python tools/brokers.py up kafka --nodes 3`")
-    if not 1 <= node <= count:
-        raise SystemExit(f"the kafka cluster has nodes 1 to {count}, not {node}")
-
-
-def _recorded_nodes() -> int | None:
-    try:
-        return int(NODES_FILE.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def _node_dir(node: int) -> Path:
     return RUN / f"node{node}"
 
@@ -231,7 +190,7 @@ def _write_configs(nodes: int) -> None:
     LOG4J_CONFIG.write_text(single._LOG4J)
     for i in range(1, nodes + 1):
         (_node_dir(i) / "logs").mkdir(parents=True, exist_ok=True)
-        text = single._server_properties(
+        text = single.server_properties(
             node_id=i,
             ports=ports(i),
             quorum=f"controller.quorum.voters={voters}",
@@ -303,24 +262,14 @@ def _running_pid(node: int) -> int | None:
     except FileNotFoundError:
         return None
     # A recycled pid belongs to someone else: only claim a java running this node's config.
-    if b"kafka.Kafka" in cmdline and str(_config(node)).encode() in cmdline and single._alive(pid):
+    if b"kafka.Kafka" in cmdline and str(_config(node)).encode() in cmdline and alive(pid):
         return pid
     return None
 
 
 def _stop_nodes(nodes: Any, *, kill: bool) -> None:
     """Signal the given nodes together, wait for all, KILL whatever outlives the timeout."""
-    pids = {i: pid for i in nodes if (pid := _running_pid(i)) is not None}
-    for pid in pids.values():
-        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and any(single._alive(pid) for pid in pids.values()):
-        time.sleep(0.2)
-    for pid in pids.values():
-        if single._alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            while single._alive(pid):
-                time.sleep(0.05)
+    stop_pids([pid for i in nodes if (pid := _running_pid(i)) is not None], kill=kill, timeout=STOP_TIMEOUT_S)
     for i in nodes:
         (_node_dir(i) / "kafka.pid").unlink(missing_ok=True)
 
@@ -328,7 +277,7 @@ def _stop_nodes(nodes: Any, *, kill: bool) -> None:
 def _check_ports_free(nodes: list[int]) -> None:
     for i in nodes:
         for name, port in ports(i).items():
-            if single._port_open(port):
+            if port_open(port):
                 raise SystemExit(
                     f"port {HOST}:{port} (node {i} {name}) is already taken by another process; "
                     "stop it (or an old kafka cluster) first"
@@ -366,7 +315,7 @@ def _cluster_serves(nodes: int) -> bool:
 
 def _node_serves(node: int, expected: set[int] | None = None) -> bool:
     """The node answers a client on its own listener and the cluster lists it (and ``expected``)."""
-    if not single._port_open(ports(node)["PLAINTEXT"]):
+    if not port_open(ports(node)["PLAINTEXT"]):
         return False
     live: set[int] = _admin(f"{HOST}:{ports(node)['PLAINTEXT']}", _live_brokers)
     return (expected or {node}) <= live

@@ -164,13 +164,17 @@ def _ping() -> bool:
 
 
 def _amqp_answers(port: int, tls: bool) -> bool:
-    """True once the listener completes a TCP (and TLS) handshake and speaks AMQP."""
+    return amqp_answers(HOST, port, TLS_DIR / "ca.pem" if tls else None)
+
+
+def amqp_answers(host: str, port: int, cafile: Path | None = None) -> bool:
+    """True once the listener completes a TCP (and, given the CA's ``cafile``, a TLS) handshake and speaks AMQP."""
     try:
-        with socket.create_connection((HOST, port), timeout=3) as raw:
-            sock: socket.socket = raw
-            if tls:
-                context = ssl.create_default_context(cafile=str(TLS_DIR / "ca.pem"))
-                sock = context.wrap_socket(raw, server_hostname=HOST)
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection((host, port), timeout=3))
+            if cafile is not None:
+                context = ssl.create_default_context(cafile=str(cafile))
+                sock = stack.enter_context(context.wrap_socket(sock, server_hostname=host))
             sock.sendall(b"AMQP\x00\x00\x09\x01")
             frame = sock.recv(7)
             return len(frame) == 7 and frame[0] == 1  # a METHOD frame: Connection.Start
@@ -284,11 +288,21 @@ def restart() -> None:
 
 def env() -> dict[str, str]:
     """Endpoints for tests: ``eval "$(python tools/brokers.py env rabbitmq)"``."""
-    credentials = f"{quote(USER, safe='')}:{quote(PASSWORD, safe='')}"
+    return client_env(HOST, PORT, TLS_PORT, CA_FILE)
+
+
+def client_env(host: str, port: int, tls_port: int, ca_file: Path) -> dict[str, str]:
+    """The ``NOVA_RABBITMQ_*`` variables of the app user on these listeners (this node's, the
+    cluster's first node's and the container's)."""
     return {
-        "NOVA_RABBITMQ_URL": f"amqp://{credentials}@{HOST}:{PORT}/",
-        "NOVA_RABBITMQ_TLS_URL": f"amqps://{credentials}@{HOST}:{TLS_PORT}/",
-        "NOVA_RABBITMQ_CA_FILE": str(CA_FILE),
+        "NOVA_RABBITMQ_URL": url("amqp", host, port),
+        "NOVA_RABBITMQ_TLS_URL": url("amqps", host, tls_port),
+        "NOVA_RABBITMQ_CA_FILE": str(ca_file),
         "NOVA_RABBITMQ_USER": USER,
         "NOVA_RABBITMQ_PASSWORD": PASSWORD,
     }
+
+
+def url(scheme: str, host: str, port: int) -> str:
+    """The app user's URL of one listener (user and password escaped)."""
+    return f"{scheme}://{quote(USER, safe='')}:{quote(PASSWORD, safe='')}@{host}:{port}/"

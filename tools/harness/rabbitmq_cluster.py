@@ -34,9 +34,9 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import quote
 
 from . import rabbitmq as single
+from .cluster_size import ClusterSize
 
 __all__ = ["down", "env", "leader", "node_name", "ports", "restart", "start_node", "stop_node", "up"]
 
@@ -44,7 +44,7 @@ HOST = single.HOST
 DEFAULT_NODES = 3
 MAX_NODES = 9
 BASE = Path("/var/lib/rabbitmq/nova-cluster")
-NODES_FILE = BASE / "nodes"
+SIZE = ClusterSize("rabbitmq", BASE / "nodes", least=3, most=MAX_NODES)
 # The CLI tools' own Erlang distribution ports: away from the single node's (35672-35682).
 CTL_DIST_PORTS = (35700, 35730)
 READY_TIMEOUT_S = 120.0
@@ -62,31 +62,18 @@ def ports(node: int) -> dict[str, int]:
 
 def env(nodes: int = DEFAULT_NODES) -> dict[str, str]:
     """The single node's ``NOVA_RABBITMQ_*`` variables for node 1, plus every node's URLs."""
-    _check_count(nodes)
-    credentials = f"{quote(single.USER, safe='')}:{quote(single.PASSWORD, safe='')}"
-    urls = [f"amqp://{credentials}@{HOST}:{ports(i)['amqp']}/" for i in range(1, nodes + 1)]
-    tls_urls = [f"amqps://{credentials}@{HOST}:{ports(i)['amqps']}/" for i in range(1, nodes + 1)]
+    SIZE.check_count(nodes)
     return {
-        "NOVA_RABBITMQ_URL": urls[0],
-        "NOVA_RABBITMQ_TLS_URL": tls_urls[0],
-        "NOVA_RABBITMQ_CA_FILE": str(single.CA_FILE),
-        "NOVA_RABBITMQ_USER": single.USER,
-        "NOVA_RABBITMQ_PASSWORD": single.PASSWORD,
-        "NOVA_RABBITMQ_URLS": ",".join(urls),
-        "NOVA_RABBITMQ_TLS_URLS": ",".join(tls_urls),
+        **single.client_env(HOST, ports(1)["amqp"], ports(1)["amqps"], single.CA_FILE),
+        "NOVA_RABBITMQ_URLS": ",".join(single.url("amqp", HOST, ports(i)["amqp"]) for i in range(1, nodes + 1)),
+        "NOVA_RABBITMQ_TLS_URLS": ",".join(single.url("amqps", HOST, ports(i)["amqps"]) for i in range(1, nodes + 1)),
         "NOVA_RABBITMQ_NODES": str(nodes),
     }
 
 
 def up(nodes: int = DEFAULT_NODES) -> None:
     """Start the nodes that are not running, join new ones to node 1, ensure the app user."""
-    _check_count(nodes)
-    recorded = _recorded_nodes()
-    if recorded is not None and recorded != nodes:
-        raise SystemExit(
-            f"a {recorded}-node rabbitmq cluster is set up in {BASE}: "
-            f"`python tools/brokers.py down rabbitmq --nodes {recorded}` first"
-        )
+    SIZE.check_up(nodes)
     started = time.monotonic()
     if not single._installed():
         single._install()
@@ -113,7 +100,7 @@ def up(nodes: int = DEFAULT_NODES) -> None:
 
 def down(nodes: int | None = None) -> None:
     """Stop every node (whatever ``nodes`` says) and wipe the cluster's data and configs."""
-    count = _recorded_nodes() or nodes or DEFAULT_NODES
+    count = SIZE.recorded() or nodes or DEFAULT_NODES
     if single._installed():
         _parallel(lambda i: _stop(i, kill=True), list(range(1, count + 1)))
     shutil.rmtree(BASE, ignore_errors=True)
@@ -122,12 +109,10 @@ def down(nodes: int | None = None) -> None:
 
 def restart(nodes: int | None = None) -> None:
     """Stop every node and start them again; durable queues and persistent messages survive."""
-    count = _recorded_nodes()
+    count = SIZE.check_restart(nodes)
     if count is None:
         up(nodes or DEFAULT_NODES)
         return
-    if nodes is not None and nodes != count:
-        raise SystemExit(f"the rabbitmq cluster in {BASE} has {count} nodes, not {nodes}")
     started = time.monotonic()
     _parallel(lambda i: _stop(i, kill=False), list(range(1, count + 1)))
     up(count)
@@ -136,7 +121,7 @@ def restart(nodes: int | None = None) -> None:
 
 def stop_node(node: int, *, kill: bool = False) -> None:
     """Stop one node (``rabbitmqctl stop``) or, with ``kill``, kill -9 its Erlang VM."""
-    _check_node(node)
+    SIZE.check_node(node)
     started = time.monotonic()
     _stop(node, kill=kill)
     _log(f"{node_name(node)} {'killed' if kill else 'stopped'} ({time.monotonic() - started:.1f} s)")
@@ -144,7 +129,7 @@ def stop_node(node: int, *, kill: bool = False) -> None:
 
 def start_node(node: int) -> None:
     """Start one node; return once the cluster counts it among its running nodes."""
-    count = _check_node(node)
+    count = SIZE.check_node(node)
     started = time.monotonic()
     if not _ping(node):
         _start(node)
@@ -154,7 +139,7 @@ def start_node(node: int) -> None:
 
 def leader(queue: str) -> int:
     """The node leading quorum queue ``queue`` (the node hosting it, for a classic queue)."""
-    count = _check_node(1)
+    count = SIZE.check_node(1)
     for i in range(1, count + 1):
         if not _ping(i):
             continue
@@ -175,27 +160,6 @@ def leader(queue: str) -> int:
 
 def _log(message: str) -> None:
     print(f"[rabbitmq-cluster] {message}", file=sys.stderr, flush=True)
-
-
-def _check_count(nodes: int) -> None:
-    if not 3 <= nodes <= MAX_NODES:
-        raise SystemExit(f"a rabbitmq cluster here has 3 to {MAX_NODES} nodes, not {nodes}")
-
-
-def _check_node(node: int) -> int:
-    count = _recorded_nodes()
-    if count is None:
-        raise SystemExit(f"no rabbitmq cluster is set up in {BASE}: `python tools/brokers.py up rabbitmq --nodes 3`")
-    if not 1 <= node <= count:
-        raise SystemExit(f"the rabbitmq cluster has nodes 1 to {count}, not {node}")
-    return count
-
-
-def _recorded_nodes() -> int | None:
-    try:
-        return int(NODES_FILE.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def _node_dir(node: int) -> Path:
@@ -257,7 +221,7 @@ def _configure(nodes: int) -> None:
         # Quorum delay tiers dead-letter at least once; after a node dies, 3.10 resends what
         # it never confirmed only after this timeout (default 3 min): delayed tasks that late.
         (d / "advanced.config").write_text("[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 10000}]}].\n")
-    NODES_FILE.write_text(str(nodes))
+    SIZE.record(nodes)
     for path in [BASE, *BASE.rglob("*")]:
         shutil.chown(path, "rabbitmq", "rabbitmq")
 

@@ -39,11 +39,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .processes import port_open
 
 VERSION = "5.5.0"
 CACHE = Path.home() / ".cache" / "nova"
@@ -122,13 +123,14 @@ def _acl_enabled() -> bool:
     return flag.exists()
 
 
-def _logback(name: str) -> Path:
-    path = RUN / "conf" / f"rmq.{name}.logback.xml"
+def write_logback(run: Path, name: str) -> Path:
+    """The logback configuration of process ``name``, logging to ``run/logs/<name>.log``."""
+    path = run / "conf" / f"rmq.{name}.logback.xml"
     pkg = "org.apache.rocketmq.logging.ch.qos.logback"
     path.write_text(
         f"""<configuration>
   <appender name="FILE" class="{pkg}.core.FileAppender">
-    <file>{RUN / "logs" / f"{name}.log"}</file>
+    <file>{run / "logs" / f"{name}.log"}</file>
     <append>true</append>
     <encoder class="{pkg}.classic.encoder.PatternLayoutEncoder">
       <pattern>%d{{yyy-MM-dd HH:mm:ss.SSS}} %-5p %t %c{{0}} - %m%n</pattern>
@@ -158,25 +160,19 @@ def _auth_lines(acl: bool) -> list[str]:
     ]
 
 
-def _write_configs() -> tuple[Path, Path, Path]:
-    acl = _acl_enabled()
-    conf = RUN / "conf"
-    conf.mkdir(parents=True, exist_ok=True)
-    (RUN / "logs").mkdir(exist_ok=True)
-    store = RUN / "store"
-    namesrv = conf / "namesrv.conf"
-    namesrv.write_text(f"listenPort={NAMESRV_PORT}\nbindAddress={HOST}\n")
-    broker = conf / "broker.conf"
-    lines = [
+def broker_conf(*, name: str, namesrv: str, ip: str, port: int, bind: str, store: str | Path, acl: bool) -> list[str]:
+    """A broker's ``broker.conf`` lines. This node, each broker of ``rocketmq_cluster.py`` and the
+    container of ``conformance/containers.py`` differ only in these arguments."""
+    return [
         f"brokerClusterName={CLUSTER}",
-        "brokerName=broker-a",
+        f"brokerName={name}",
         "brokerId=0",
-        f"namesrvAddr={HOST}:{NAMESRV_PORT}",
-        f"brokerIP1={HOST}",
-        f"listenPort={BROKER_PORT}",
-        f"bindAddress={HOST}",
+        f"namesrvAddr={namesrv}",
+        f"brokerIP1={ip}",
+        f"listenPort={port}",
+        f"bindAddress={bind}",
         f"storePathRootDir={store}",
-        f"storePathCommitLog={store / 'commitlog'}",
+        f"storePathCommitLog={store}/commitlog",
         "mappedFileSizeCommitLog=104857600",
         "mappedFileSizeConsumeQueue=600000",
         "mappedFileSizeTimerLog=52428800",
@@ -197,13 +193,15 @@ def _write_configs() -> tuple[Path, Path, Path]:
         "pullMessageThreadPoolNums=8",
         *_auth_lines(acl),
     ]
-    broker.write_text("\n".join(lines) + "\n")
-    proxy = conf / "rmq-proxy.json"
-    proxy_cfg: dict[str, object] = {
+
+
+def proxy_config(*, namesrv: str, grpc_port: int, remoting_port: int, acl: bool) -> dict[str, object]:
+    """The proxy's ``rmq-proxy.json`` (this node's, the cluster's and the container's)."""
+    config: dict[str, object] = {
         "rocketMQClusterName": CLUSTER,
-        "namesrvAddr": f"{HOST}:{NAMESRV_PORT}",
-        "grpcServerPort": GRPC_PORT,
-        "remotingListenPort": REMOTING_PORT,
+        "namesrvAddr": namesrv,
+        "grpcServerPort": grpc_port,
+        "remotingListenPort": remoting_port,
         "enableTopicMessageTypeCheck": False,
         "maxDelayTimeMills": MAX_DELAY_SECONDS * 1000,
         "grpcThreadPoolNums": 8,
@@ -213,12 +211,29 @@ def _write_configs() -> tuple[Path, Path, Path]:
     if acl:
         for line in _auth_lines(acl):
             key, _, value = line.partition("=")
-            proxy_cfg[key] = True if value == "true" else value
-        # In local mode the proxy must read users and ACLs from its embedded broker;
-        # the Local* providers would open a second, empty store (at "null/users").
+            config[key] = True if value == "true" else value
+        # The proxy must read users and ACLs from the broker(s); the Local* providers
+        # would open a second, empty store (at "null/users").
         provider = "org.apache.rocketmq.proxy.auth.Proxy{}MetadataProvider"
-        proxy_cfg["authenticationMetadataProvider"] = provider.format("Authentication")
-        proxy_cfg["authorizationMetadataProvider"] = provider.format("Authorization")
+        config["authenticationMetadataProvider"] = provider.format("Authentication")
+        config["authorizationMetadataProvider"] = provider.format("Authorization")
+    return config
+
+
+def _write_configs() -> tuple[Path, Path, Path]:
+    acl = _acl_enabled()
+    conf = RUN / "conf"
+    conf.mkdir(parents=True, exist_ok=True)
+    (RUN / "logs").mkdir(exist_ok=True)
+    namesrv = conf / "namesrv.conf"
+    namesrv.write_text(f"listenPort={NAMESRV_PORT}\nbindAddress={HOST}\n")
+    broker = conf / "broker.conf"
+    lines = broker_conf(name="broker-a", namesrv=f"{HOST}:{NAMESRV_PORT}", ip=HOST, port=BROKER_PORT, bind=HOST,
+                        store=RUN / "store", acl=acl)
+    broker.write_text("\n".join(lines) + "\n")
+    proxy = conf / "rmq-proxy.json"
+    proxy_cfg = proxy_config(namesrv=f"{HOST}:{NAMESRV_PORT}", grpc_port=GRPC_PORT, remoting_port=REMOTING_PORT,
+                             acl=acl)
     proxy.write_text(json.dumps(proxy_cfg, indent=2) + "\n")
     return namesrv, broker, proxy
 
@@ -236,7 +251,7 @@ def _java(heap: str, name: str, main: str, args: list[str]) -> int:
         *_JAVA_COMMON,
         f"-Drocketmq.home.dir={home}",
         f"-Duser.home={home}",
-        f"-Drmq.logback.configurationFile={_logback(name)}",
+        f"-Drmq.logback.configurationFile={write_logback(RUN, name)}",
         "-cp",
         classpath(),
         main,
@@ -261,12 +276,6 @@ def _pid(name: str) -> int | None:
     return pid
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((HOST, port)) == 0
-
-
 def _wait(what: str, check, timeout: float, name: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -275,11 +284,16 @@ def _wait(what: str, check, timeout: float, name: str) -> None:  # type: ignore[
         if _pid(name) is None:
             break
         time.sleep(0.3)
+    raise RuntimeError(f"RocketMQ {name}: {what} not ready after {timeout:.0f} s{log_tail(RUN, name, 40)}")
+
+
+def log_tail(run: Path, name: str, lines: int) -> str:
+    """The last ``lines`` of process ``name``'s output and log, each under a header."""
     tail = ""
-    for f in (RUN / "logs" / f"{name}.out", RUN / "logs" / f"{name}.log"):
+    for f in (run / "logs" / f"{name}.out", run / "logs" / f"{name}.log"):
         if f.exists():
-            tail += f"\n--- {f} ---\n" + "\n".join(f.read_text(errors="replace").splitlines()[-40:])
-    raise RuntimeError(f"RocketMQ {name}: {what} not ready after {timeout:.0f} s{tail}")
+            tail += f"\n--- {f} ---\n" + "\n".join(f.read_text(errors="replace").splitlines()[-lines:])
+    return tail
 
 
 def _stop(name: str) -> None:
@@ -305,7 +319,7 @@ def _start() -> None:
     namesrv, broker, proxy = _write_configs()
     if _pid("namesrv") is None:
         _java("256m", "namesrv", "org.apache.rocketmq.namesrv.NamesrvStartup", ["-c", str(namesrv)])
-    _wait("name server port", lambda: _port_open(NAMESRV_PORT), 60, "namesrv")
+    _wait("name server port", lambda: port_open(NAMESRV_PORT), 60, "namesrv")
     if _pid("proxy") is None:
         _java(
             "1g",
@@ -313,7 +327,7 @@ def _start() -> None:
             "org.apache.rocketmq.proxy.ProxyStartup",
             ["-pm", "local", "-n", f"{HOST}:{NAMESRV_PORT}", "-bc", str(broker), "-pc", str(proxy)],
         )
-    _wait("proxy gRPC port", lambda: _port_open(GRPC_PORT), 120, "proxy")
+    _wait("proxy gRPC port", lambda: port_open(GRPC_PORT), 120, "proxy")
     _log(f"proxy port open after {time.monotonic() - t0:.1f} s")
     _smoke_test()
     _log(f"smoke test passed after {time.monotonic() - t0:.1f} s")
@@ -355,18 +369,17 @@ def create_topics(names: list[str], message_type: str = "MIXED") -> None:
             raise RuntimeError(f"cannot create topic {name}: {result.stdout}\n{result.stderr}")
 
 
-def _smoke_test() -> None:
-    """Send and receive one message through nova's adapter (creates its topic and group)."""
-    root = Path(__file__).resolve().parents[2]
-    creds = repr(ADMIN_USER) if _acl_enabled() else "None"
-    code = f"""
+def smoke_script(root: Path, endpoints: str, namesrv: str, auth: tuple[str, str] | None) -> str:
+    """Python that sends and receives one message through nova's adapter (creating its topic and group),
+    with nova imported from ``root``."""
+    return f"""
 import asyncio, sys, uuid
 sys.path.insert(0, {str(root)!r})
 from nova._broker import Message
 from nova.brokers.rocketmq import RocketMQBroker
 
 async def main():
-    broker = RocketMQBroker("{HOST}:{GRPC_PORT}", namesrv="{HOST}:{NAMESRV_PORT}", auth={creds})
+    broker = RocketMQBroker("{endpoints}", namesrv="{namesrv}", auth={auth!r})
     topic = "nova-harness-smoke"
     await broker.ensure_topics([topic])
     token = uuid.uuid4().hex.encode()
@@ -382,6 +395,12 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+def _smoke_test() -> None:
+    """Send and receive one message through nova's adapter (creates its topic and group)."""
+    root = Path(__file__).resolve().parents[2]
+    code = smoke_script(root, f"{HOST}:{GRPC_PORT}", f"{HOST}:{NAMESRV_PORT}", ADMIN_USER if _acl_enabled() else None)
     deadline = time.monotonic() + 120
     while True:
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
@@ -422,30 +441,35 @@ def restart() -> None:
 
 
 def env() -> dict[str, str]:
-    out = {
-        "NOVA_ROCKETMQ_ENDPOINTS": f"{HOST}:{GRPC_PORT}",
-        "NOVA_ROCKETMQ_NAMESRV": f"{HOST}:{NAMESRV_PORT}",
+    return {
+        **client_env(f"{HOST}:{GRPC_PORT}", f"{HOST}:{NAMESRV_PORT}", acl=_acl_enabled()),
         "NOVA_ROCKETMQ_ADMIN_CLASSPATH": classpath(),
+    }
+
+
+def client_env(endpoints: str, namesrv: str, *, acl: bool) -> dict[str, str]:
+    """The ``NOVA_ROCKETMQ_*`` variables of a client (the harness adds the admin tool's classpath)."""
+    out = {
+        "NOVA_ROCKETMQ_ENDPOINTS": endpoints,
+        "NOVA_ROCKETMQ_NAMESRV": namesrv,
         "NOVA_ROCKETMQ_TIMER_PRECISION_MS": str(TIMER_PRECISION_MS),
     }
-    if _acl_enabled():
-        out["NOVA_ROCKETMQ_ACCESS_KEY"] = APP_USER[0]
-        out["NOVA_ROCKETMQ_SECRET_KEY"] = APP_USER[1]
-        out["NOVA_ROCKETMQ_ADMIN_ACCESS_KEY"] = ADMIN_USER[0]
-        out["NOVA_ROCKETMQ_ADMIN_SECRET_KEY"] = ADMIN_USER[1]
+    if acl:
+        out["NOVA_ROCKETMQ_ACCESS_KEY"], out["NOVA_ROCKETMQ_SECRET_KEY"] = APP_USER
+        out["NOVA_ROCKETMQ_ADMIN_ACCESS_KEY"], out["NOVA_ROCKETMQ_ADMIN_SECRET_KEY"] = ADMIN_USER
     return out
 
 
+#: ``mqadmin`` arguments that give the app user Pub/Sub everywhere except on ``forbidden*`` topics.
+APP_USER_ACL_STEPS = [
+    ["createUser", "-c", CLUSTER, "-u", APP_USER[0], "-p", APP_USER[1], "-t", "Normal"],
+    ["createAcl", "-c", CLUSTER, "-s", f"User:{APP_USER[0]}", "-r", "Topic:*,Group:*", "-a", "Pub,Sub", "-d", "Allow"],
+    ["createAcl", "-c", CLUSTER, "-s", f"User:{APP_USER[0]}", "-r", "Topic:forbidden*", "-a", "Pub,Sub", "-d", "Deny"],
+]
+
+
 def _setup_acl_users() -> None:
-    """The app user may publish/subscribe everywhere except on ``forbidden*`` topics."""
-    steps = [
-        ["createUser", "-c", CLUSTER, "-u", APP_USER[0], "-p", APP_USER[1], "-t", "Normal"],
-        ["createAcl", "-c", CLUSTER, "-s", f"User:{APP_USER[0]}", "-r", "Topic:*,Group:*",
-         "-a", "Pub,Sub", "-d", "Allow"],
-        ["createAcl", "-c", CLUSTER, "-s", f"User:{APP_USER[0]}", "-r", "Topic:forbidden*",
-         "-a", "Pub,Sub", "-d", "Deny"],
-    ]  # fmt: skip
-    for args in steps:
+    for args in APP_USER_ACL_STEPS:
         result = _admin(args)
         if result.returncode != 0 and "exist" not in (result.stdout + result.stderr).lower():
             raise RuntimeError(f"mqadmin {args[0]} failed:\n{result.stdout}\n{result.stderr}")

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -42,6 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import rocketmq as single
+from .cluster_size import ClusterSize
+from .processes import port_open, stop_pids
 
 __all__ = ["broker_port", "down", "env", "restart", "start_node", "stop_node", "up"]
 
@@ -55,6 +56,7 @@ REMOTING_PORT = 18080
 CLUSTER = single.CLUSTER
 HEAPS = {"namesrv": "128m", "broker": "512m", "proxy": "384m"}
 READY_TIMEOUT_S = 180.0
+SIZE = ClusterSize("rocketmq", RUN / "nodes", least=2, most=MAX_NODES, noun="broker")
 
 
 def broker_port(node: int) -> int:
@@ -64,31 +66,16 @@ def broker_port(node: int) -> int:
 
 def env(nodes: int = DEFAULT_NODES) -> dict[str, str]:
     """The single node's ``NOVA_ROCKETMQ_*`` variables for this cluster, plus ``NOVA_ROCKETMQ_NODES``."""
-    _check_count(nodes)
-    out = {
-        "NOVA_ROCKETMQ_ENDPOINTS": f"{HOST}:{GRPC_PORT}",
-        "NOVA_ROCKETMQ_NAMESRV": f"{HOST}:{NAMESRV_PORT}",
-        "NOVA_ROCKETMQ_ADMIN_CLASSPATH": single.classpath(),
-        "NOVA_ROCKETMQ_TIMER_PRECISION_MS": str(single.TIMER_PRECISION_MS),
-    }
-    if _acl_enabled():
-        out["NOVA_ROCKETMQ_ACCESS_KEY"] = single.APP_USER[0]
-        out["NOVA_ROCKETMQ_SECRET_KEY"] = single.APP_USER[1]
-        out["NOVA_ROCKETMQ_ADMIN_ACCESS_KEY"] = single.ADMIN_USER[0]
-        out["NOVA_ROCKETMQ_ADMIN_SECRET_KEY"] = single.ADMIN_USER[1]
+    SIZE.check_count(nodes)
+    out = single.client_env(f"{HOST}:{GRPC_PORT}", f"{HOST}:{NAMESRV_PORT}", acl=_acl_enabled())
+    out["NOVA_ROCKETMQ_ADMIN_CLASSPATH"] = single.classpath()
     out["NOVA_ROCKETMQ_NODES"] = str(nodes)
     return out
 
 
 def up(nodes: int = DEFAULT_NODES) -> None:
     """Start what is not running; return once every broker is routed and a client sends and receives."""
-    _check_count(nodes)
-    recorded = _recorded_nodes()
-    if recorded is not None and recorded != nodes:
-        raise SystemExit(
-            f"a {recorded}-broker rocketmq cluster is set up in {RUN}: "
-            f"`python tools/brokers.py down rocketmq --nodes {recorded}` first"
-        )
+    recorded = SIZE.check_up(nodes)
     started = time.monotonic()
     RUN.mkdir(parents=True, exist_ok=True)
     flag = RUN / "acl"
@@ -97,7 +84,7 @@ def up(nodes: int = DEFAULT_NODES) -> None:
             flag.unlink(missing_ok=True)
         else:
             flag.write_text("1")
-    (RUN / "nodes").write_text(str(nodes))
+    SIZE.record(nodes)
     _start(nodes)
     if _acl_enabled():
         _setup_acl_users()
@@ -115,12 +102,10 @@ def down(nodes: int | None = None) -> None:
 
 def restart(nodes: int | None = None) -> None:
     """Stop every process and start them again with the same data."""
-    count = _recorded_nodes()
+    count = SIZE.check_restart(nodes)
     if count is None:
         up(nodes or DEFAULT_NODES)
         return
-    if nodes is not None and nodes != count:
-        raise SystemExit(f"the rocketmq cluster in {RUN} has {count} brokers, not {nodes}")
     started = time.monotonic()
     for name in ["proxy", *(f"broker-{i}" for i in range(1, count + 1)), "namesrv"]:
         _stop(name, kill=False)
@@ -130,7 +115,7 @@ def restart(nodes: int | None = None) -> None:
 
 def stop_node(node: int, *, kill: bool = False) -> None:
     """Stop broker ``node``: TERM (it unregisters from the name server first) or KILL."""
-    _check_node(node)
+    SIZE.check_node(node)
     started = time.monotonic()
     _stop(f"broker-{node}", kill=kill)
     _log(f"broker-{node} {'killed' if kill else 'stopped'} ({time.monotonic() - started:.1f} s)")
@@ -138,7 +123,7 @@ def stop_node(node: int, *, kill: bool = False) -> None:
 
 def start_node(node: int) -> None:
     """Start broker ``node``; return once the name server routes to it again."""
-    count = _check_node(node)
+    count = SIZE.check_node(node)
     started = time.monotonic()
     if _pid(f"broker-{node}") is None:
         _spawn_broker(node)
@@ -153,82 +138,14 @@ def _log(message: str) -> None:
     print(f"[rocketmq-cluster] {message}", file=sys.stderr, flush=True)
 
 
-def _check_count(nodes: int) -> None:
-    if not 2 <= nodes <= MAX_NODES:
-        raise SystemExit(f"a rocketmq cluster here has 2 to {MAX_NODES} brokers, not {nodes}")
-
-
-def _check_node(node: int) -> int:
-    count = _recorded_nodes()
-    if count is None:
-        raise SystemExit(f"no rocketmq cluster is set up in {RUN}: `python tools/brokers.py up rocketmq --nodes 2`")
-    if not 1 <= node <= count:
-        raise SystemExit(f"the rocketmq cluster has brokers 1 to {count}, not {node}")
-    return count
-
-
-def _recorded_nodes() -> int | None:
-    try:
-        return int((RUN / "nodes").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def _acl_enabled() -> bool:
     return (RUN / "acl").exists()
 
 
-def _logback(name: str) -> Path:
-    path = RUN / "conf" / f"rmq.{name}.logback.xml"
-    pkg = "org.apache.rocketmq.logging.ch.qos.logback"
-    path.write_text(
-        f"""<configuration>
-  <appender name="FILE" class="{pkg}.core.FileAppender">
-    <file>{RUN / "logs" / f"{name}.log"}</file>
-    <append>true</append>
-    <encoder class="{pkg}.classic.encoder.PatternLayoutEncoder">
-      <pattern>%d{{yyy-MM-dd HH:mm:ss.SSS}} %-5p %t %c{{0}} - %m%n</pattern>
-    </encoder>
-  </appender>
-  <root level="INFO"><appender-ref ref="FILE"/></root>
-</configuration>
-"""
-    )
-    return path
-
-
 def _broker_conf(node: int) -> Path:
     """The single node's broker settings, with this broker's name, port and store."""
-    store = RUN / "store" / f"broker-{node}"
-    lines = [
-        f"brokerClusterName={CLUSTER}",
-        f"brokerName=broker-{node}",
-        "brokerId=0",
-        f"namesrvAddr={HOST}:{NAMESRV_PORT}",
-        f"brokerIP1={HOST}",
-        f"listenPort={broker_port(node)}",
-        f"bindAddress={HOST}",
-        f"storePathRootDir={store}",
-        f"storePathCommitLog={store / 'commitlog'}",
-        "mappedFileSizeCommitLog=104857600",
-        "mappedFileSizeConsumeQueue=600000",
-        "mappedFileSizeTimerLog=52428800",
-        "autoCreateTopicEnable=false",
-        "enableMixedMessageType=true",
-        "autoCreateSubscriptionGroup=true",
-        "deleteWhen=04",
-        "fileReservedTime=48",
-        "flushDiskType=ASYNC_FLUSH",
-        f"timerPrecisionMs={single.TIMER_PRECISION_MS}",
-        f"timerMaxDelaySec={3 * 86_400}",
-        "timerWheelEnable=true",
-        "enablePropertyFilter=true",
-        "transientStorePoolEnable=false",
-        "useReentrantLockWhenPutMessage=true",
-        "sendMessageThreadPoolNums=4",
-        "pullMessageThreadPoolNums=8",
-        *single._auth_lines(_acl_enabled()),
-    ]
+    lines = single.broker_conf(name=f"broker-{node}", namesrv=f"{HOST}:{NAMESRV_PORT}", ip=HOST, port=broker_port(node),
+                               bind=HOST, store=RUN / "store" / f"broker-{node}", acl=_acl_enabled())
     path = RUN / "conf" / f"broker-{node}.conf"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -240,24 +157,10 @@ def _write_configs(nodes: int) -> None:
     (RUN / "conf" / "namesrv.conf").write_text(f"listenPort={NAMESRV_PORT}\nbindAddress={HOST}\n")
     for i in range(1, nodes + 1):
         _broker_conf(i)
-    proxy: dict[str, object] = {
-        "rocketMQClusterName": CLUSTER,
-        "namesrvAddr": f"{HOST}:{NAMESRV_PORT}",
-        "grpcServerPort": GRPC_PORT,
-        "remotingListenPort": REMOTING_PORT,
-        "enableTopicMessageTypeCheck": False,
-        "maxDelayTimeMills": single.MAX_DELAY_SECONDS * 1000,
-        "grpcThreadPoolNums": 8,
-        "grpcShutdownTimeSeconds": 1,
-        "grpcClientConsumerMinLongPollingTimeoutMillis": 100,
-    }
-    if _acl_enabled():
-        for line in single._auth_lines(True):
-            key, _, value = line.partition("=")
-            proxy[key] = True if value == "true" else value
-        provider = "org.apache.rocketmq.proxy.auth.Proxy{}MetadataProvider"
-        proxy["authenticationMetadataProvider"] = provider.format("Authentication")
-        proxy["authorizationMetadataProvider"] = provider.format("Authorization")
+    acl = _acl_enabled()
+    proxy = single.proxy_config(namesrv=f"{HOST}:{NAMESRV_PORT}", grpc_port=GRPC_PORT, remoting_port=REMOTING_PORT,
+                                acl=acl)
+    if acl:
         # The proxy's own calls to the brokers (system topics, routes) carry the inner credentials.
         proxy["enableAclRpcHookForClusterMode"] = True
     (RUN / "conf" / "rmq-proxy.json").write_text(json.dumps(proxy, indent=2) + "\n")
@@ -272,7 +175,7 @@ def _java(heap: str, name: str, main: str, args: list[str]) -> None:
     cmd = [
         "java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxDirectMemorySize=256m",
         "-Djava.net.preferIPv4Stack=true", f"-Drocketmq.home.dir={home}", f"-Duser.home={home}",
-        f"-Drmq.logback.configurationFile={_logback(name)}", "-cp", single.classpath(), main, *args,
+        f"-Drmq.logback.configurationFile={single.write_logback(RUN, name)}", "-cp", single.classpath(), main, *args,
     ]  # fmt: skip
     with open(RUN / "logs" / f"{name}.out", "ab") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=home)
@@ -297,14 +200,7 @@ def _pid(name: str) -> int | None:
 def _stop(name: str, *, kill: bool) -> None:
     pid = _pid(name)
     if pid is not None:
-        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while _pid(name) is not None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _pid(name) is not None:
-            os.kill(pid, signal.SIGKILL)
-            while _pid(name) is not None:
-                time.sleep(0.05)
+        stop_pids([pid], kill=kill, timeout=30)
     (RUN / f"{name}.pid").unlink(missing_ok=True)
 
 
@@ -316,11 +212,8 @@ def _wait(what: str, check: Callable[[], bool], name: str) -> None:
         if _pid(name) is None:
             break
         time.sleep(0.5)
-    tail = ""
-    for f in (RUN / "logs" / f"{name}.out", RUN / "logs" / f"{name}.log"):
-        if f.exists():
-            tail += f"\n--- {f} ---\n" + "\n".join(f.read_text(errors="replace").splitlines()[-30:])
-    raise SystemExit(f"RocketMQ cluster {name}: {what} not ready after {READY_TIMEOUT_S:.0f} s{tail}")
+    raise SystemExit(f"RocketMQ cluster {name}: {what} not ready after {READY_TIMEOUT_S:.0f} s"
+                     f"{single.log_tail(RUN, name, 30)}")
 
 
 def _start(nodes: int) -> None:
@@ -329,18 +222,18 @@ def _start(nodes: int) -> None:
     if _pid("namesrv") is None:
         conf = RUN / "conf" / "namesrv.conf"
         _java(HEAPS["namesrv"], "namesrv", "org.apache.rocketmq.namesrv.NamesrvStartup", ["-c", str(conf)])
-    _wait("name server port", lambda: single._port_open(NAMESRV_PORT), "namesrv")
+    _wait("name server port", lambda: port_open(NAMESRV_PORT), "namesrv")
     for i in range(1, nodes + 1):
         if _pid(f"broker-{i}") is None:
             _spawn_broker(i)
     for i in range(1, nodes + 1):
-        _wait("broker port", lambda i=i: single._port_open(broker_port(i)), f"broker-{i}")  # type: ignore[misc]
+        _wait("broker port", lambda i=i: port_open(broker_port(i)), f"broker-{i}")  # type: ignore[misc]
     _wait("every broker registered", lambda: len(_masters()) == nodes, "namesrv")
     if _pid("proxy") is None:
         conf = RUN / "conf" / "rmq-proxy.json"
         _java(HEAPS["proxy"], "proxy", "org.apache.rocketmq.proxy.ProxyStartup",
               ["-pm", "cluster", "-n", f"{HOST}:{NAMESRV_PORT}", "-pc", str(conf)])
-    _wait("proxy gRPC port", lambda: single._port_open(GRPC_PORT), "proxy")
+    _wait("proxy gRPC port", lambda: port_open(GRPC_PORT), "proxy")
     _smoke_test()
 
 
@@ -371,25 +264,9 @@ def _masters() -> list[str]:
 
 def _smoke_test() -> None:
     """Send and receive one message through the proxy (nova creates the topic on every broker)."""
-    creds = repr(single.ADMIN_USER) if _acl_enabled() else "None"
-    code = f"""
-async def main():
-    broker = nova.RocketMQBroker("{HOST}:{GRPC_PORT}", namesrv="{HOST}:{NAMESRV_PORT}", auth={creds})
-    topic = "nova-harness-smoke"
-    await broker.ensure_topics([topic])
-    token = uuid.uuid4().hex.encode()
-    await broker.publish([nova.Message(topic, token)])
-    sub = await broker.subscribe([topic], group="nova-harness-smoke", window=16)
-    async with asyncio.timeout(60):
-        async for delivery in sub:
-            await delivery.ack()
-            if delivery.body == token:
-                break
-    await sub.close()
-    await broker.close()
-
-asyncio.run(main())
-"""
+    root = Path(__file__).resolve().parents[2]
+    code = single.smoke_script(root, f"{HOST}:{GRPC_PORT}", f"{HOST}:{NAMESRV_PORT}",
+                               single.ADMIN_USER if _acl_enabled() else None)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
         result = _nova(code)
@@ -418,13 +295,7 @@ def _admin(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 def _setup_acl_users() -> None:
     """The single node's app user and ACLs, on every broker of the cluster."""
-    app = single.APP_USER
-    steps = [
-        ["createUser", "-c", CLUSTER, "-u", app[0], "-p", app[1], "-t", "Normal"],
-        ["createAcl", "-c", CLUSTER, "-s", f"User:{app[0]}", "-r", "Topic:*,Group:*", "-a", "Pub,Sub", "-d", "Allow"],
-        ["createAcl", "-c", CLUSTER, "-s", f"User:{app[0]}", "-r", "Topic:forbidden*", "-a", "Pub,Sub", "-d", "Deny"],
-    ]
-    for args in steps:
+    for args in single.APP_USER_ACL_STEPS:
         result = _admin(args)
         if result.returncode != 0 and "exist" not in (result.stdout + result.stderr).lower():
             raise SystemExit(f"mqadmin {args[0]} failed:\n{result.stdout}\n{result.stderr}")
