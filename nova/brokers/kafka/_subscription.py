@@ -13,9 +13,6 @@ from typing import TYPE_CHECKING, Any
 import aiokafka  # type: ignore[import-untyped]
 import aiokafka.errors as kafka_errors  # type: ignore[import-untyped]
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
-from aiokafka.coordinator.assignors.roundrobin import (  # type: ignore[import-untyped]
-    RoundRobinPartitionAssignor,
-)
 
 from nova._broker import Delivery
 from nova._errors import (
@@ -198,8 +195,13 @@ class KafkaSubscription:
             max_poll_interval_ms=b.max_poll_interval_ms,
             # Short long-polls: a resumed partition is fetched again within 100 ms.
             fetch_max_wait_ms=_LONG_POLL_MS,
-            # Sticky first; round-robin only if another kind of client shares the group.
-            partition_assignment_strategy=(_StickyAssignor(self), RoundRobinPartitionAssignor),
+            # One strategy only: aiokafka sends one JoinGroup per configured strategy on every
+            # (re)join, each with a longer protocol list, and Kafka takes the changed list as a
+            # member's new metadata and starts another rebalance. Members joining at about the
+            # same time then keep failing each other's SyncGroup, generation after generation
+            # (a group that rebalances every ~100 ms for good). A client of another kind in a
+            # nova group is refused (InconsistentGroupProtocol) instead of sharing its topics.
+            partition_assignment_strategy=(_StickyAssignor(self),),
         )
 
     async def _start(self) -> None:
