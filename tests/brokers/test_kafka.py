@@ -501,40 +501,6 @@ async def test_joining_member_gets_the_idle_partition_not_the_busy_one(
     await second.close()
 
 
-def test_sticky_assignor_keeps_owners_and_balances_idle_partitions() -> None:
-    from nova.brokers.kafka._assignor import _StickyAssignor
-
-    class Cluster:
-        def partitions_for_topic(self, topic: str) -> set[int]:
-            return {0, 1, 2, 3}
-
-    def meta(owned: list[tuple[str, int]], busy: list[tuple[str, int, int]]) -> Any:
-        import json
-
-        from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata  # type: ignore[import-untyped]
-
-        data = json.dumps({"owned": owned, "busy": [[t, p, held] for t, p, held in busy]}).encode()
-        return ConsumerProtocolMemberMetadata(0, ["t"], data)
-
-    everything = [("t", p) for p in range(4)]
-    result = _StickyAssignor.assign(Cluster(), {"a": meta(everything, [("t", 0, 5), ("t", 1, 1)]), "b": meta([], [])})
-    got = {m: sorted(p for _, ps in a.assignment for p in ps) for m, a in result.items()}
-    assert got == {"a": [0, 1], "b": [2, 3]}  # busy 0 and 1 stay; idle ones balance out
-    all_busy = [("t", 0, 9), ("t", 1, 1), ("t", 2, 7), ("t", 3, 2)]
-    result = _StickyAssignor.assign(Cluster(), {"a": meta(everything, all_busy), "b": meta([], [])})
-    got = {m: sorted(p for _, ps in a.assignment for p in ps) for m, a in result.items()}
-    assert got == {"a": [0, 2], "b": [1, 3]}  # all busy: the newcomer still gets work, least in flight
-    result = _StickyAssignor.assign(
-        Cluster(), {"a": meta(everything[:2], []), "b": meta(everything[2:], []), "c": meta([], [])}
-    )
-    got = {m: sorted(p for _, ps in a.assignment for p in ps) for m, a in result.items()}
-    assert got["a"] == [0, 1] or got["b"] == [2, 3]  # only one partition moves to the newcomer
-    assert sorted(len(v) for v in got.values()) == [1, 1, 2]
-    result = _StickyAssignor.assign(Cluster(), {"a": meta([], []), "b": meta([], [])})
-    got = {m: sorted(p for _, ps in a.assignment for p in ps) for m, a in result.items()}
-    assert sorted(len(v) for v in got.values()) == [2, 2]
-
-
 async def test_auto_commit_is_at_most_once(kafka_broker: Factory, kafka_name: Names) -> None:
     broker = kafka_broker(auto_commit=True, commit_interval_ms=50)
     topic, group = kafka_name("t"), kafka_name("g")

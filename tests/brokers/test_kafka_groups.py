@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from nova.brokers.kafka import _aiokafka_internals as aiokafka_internals
-from tests.brokers.test_kafka import PATIENCE, Factory, Names
+from nova.brokers.kafka._subscription import KafkaSubscription
+from tests.brokers.test_kafka import PATIENCE, Factory, Names, _now, eventually
 
 pytestmark = pytest.mark.broker("kafka")
 
@@ -179,3 +180,20 @@ def test_members_joining_at_the_same_moment_settle_and_stay_settled(kafka_member
                        PATIENCE, "twenty more reports from every member")
     assert {g: members.generation(g) for g in topics} == generations
     assert all(members.settled(g) for g in topics)
+    for group in topics:  # two partitions per topic, three members: no member holds both of one
+        for owned in members.owned(group):
+            assert len(owned) == 2 and len({t for t, _ in owned}) == 2, members.owned(group)
+
+
+async def test_a_second_member_gets_a_partition_of_every_level(kafka_broker: Factory, kafka_name: Names) -> None:
+    """The first member holds all six partitions of three levels; once a second one joins,
+    each holds one partition of each level."""
+    topics, group = levels(kafka_name("lv")), kafka_name("g")
+    first = await kafka_broker(partitions=2).subscribe(topics, group=group, window=1)
+    assert sorted(tp.topic for tp in first._parts) == sorted(topics * 2)
+    second = await kafka_broker(partitions=2).subscribe(topics, group=group, window=1)
+
+    def one_of_each(sub: KafkaSubscription) -> bool:
+        return sorted(tp.topic for tp, state in sub._parts.items() if state.assigned) == sorted(topics)
+
+    await eventually(lambda: _now(one_of_each(first) and one_of_each(second)))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 import ssl
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 import aiokafka.errors as kafka_errors  # type: ignore[import-untyped]
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nova._errors as errors
 from nova.brokers.kafka import KafkaAuth, KafkaBroker, KafkaSSL
@@ -144,3 +148,124 @@ def test_url_options_and_overrides() -> None:
     with pytest.raises(errors.ConfigurationError, match="not a kafka:// URL") as info:
         KafkaBroker.from_url(f"amqp://u:{PASSWORD}@a:9092")
     assert PASSWORD not in str(info.value)
+
+
+# --- the sticky assignor --------------------------------------------------------------------------
+
+
+class _Cluster:
+    def __init__(self, partitions: dict[str, int]) -> None:
+        self.partitions = partitions
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        count = self.partitions.get(topic)
+        return None if count is None else set(range(count))
+
+
+def _meta(topics: list[str], owned: Sequence[tuple[str, int]] = (), busy: Sequence[tuple[str, int, int]] = (),
+          generation: int | None = None) -> Any:
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata  # type: ignore[import-untyped]
+
+    claims: dict[str, Any] = {"owned": [list(tp) for tp in owned], "busy": [list(b) for b in busy]}
+    if generation is not None:
+        claims["generation"] = generation
+    return ConsumerProtocolMemberMetadata(0, topics, json.dumps(claims).encode())
+
+
+def _assign(cluster: _Cluster, members: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
+    from nova.brokers.kafka._assignor import _StickyAssignor
+
+    result = _StickyAssignor.assign(cluster, members)
+    return {m: sorted((t, p) for t, ps in a.assignment for p in ps) for m, a in result.items()}
+
+
+def test_sticky_assignor_keeps_owners_and_balances_idle_partitions() -> None:
+    cluster = _Cluster({"t": 4})
+    everything = [("t", p) for p in range(4)]
+    got = _assign(cluster, {"a": _meta(["t"], everything, [("t", 0, 5), ("t", 1, 1)]), "b": _meta(["t"])})
+    assert got == {"a": [("t", 0), ("t", 1)], "b": [("t", 2), ("t", 3)]}  # busy 0 and 1 stay; idle ones move
+    all_busy = [("t", 0, 9), ("t", 1, 1), ("t", 2, 7), ("t", 3, 2)]
+    got = _assign(cluster, {"a": _meta(["t"], everything, all_busy), "b": _meta(["t"])})
+    # All busy: the newcomer still gets work, the partitions with the fewest in flight.
+    assert got == {"a": [("t", 0), ("t", 2)], "b": [("t", 1), ("t", 3)]}
+    got = _assign(cluster, {"a": _meta(["t"], everything[:2]), "b": _meta(["t"], everything[2:]), "c": _meta(["t"])})
+    assert got["a"] == everything[:2] or got["b"] == everything[2:]  # only one partition moves to the newcomer
+    assert sorted(len(v) for v in got.values()) == [1, 1, 2]
+    got = _assign(cluster, {"a": _meta(["t"]), "b": _meta(["t"])})
+    assert sorted(len(v) for v in got.values()) == [2, 2]
+
+
+def test_a_joining_member_gets_a_partition_of_every_topic() -> None:
+    """Per topic, not per member's total: the member that held everything keeps one partition
+    of each priority level and the newcomer gets the other (before, it got both of 'high' and
+    one of 'low', and 'normal' stayed with the first: 20 normal tasks split 20/0)."""
+    levels = ["q_high", "q_normal", "q_low"]
+    cluster = _Cluster(dict.fromkeys(levels, 2))
+    everything = [(t, p) for t in levels for p in range(2)]
+    got = _assign(cluster, {"a": _meta(levels, everything, generation=1), "b": _meta(levels)})
+    for member in ("a", "b"):
+        assert sorted(t for t, _ in got[member]) == sorted(levels), got
+
+
+def test_single_partition_topics_spread_by_total_idle_ones_first() -> None:
+    """Delay tiers: one partition each, all busy but two; a second forwarder takes half, the
+    idle ones among them."""
+    tiers = [f"p__delay{i:02d}" for i in range(6)]
+    cluster = _Cluster(dict.fromkeys(tiers, 1))
+    busy = [(t, 0, 3) for t in tiers[:4]]
+    got = _assign(cluster, {"a": _meta(tiers, [(t, 0) for t in tiers], busy), "b": _meta(tiers)})
+    assert len(got["a"]) == len(got["b"]) == 3
+    assert {t for t, _ in got["b"]} >= set(tiers[4:])
+
+
+def test_a_partition_two_members_claim_stays_with_the_later_generation() -> None:
+    cluster = _Cluster({"t": 2})
+    got = _assign(cluster, {"old": _meta(["t"], [("t", 0), ("t", 1)], generation=3),
+                            "new": _meta(["t"], [("t", 0)], generation=5)})
+    assert got == {"new": [("t", 0)], "old": [("t", 1)]}
+
+
+_NAMES = st.sampled_from(["t0", "t1", "t2", "t3"])
+
+
+@st.composite
+def _groups(draw: st.DrawFn) -> tuple[_Cluster, dict[str, Any]]:
+    partitions = draw(st.dictionaries(_NAMES, st.integers(1, 7), min_size=1))
+    topics = sorted(partitions)
+    members: dict[str, Any] = {}
+    for i in range(draw(st.integers(1, 5))):
+        subscribed = draw(st.lists(st.sampled_from(topics), min_size=1, unique=True))
+        everything = [(t, p) for t in topics for p in range(partitions[t])]
+        owned = draw(st.lists(st.sampled_from(everything), unique=True))
+        busy = [(t, p, draw(st.integers(1, 9))) for t, p in owned if draw(st.booleans())]
+        members[f"m{i}"] = _meta(subscribed, owned, busy, generation=draw(st.integers(-1, 3)))
+    return _Cluster(partitions), members
+
+
+@settings(max_examples=300, deadline=None)
+@given(_groups())
+def test_every_partition_has_one_subscriber_each_topic_is_even_and_a_second_round_moves_nothing(
+    group: tuple[_Cluster, dict[str, Any]],
+) -> None:
+    cluster, members = group
+    got = _assign(cluster, members)
+    for topic, count in cluster.partitions.items():
+        subscribers = [m for m, meta in members.items() if topic in meta.subscription]
+        holders = [m for m, tps in got.items() for t, _ in tps if t == topic]
+        if not subscribers:
+            assert holders == []
+            continue
+        assert sorted(p for tps in got.values() for t, p in tps if t == topic) == list(range(count))
+        assert set(holders) <= set(subscribers)
+        counts = [holders.count(m) for m in subscribers]
+        assert max(counts) - min(counts) <= 1, (topic, counts)
+    if all(set(meta.subscription) == set(cluster.partitions) for meta in members.values()):
+        totals = [len(tps) for tps in got.values()]
+        assert max(totals) - min(totals) <= 1, totals  # and the members' totals are even too
+    # The group as it now stands asks again (same busy counts): nothing moves.
+    again = {
+        m: _meta(list(meta.subscription), got[m],
+                 [b for b in json.loads(meta.user_data)["busy"] if (b[0], b[1]) in got[m]], generation=9)
+        for m, meta in members.items()
+    }
+    assert _assign(cluster, again) == got

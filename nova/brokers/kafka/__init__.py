@@ -41,9 +41,12 @@ How the broker contract maps onto Kafka:
 - **rebalance**: on revoke the records fetched but not yet delivered are
   dropped and the acked prefix is committed; a partition that comes back keeps
   its bookkeeping, so in-flight deliveries are not handed out twice. A sticky
-  assignor keeps partitions with their owners and never moves one that has
-  unacked deliveries while its owner lives (so a worker or delay forwarder
-  joining the group does not duplicate the messages another one holds).
+  assignor (the only strategy a nova consumer offers) keeps partitions with their
+  owners, spreads each topic's partitions evenly over the members (every worker
+  gets work of every priority level), then evens out the members' totals. It moves
+  a partition with unacked deliveries only when no idle one can even things out
+  (fewest in flight first), so a worker or delay forwarder joining the group rarely
+  duplicates what another one holds; a moved delivery reports ``owned`` False.
 - ``auto_commit=True`` is an explicit **at-most-once** mode: an offset counts as
   done as soon as it is delivered, whatever the handler does; ``nack`` then
   does not redeliver.
