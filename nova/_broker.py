@@ -88,10 +88,10 @@ class Delivery(Protocol):
 class Subscription(Protocol):
     """A consumer-group member reading some topics.
 
-    At most ``window`` deliveries *per topic* (Kafka: per partition) are
-    unacked at once; while a topic's window is full the backend keeps serving
-    the other topics (no head-of-line blocking across topics) and keeps the
-    group session alive however long a delivery stays unacked.
+    At most ``window`` deliveries *per topic* are unacked at once; while a
+    topic's window is full the backend keeps serving the other topics (no
+    head-of-line blocking across topics) and keeps the group session alive
+    however long a delivery stays unacked.
     """
 
     def __aiter__(self) -> AsyncIterator[Delivery]: ...

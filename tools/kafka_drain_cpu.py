@@ -1,10 +1,12 @@
 """CPU per task of nova's Kafka drain without the network (a benchmark, not a test).
 
-    python tools/kafka_drain_cpu.py [--tasks 200000] [--mode single|batch]
+    python tools/kafka_drain_cpu.py [--tasks 200000] [--mode single|batch] [--partitions 1]
 
 The records of ``--tasks`` enqueued tasks (built by a SimBroker TaskQueue, headers packed
-as KafkaBroker writes them) are put straight into a KafkaSubscription's partition buffer,
-and a TaskQueue drains them through the real Worker, delivery and offset bookkeeping. No
+as KafkaBroker writes them) are put straight into a KafkaSubscription's partition buffers
+(spread round robin over ``--partitions`` partitions of the topic, as KafkaBroker publishes
+them; every priority level has that many), and a TaskQueue drains them through the real
+Worker, delivery and offset bookkeeping. No
 broker runs: what it prints is nova's own share of a Kafka drain (``tools/bench.py
 --broker kafka`` measures the whole).
 """
@@ -45,20 +47,24 @@ class _FetchState:
     position = 0
 
 
-async def _records(n: int) -> list[Any]:
+async def _records(n: int, partitions: int) -> list[list[Any]]:
+    """The records of each partition, in offset order."""
     sim = SimBroker()
     await enqueue_all(nova.TaskQueue(sim, topic_prefix=PREFIX, message_format=nova.MessageFormat.SONIC), n)
     topic = f"{PREFIX}_default_normal"
+    ready = list(sim._topics[topic].ready)
+    # Made partition by partition, as aiokafka parses each partition's records of a fetch.
     return [
-        ConsumerRecord(topic, 0, offset, int(r.published_at * 1000), 0, r.key.encode(), r.body, None, 0,
-                       len(r.body), _headers(Message(topic, r.body, r.headers)))
-        for offset, r in enumerate(sim._topics[topic].ready)
+        [ConsumerRecord(topic, partition, offset, int(r.published_at * 1000), 0, r.key.encode(), r.body, None, 0,
+                        len(r.body), _headers(Message(topic, r.body, r.headers)))
+         for offset, r in enumerate(ready[partition::partitions])]
+        for partition in range(partitions)
     ]
 
 
-async def drain(n: int, mode: str) -> float:
+async def drain(n: int, mode: str, partitions: int = 1) -> float:
     """CPU seconds per task for draining ``n`` fetched records."""
-    records = await _records(n)
+    records = await _records(n, partitions)
     broker = KafkaBroker("127.0.0.1:1")  # never connected
 
     async def nothing(*args: Any, **kwargs: Any) -> None:
@@ -66,13 +72,14 @@ async def drain(n: int, mode: str) -> float:
 
     async def subscribe(topics: list[str], *, group: str, window: int) -> KafkaSubscription:
         sub = KafkaSubscription(broker, list(topics), group, window)
-        await sub._on_assigned([TopicPartition(t, 0) for t in topics])
+        await sub._on_assigned([TopicPartition(t, p) for t in topics for p in range(partitions)])
         for state in sub._states:
             state.fetch = _FetchState()
         sub._end_offsets_at = float("inf")  # no end-offset refresh
-        ready = TopicPartition(records[0].topic, 0)
-        if ready in sub._parts:
-            sub._parts[ready].buffer.extend(records)
+        for partition, part in enumerate(records):
+            ready = TopicPartition(part[0].topic, partition)
+            if ready in sub._parts:
+                sub._parts[ready].buffer.extend(part)
         return sub
 
     broker.connect = nothing  # type: ignore[method-assign]
@@ -110,9 +117,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=200_000)
     parser.add_argument("--mode", choices=("single", "batch"), default="single")
+    parser.add_argument("--partitions", type=int, default=1, help="partitions per priority level (default 1)")
     args = parser.parse_args()
-    per_task = asyncio.run(drain(args.tasks, args.mode))
-    print(f"nova Kafka drain without the network, {args.mode}: {per_task * 1e6:.2f} us CPU per task")
+    per_task = asyncio.run(drain(args.tasks, args.mode, args.partitions))
+    print(f"nova Kafka drain without the network, {args.mode}, {args.partitions} partition(s) per level: "
+          f"{per_task * 1e6:.2f} us CPU per task")
     sys.stdout.flush()
     os._exit(0)  # the never-connected consumer has nothing to close
 

@@ -184,6 +184,27 @@ async def test_prefetch_is_bounded_and_resumes_as_records_are_taken(
     await sub.close()
 
 
+async def test_the_window_counts_a_topics_deliveries_over_all_its_partitions(
+    kafka_broker: Factory, kafka_name: Names
+) -> None:
+    """As on every broker: ``window`` unacked deliveries per topic, however many partitions it
+    has (a worker holds ``prefetch`` tasks of a level, not that many per partition), and the
+    other topics go on meanwhile."""
+    broker = kafka_broker(partitions=3)
+    topic, other = kafka_name("t"), kafka_name("o")
+    await broker.publish([Message(topic, b"m%d" % i) for i in range(9)] + [Message(other, b"o")])
+    sub = await broker.subscribe([topic, other], group=kafka_name("g"), window=2)
+    await eventually(lambda: _now(sum(len(s.buffer) for s in sub._parts.values()) == 10))
+    held = await take(sub, 3)
+    assert sorted(d.topic for d in held) == sorted([topic, topic, other])
+    assert sub.take_nowait() is None  # the topic's window is full though its partitions hold more
+    await next(d for d in held if d.topic == topic).ack()
+    (next_one,) = await take(sub)
+    assert next_one.topic == topic
+    assert sub.take_nowait() is None
+    await sub.close()
+
+
 async def test_unacked_delivery_held_past_max_poll_interval_keeps_membership(
     kafka_broker: Factory, kafka_name: Names
 ) -> None:
@@ -535,18 +556,20 @@ async def test_busy_partition_moves_when_needed_and_old_delivery_knows(
     broker = kafka_broker(partitions=2)
     topic, group = kafka_name("t"), kafka_name("g")
     await broker.publish([Message(topic, f"m{i}".encode(), key=f"key-{i}") for i in range(20)])
-    first = await broker.subscribe([topic], group=group, window=1)
-    held = await take(first, 2)  # window 1 per partition: one from each
+    first = await broker.subscribe([topic], group=group, window=20)
+    held = await take(first, 20)  # everything: both partitions busy
     assert {d.partition for d in held} == {0, 1}
     assert all(d.owned for d in held)
-    second = await kafka_broker(partitions=2).subscribe([topic], group=group, window=1)
+    second = await kafka_broker(partitions=2).subscribe([topic], group=group, window=20)
     await eventually(lambda: _is(_sizes(first, second), (1, 1)))  # a newcomer gets work even if all is busy
     moved = [d for d in held if not d.owned]
-    assert len(moved) == 1
-    (again,) = await take(second)
-    assert (again.partition, again.offset, again.body) == (moved[0].partition, moved[0].offset, moved[0].body)
+    assert len(moved) == 10 and len({d.partition for d in moved}) == 1
+    assert first._windows[topic].held == 10  # the moved ones no longer count in the old owner's window
+    again = await take(second, 10)
+    assert sorted((d.partition, d.offset, d.body) for d in again) == sorted(
+        (d.partition, d.offset, d.body) for d in moved)
     await moved[0].nack()  # what a holder does with a moved delivery: harmless no-op here
-    for d in (*held, again):
+    for d in (*held, *again):
         await d.ack()
     await first.close()
     await second.close()

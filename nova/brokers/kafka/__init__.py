@@ -30,11 +30,13 @@ How the broker contract maps onto Kafka:
   the committed offset is the lowest one not yet acked, so out-of-order acks
   from concurrent handlers never commit past unfinished work. Commits are
   batched (every ``commit_interval``, on partition revoke and on close).
-- **window**: at most ``window`` unacked deliveries per partition. Fetching is
-  bounded apart: a partition with ``max(window, 4096)`` fetched records not yet
-  handed out is ``pause()``d while the poll loop keeps calling ``getmany`` for
-  the others, so a delivery may stay unacked for as long as it likes without
-  exceeding ``max_poll_interval``. Pauses are re-applied after a rebalance.
+- **window**: at most ``window`` unacked deliveries per topic, over all its
+  partitions (as on every broker: a worker holds ``prefetch`` tasks of a level,
+  however many partitions the level has). Fetching is bounded apart: a
+  partition with ``max(window, 4096)`` fetched records not yet handed out is
+  ``pause()``d while the poll loop keeps calling ``getmany`` for the others, so
+  a delivery may stay unacked for as long as it likes without exceeding
+  ``max_poll_interval``. Pauses are re-applied after a rebalance.
 - **nack**: the record goes back to the front of its partition's local queue
   and is delivered again by this member (its offset stays uncommitted, so if
   the partition moves to another member first, that member gets it instead).

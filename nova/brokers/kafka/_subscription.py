@@ -107,12 +107,22 @@ _DONE = 2  # acked (or, with auto_commit, handed out)
 _BACK = 0  # nacked: to deliver again
 
 
+class _TopicWindow:
+    """Deliveries of one topic that handlers hold, over all its partitions (``window`` caps it)."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = 0
+
+
 class _PartitionState:
     __slots__ = ("assigned", "buffer", "commit_to", "committed", "current", "entries", "fetch", "held",
-                 "order", "paused", "retry", "tp")  # fmt: skip
+                 "order", "paused", "retry", "topic", "tp")  # fmt: skip
 
-    def __init__(self, tp: Any) -> None:
+    def __init__(self, tp: Any, topic: _TopicWindow) -> None:
         self.tp = tp
+        self.topic = topic
         self.assigned = True
         self.current = True  # False once dropped from the subscription (its acks do nothing)
         self.paused = False
@@ -121,7 +131,7 @@ class _PartitionState:
         self.retry: dict[int, Any] = {}  # nacked records to deliver again, by offset
         self.entries: dict[int, int] = {}  # delivered offsets not yet below the commit point
         self.order: deque[int] = deque()  # the same offsets, lowest first
-        self.held = 0  # deliveries a handler holds (the window counts these)
+        self.held = 0  # deliveries of this partition a handler holds (counted in topic.held too)
         self.commit_to: int | None = None  # everything below is done
         self.committed: int | None = None
 
@@ -171,6 +181,7 @@ class KafkaSubscription:
         self._end_offsets_at = 0.0
         self._by_topic: dict[str, list[_PartitionState]] = {}  # backlog() reads it per task
         self._states: list[_PartitionState] = []  # _parts' values, for take_nowait
+        self._windows: dict[str, _TopicWindow] = {}
         # backlog_nowait's answers until something they count changes: records fetched, handed
         # out or given back, own sends, end offsets, assignment. (A partition's highwater can
         # also move in aiokafka's fetcher, but records past it come through _poll, and a paused
@@ -261,13 +272,14 @@ class KafkaSubscription:
             if index >= count:
                 index -= count
             state = states[index]
-            if not (state.buffer or state.retry) or state.held >= window or not state.assigned:
+            if not (state.buffer or state.retry) or state.topic.held >= window or not state.assigned:
                 continue
             record = self._next_record(state)
             if record is None:
                 continue
             self._rotation = index  # looked at first next time (fewer empty ones scanned)
             state.held += 1
+            state.topic.held += 1
             self._known_backlog.pop(state.tp.topic, None)
             if self._auto_commit:  # at-most-once: done as soon as it is handed out
                 state.entries[record.offset] = _DONE
@@ -298,12 +310,14 @@ class KafkaSubscription:
             return  # the partition moved to another member, which delivers it again
         if self._auto_commit:  # already done when handed out; only the window is freed
             state.held -= 1
+            state.topic.held -= 1
             self._wake.set()
             return
         offset = record.offset
         if state.entries.get(offset) != _HELD:
             return  # settled already
         state.held -= 1
+        state.topic.held -= 1
         if done:
             state.entries[offset] = _DONE
             state.advance()
@@ -435,11 +449,16 @@ class KafkaSubscription:
         log.debug("group %s assigned %s", self.group, sorted(assigned))
         for tp in list(self._parts):
             if tp not in assigned:
-                self._parts.pop(tp).current = False
+                dropped = self._parts.pop(tp)
+                dropped.current = False
+                dropped.topic.held -= dropped.held  # their settles do nothing now: the window is free
         for tp in assigned:
             state = self._parts.get(tp)
             if state is None:
-                self._parts[tp] = _PartitionState(tp)
+                window = self._windows.get(tp.topic)
+                if window is None:
+                    window = self._windows[tp.topic] = _TopicWindow()
+                self._parts[tp] = _PartitionState(tp, window)
             else:
                 # Kept across the rebalance: in-flight deliveries stay tracked; the pause is
                 # gone (aiokafka resets it), so re-apply it.
