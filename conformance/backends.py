@@ -91,7 +91,10 @@ def make_backend(name: str) -> Backend:
         from nova.brokers.kafka import KafkaBroker
 
         bootstrap = _require("NOVA_KAFKA_BOOTSTRAP", "kafka")
-        return Backend("kafka", SystemClock(), lambda: KafkaBroker(bootstrap), delay_slots=real_slots,
+        # One partition per topic: the suite makes hundreds of topics on a broker that keeps them
+        # (each partition costs it an open file and two memory maps), and with one partition
+        # a group's members do not share a topic (shares_work=False).
+        return Backend("kafka", SystemClock(), lambda: KafkaBroker(bootstrap, partitions=1), delay_slots=real_slots,
                        shares_work=False, lateness=timedelta(seconds=1))
     if name == "rabbitmq":
         from nova.brokers.rabbitmq import RabbitMQBroker

@@ -170,11 +170,12 @@ class Broker(Protocol):
 
 @runtime_checkable
 class DelayTierAware(Protocol):
-    """Optional: a broker that can hold delay-tier messages itself (RabbitMQ: TTL queues).
+    """Optional: a broker that wants to know the delay-tier topics and their hold times.
 
     The engine calls it once per TaskQueue, before any ``ensure_topics``, with
-    every tier topic and its hold time in seconds. The forwarder then finds
-    tier messages due on arrival instead of holding them unacked.
+    every tier topic and its hold time in seconds. RabbitMQ makes each tier a
+    TTL queue (the forwarder then finds tier messages due on arrival instead of
+    holding them unacked); Kafka creates each tier with one partition.
     """
 
     def declare_delay_tiers(self, tiers: Mapping[str, float]) -> None: ...

@@ -129,7 +129,7 @@ async def bench_kafka_broker(bootstrap: str, count: int = 100_000, size: int = 1
     from nova.brokers.kafka import KafkaBroker
 
     topic = f"bench-nova-{uuid.uuid4().hex[:8]}"
-    broker = KafkaBroker(bootstrap)
+    broker = KafkaBroker(bootstrap, partitions=1)  # as the raw side's topic
     body = b"x" * size
     try:
         await broker.ensure_topics([topic])

@@ -43,6 +43,9 @@ async def kafka_broker(kafka_env: dict[str, str]) -> AsyncIterator[Callable[...,
     made: list[KafkaBroker] = []
 
     def factory(bootstrap: str | None = None, **kwargs: Any) -> KafkaBroker:
+        # One partition unless a test asks for more: the shared test broker keeps every test's
+        # topics, and each partition costs it an open file and two memory maps.
+        kwargs.setdefault("partitions", 1)
         broker = KafkaBroker(bootstrap or kafka_env["NOVA_KAFKA_BOOTSTRAP"], **kwargs)
         made.append(broker)
         return broker

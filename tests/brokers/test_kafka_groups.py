@@ -197,3 +197,29 @@ async def test_a_second_member_gets_a_partition_of_every_level(kafka_broker: Fac
         return sorted(tp.topic for tp, state in sub._parts.items() if state.assigned) == sorted(topics)
 
     await eventually(lambda: _now(one_of_each(first) and one_of_each(second)))
+
+
+async def test_ready_topics_get_twelve_partitions_by_default_delay_tiers_and_dead_letters_one(
+    kafka_env: dict[str, str], kafka_name: Names
+) -> None:
+    import nova
+
+    prefix = kafka_name("dflt").replace("_", "-")
+    broker = nova.KafkaBroker(kafka_env["NOVA_KAFKA_BOOTSTRAP"])  # the library's default
+    queue = nova.TaskQueue(broker, topic_prefix=prefix, close_broker=True)
+    try:
+        await queue.enqueue(nova.Task("t", b"x"), process_in=3600)  # ensures the ready and tier topics
+        assert await broker.partitions_of(f"{prefix}_default_normal") == 12
+        assert {await broker.partitions_of(t) for t in queue.router.tier_topics} == {1}
+        await broker.ensure_topics([f"{prefix}_default_dlq_normal"])
+        assert await broker.partitions_of(f"{prefix}_default_dlq_normal") == 1
+        assert await broker.partitions_of(f"{prefix}_no_such_topic") is None
+    finally:
+        await queue.stop()
+    url = nova.KafkaBroker.from_url(f"kafka://{kafka_env['NOVA_KAFKA_BOOTSTRAP']}?partitions=3")
+    try:
+        topic = kafka_name("three")
+        await url.ensure_topics([topic])
+        assert await url.partitions_of(topic) == 3
+    finally:
+        await url.close()

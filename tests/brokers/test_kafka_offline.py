@@ -15,6 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nova._errors as errors
+from nova._naming import dead_letter_queue, delay_topic, ready_topic
+from nova._task import Priority
 from nova.brokers.kafka import KafkaAuth, KafkaBroker, KafkaSSL
 from nova.brokers.kafka._errors import ErrorContext, for_code, is_refusal, translate
 
@@ -129,6 +131,22 @@ def test_durations_are_timedeltas_and_the_seeds_milliseconds_still_work() -> Non
 def test_bad_settings_are_configuration_errors(kwargs: dict[str, Any], problem: str) -> None:
     with pytest.raises(errors.ConfigurationError, match=re.escape(problem)):
         KafkaBroker("127.0.0.1:9092", **kwargs)
+
+
+def test_ready_topics_default_to_twelve_partitions_dead_letters_and_tiers_one() -> None:
+    from nova.brokers.kafka._broker import DEFAULT_PARTITIONS
+
+    broker = KafkaBroker("127.0.0.1:9092")
+    assert broker.partitions == DEFAULT_PARTITIONS == 12
+    assert KafkaBroker("127.0.0.1:9092", partitions=2).partitions == 2
+    tiers = [delay_topic("app", 0), delay_topic("app", 1)]
+    broker.declare_delay_tiers({tiers[0]: 3600.0, tiers[1]: timedelta(minutes=30)})
+    for level in Priority:
+        assert broker.partitions_for(ready_topic("app", "default", level)) == 12
+        assert broker.partitions_for(ready_topic("app", dead_letter_queue("default"), level)) == 1
+        assert broker.partitions_for(ready_topic("app", "my_dlq_of_sorts", level)) == 12
+    assert [broker.partitions_for(t) for t in tiers] == [1, 1]
+    assert broker.partitions_for(delay_topic("app", 2)) == 12  # not declared: not known to be a tier
 
 
 @pytest.mark.parametrize("servers", ["", " , ", [], "nohostport", "127.0.0.1:99999", ["127.0.0.1:9092", "x"]])

@@ -24,8 +24,12 @@ How the broker contract maps onto Kafka:
   ``key`` is the record key (not used for partitioning: task ids buy no ordering).
 - **topics**: created with the admin client (``ensure_topics``; ``publish`` and
   ``subscribe`` also ensure the topics they touch, once per process), with
-  ``partitions`` partitions and a replication factor of ``min(3, brokers)``
-  unless ``replication_factor`` is given. Existing topics are left as they are.
+  ``partitions`` partitions (default 12: up to 12 worker processes of a group
+  share each priority level of a queue) and a replication factor of
+  ``min(3, brokers)`` unless ``replication_factor`` is given. Delay tiers
+  (``declare_delay_tiers``) and dead-letter topics get one partition
+  (``partitions_for``). Existing topics are left as they are; ``partitions_of``
+  says how many a topic has.
 - **consume**: manual commits only. Each partition tracks its delivered offsets;
   the committed offset is the lowest one not yet acked, so out-of-order acks
   from concurrent handlers never commit past unfinished work. Commits are

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as _ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -46,6 +46,14 @@ __all__ = ["KafkaBroker"]
 
 log = logging.getLogger("nova.kafka")
 
+#: Partitions of each ready topic nova creates (every priority level of every queue): up to
+#: this many worker processes of a group take work of one level.
+DEFAULT_PARTITIONS = 12
+
+# How a dead-letter queue's ready topics end: {prefix}_{queue}_dlq_{level} (nova._naming's
+# grammar: the dead letters of queue q go to the queue q_dlq).
+_DEAD_LETTER_ENDINGS = ("_dlq_high", "_dlq_normal", "_dlq_low")
+
 _BATCH_MIN = 16  # messages for one partition in one publish call worth building a record batch for
 _MAX_BATCH_BYTES = 512 * 1024  # record batches stay well under Kafka's default message.max.bytes (1 MiB)
 
@@ -61,6 +69,12 @@ class KafkaBroker:
     >>> broker = KafkaBroker("127.0.0.1:9092", group_id="billing", partitions=3)
     >>> broker.group_id, broker.native_delay_max
     ('billing', None)
+
+    ``partitions`` (default 12) is how many partitions the ready topics nova creates get:
+    within a consumer group each partition has one consumer, so that is how many worker
+    processes can share one priority level of a queue. Delay tiers and dead-letter topics
+    get one (see ``partitions_for``). Existing topics are left as they are
+    (``partitions_of`` tells how many a topic has).
 
     ``group_id``, ``topic_prefix`` and ``delay_slots`` set here override the
     TaskQueue's. ``delay_slots=(count, duration)`` is passed to the engine's delay
@@ -93,7 +107,7 @@ class KafkaBroker:
         delay_slots: tuple[int, timedelta | float] | None = None,
         auth: KafkaAuth | None = None,
         ssl: KafkaSSL | None = None,
-        partitions: int = 1,
+        partitions: int = DEFAULT_PARTITIONS,
         replication_factor: int | None = None,
         max_message_bytes: int = 1_000_000,
         commit_interval: timedelta | float | None = None,
@@ -151,6 +165,7 @@ class KafkaBroker:
         self._connect_lock = asyncio.Lock()
         self._topics_lock = asyncio.Lock()
         self._known_topics: set[str] = set()
+        self._tier_topics: set[str] = set()  # delay tiers: created with one partition
         self._turns: dict[str, int] = {}  # round-robin position per topic
         self._packer = _Packer()
         self._subscriptions: set[KafkaSubscription] = set()
@@ -264,8 +279,57 @@ class KafkaBroker:
 
     # --- topics ---------------------------------------------------------------------------------
 
+    def declare_delay_tiers(self, tiers: Mapping[str, float | timedelta]) -> None:
+        """Name the delay-tier topics (the engine does, before any ``ensure_topics``): they are
+        created with one partition, whatever ``partitions`` says.
+
+        A tier holds every message the same time, so its due times rise with its offsets and
+        the delay forwarder, which reads a tier as one queue, only waits for its head. Over
+        several partitions the order would hold within each partition only, and a due
+        message could wait behind a later one. Forwarders in many processes still share the
+        work: each tier's partition goes to one of them.
+
+        >>> broker = KafkaBroker("127.0.0.1:9092")
+        >>> broker.declare_delay_tiers({"app__delay00": 3600.0, "app__delay01": 1800.0})
+        """
+        self._tier_topics.update(tiers)
+
+    async def partitions_of(self, topic: str) -> int | None:
+        """How many partitions ``topic`` has (None: no such topic). ``nova worker`` warns
+        when it runs more processes than a queue's topics have partitions.
+
+        >>> await broker.partitions_of("shop_default_normal")  # doctest: +SKIP
+        12
+        """
+        await self.connect()
+        try:
+            described = await self._admin.describe_topics([topic])
+        except (kafka_errors.KafkaError, OSError) as exc:
+            raise self._translate(exc, f"cannot describe topic {topic!r}") from exc
+        for entry in described:
+            if entry["topic"] == topic and entry["error_code"] == 0:
+                return len(entry["partitions"])
+        return None
+
+    def partitions_for(self, topic: str) -> int:
+        """How many partitions ``ensure_topics`` gives a new ``topic``: one for delay tiers
+        (``declare_delay_tiers``) and dead-letter topics, ``partitions`` for the others.
+
+        Every partition costs the brokers memory, an open file and two memory maps, whether
+        it is used or not; dead letters are few, read by one operator or re-drive worker,
+        and easiest read in the order they died.
+
+        >>> broker = KafkaBroker("127.0.0.1:9092")
+        >>> broker.partitions_for("shop_default_high"), broker.partitions_for("shop_default_dlq_high")
+        (12, 1)
+        """
+        if topic in self._tier_topics or topic.endswith(_DEAD_LETTER_ENDINGS):
+            return 1
+        return self.partitions
+
     async def ensure_topics(self, topics: Sequence[str]) -> None:
-        """Create the topics that do not exist yet (existing ones are left alone)."""
+        """Create the topics that do not exist yet (existing ones are left alone), each with
+        ``partitions_for(topic)`` partitions."""
         missing = [t for t in dict.fromkeys(topics) if t not in self._known_topics]
         if not missing:
             return
@@ -279,7 +343,9 @@ class KafkaBroker:
                 if replication is None:
                     cluster = await self._admin.describe_cluster()
                     replication = max(1, min(3, len(cluster.get("brokers", ()))))
-                response = await self._admin.create_topics([NewTopic(t, self.partitions, replication) for t in missing])
+                response = await self._admin.create_topics(
+                    [NewTopic(t, self.partitions_for(t), replication) for t in missing]
+                )
             except (kafka_errors.KafkaError, OSError) as exc:
                 raise self._translate(exc, f"cannot create topics {missing}") from exc
             for entry in response.topic_errors:
