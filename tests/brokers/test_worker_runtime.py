@@ -145,6 +145,16 @@ def test_a_second_worker_takes_tasks_of_every_priority_level(setup: Setup) -> No
         assert worker.wait(60) == 0, worker.output
 
 
+def test_more_worker_processes_than_partitions_is_a_warning(setup: Setup, broker_name: str) -> None:
+    if broker_name != "kafka":
+        pytest.skip("only Kafka has partitions (a queue of RabbitMQ or RocketMQ feeds any number of workers)")
+    supervisor = setup.worker("workerapp:app", "--processes", "3")  # the topics here have 2 partitions
+    supervisor.wait_for_output("3 worker processes but its topic", START)
+    assert f"topic {setup.prefix}_default_normal has 2 partition(s): 1 process(es) get none" in supervisor.output
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait(60) == 0, supervisor.output
+
+
 # By default a killed worker's unacked tasks reach another worker within this many seconds.
 # Kafka: the session timeout (30 s by default) ends the dead member, then the group rebalances.
 REDELIVERY_BOUND = {"kafka": 60.0}
