@@ -184,6 +184,43 @@ async def test_prefetch_is_bounded_and_resumes_as_records_are_taken(
     await sub.close()
 
 
+async def test_prefetch_is_bounded_per_topic_over_all_its_partitions(
+    kafka_broker: Factory, kafka_name: Names, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's fetched, not yet delivered records are bounded per topic, however many
+    partitions it has: with 12 partitions of 3 records each and a bound of 6, no partition
+    alone reaches the bound, yet the topic's partitions all pause far short of all 36."""
+    import nova.brokers.kafka._subscription as kafka_module
+
+    monkeypatch.setattr(kafka_module, "_PREFETCH_RECORDS", 6)
+    broker = kafka_broker(partitions=12)
+    topic = kafka_name("t")
+    big = b"x" * 200_000
+    await broker.publish([Message(topic, b"m%02d" % i + big) for i in range(36)])
+    sub = await broker.subscribe([topic], group=kafka_name("g"), window=1)
+    assert len(sub._parts) == 12
+    window = sub._windows[topic]
+
+    def buffered() -> int:
+        return sum(len(s.buffer) + len(s.retry) for s in sub._parts.values())
+
+    # Either the topic's partitions all pause, or (unbounded per topic) every record comes in.
+    await eventually(lambda: _now(len(sub._consumer.paused()) == 12 or buffered() == 36))
+    assert sub._consumer.paused() == set(sub._parts)
+    # Records of a paused partition that arrive are dropped by aiokafka (fetched again on
+    # resume), so the count stays where the last fetch response before the pause left it:
+    # the bound plus at most one response's worth: fetch_max_bytes, 2 MiB, ten of these.
+    assert 6 <= buffered() == window.buffered <= 6 + 11
+    got = []
+    for _ in range(36):
+        (delivery,) = await take(sub)
+        got.append(delivery.body)
+        await delivery.ack()
+    assert sorted(got) == [b"m%02d" % i + big for i in range(36)]  # resumed as they were taken
+    assert window.buffered == buffered() == 0 and not sub._consumer.paused()
+    await sub.close()
+
+
 async def test_the_window_counts_a_topics_deliveries_over_all_its_partitions(
     kafka_broker: Factory, kafka_name: Names
 ) -> None:

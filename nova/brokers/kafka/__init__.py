@@ -36,11 +36,11 @@ How the broker contract maps onto Kafka:
   batched (every ``commit_interval``, on partition revoke and on close).
 - **window**: at most ``window`` unacked deliveries per topic, over all its
   partitions (as on every broker: a worker holds ``prefetch`` tasks of a level,
-  however many partitions the level has). Fetching is bounded apart: a
-  partition with ``max(window, 4096)`` fetched records not yet handed out is
-  ``pause()``d while the poll loop keeps calling ``getmany`` for the others, so
-  a delivery may stay unacked for as long as it likes without exceeding
-  ``max_poll_interval``. Pauses are re-applied after a rebalance.
+  however many partitions the level has). Fetching is bounded apart, per topic
+  too: the partitions of a topic with ``max(window, 4096)`` fetched records not
+  yet handed out are ``pause()``d while the poll loop keeps calling ``getmany``
+  for the others, so a delivery may stay unacked for as long as it likes without
+  exceeding ``max_poll_interval``. Pauses are re-applied after a rebalance.
 - **nack**: the record goes back to the front of its partition's local queue
   and is delivered again by this member (its offset stays uncommitted, so if
   the partition moves to another member first, that member gets it instead).

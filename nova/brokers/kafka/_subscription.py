@@ -31,7 +31,11 @@ __all__ = ["KafkaDelivery", "KafkaSubscription"]
 
 log = logging.getLogger("nova.kafka")
 
-_PREFETCH_RECORDS = 4096  # fetched, not yet delivered records per partition before pausing it
+_PREFETCH_RECORDS = 4096  # fetched, not yet delivered records per topic before pausing its partitions
+# A fetch response's size over all partitions (aiokafka's default is 50 MiB: up to 1 MiB per
+# partition, so with many partitions one response could bring a hundred thousand records
+# past the prefetch bound; nova keeps a worker's memory that of a one-partition topic).
+_FETCH_MAX_BYTES = 2 * 1024 * 1024
 _LONG_POLL_MS = 100  # how long a fetch waits at the broker for records to arrive
 _SHORT_POLL_MS = 10  # the same while one of the member's partitions is paused (see _poll_wait)
 
@@ -108,12 +112,14 @@ _BACK = 0  # nacked: to deliver again
 
 
 class _TopicWindow:
-    """Deliveries of one topic that handlers hold, over all its partitions (``window`` caps it)."""
+    """One topic's counts over all its partitions: deliveries handlers hold (``window`` caps
+    it) and records fetched but not handed out (the prefetch bound caps it)."""
 
-    __slots__ = ("held",)
+    __slots__ = ("buffered", "held")
 
     def __init__(self) -> None:
         self.held = 0
+        self.buffered = 0  # the sum of its partitions' len(buffer) + len(retry)
 
 
 class _PartitionState:
@@ -185,12 +191,12 @@ class KafkaSubscription:
         # backlog_nowait's answers until something they count changes: records fetched, handed
         # out or given back, own sends, end offsets, assignment. (A partition's highwater can
         # also move in aiokafka's fetcher, but records past it come through _poll, and a paused
-        # partition has a full buffer: its answer is not 0 either way.)
+        # partition's topic has a full buffer: its answer is not 0 either way.)
         self._known_backlog: dict[str, int] = {}
         self._packed = _PackedHeaders()
         self._auto_commit = broker.auto_commit
-        # Fetched records kept per partition before pausing it: several fetches' worth, so
-        # the next fetch is in flight long before the handlers run dry (pausing at one
+        # Fetched records kept per topic before pausing its partitions: several fetches' worth,
+        # so the next fetch is in flight long before the handlers run dry (pausing at one
         # window's worth would leave them idle for a fetch round trip at every pause).
         self._buffer_limit = max(window, _PREFETCH_RECORDS)
         self._generation = -1
@@ -206,6 +212,7 @@ class KafkaSubscription:
             max_poll_interval_ms=b.max_poll_interval_ms,
             # Short long-polls: a resumed partition is fetched again within 100 ms.
             fetch_max_wait_ms=_LONG_POLL_MS,
+            fetch_max_bytes=_FETCH_MAX_BYTES,
             # One strategy only: aiokafka sends one JoinGroup per configured strategy on every
             # (re)join, each with a longer protocol list, and Kafka takes the changed list as a
             # member's new metadata and starts another rebalance. Members joining at about the
@@ -295,11 +302,13 @@ class KafkaSubscription:
         entries = state.entries
         while state.retry:  # nacked records first, lowest offset first
             record = state.retry.pop(min(state.retry))
+            state.topic.buffered -= 1
             if entries.get(record.offset) == _BACK:
                 entries[record.offset] = _HELD
                 return record
         if state.buffer:
             record = state.buffer.popleft()
+            state.topic.buffered -= 1
             entries[record.offset] = _HELD
             state.order.append(record.offset)
             return record
@@ -324,25 +333,29 @@ class KafkaSubscription:
         else:
             state.entries[offset] = _BACK
             state.retry[offset] = record
+            state.topic.buffered += 1
             self._known_backlog.pop(state.tp.topic, None)
             self._update_pause(state)
         self._wake.set()
 
     def _update_pause(self, state: _PartitionState) -> None:
-        """Fetch a partition only while fewer than ``_buffer_limit`` fetched records wait to
-        be handed out: bounded prefetch. Deliveries a handler holds do not count (``window``
-        caps those in ``take_nowait``); pausing on them would flip the partition on every ack."""
+        """Fetch a topic's partitions only while fewer than ``_buffer_limit`` fetched records
+        of the topic wait to be handed out: bounded prefetch, per topic however many partitions
+        it has (memory stays that of one partition's worth). Deliveries a handler holds do not
+        count (``window`` caps those in ``take_nowait``); pausing on them would flip the
+        partitions on every ack."""
         if not state.assigned:
             return
-        full = len(state.buffer) + len(state.retry) >= self._buffer_limit
-        if full and not state.paused:
-            self._consumer.pause(state.tp)
-            state.paused = True
-            self._poll_wait()
-        elif not full and state.paused:
-            self._consumer.resume(state.tp)
-            state.paused = False
-            self._poll_wait()
+        full = state.topic.buffered >= self._buffer_limit
+        if full != state.paused:
+            self._pause_topic(state.tp.topic, full)
+
+    def _pause_topic(self, topic: str, pause: bool) -> None:
+        for state in self._by_topic.get(topic, ()):
+            if state.assigned and state.paused != pause:
+                (self._consumer.pause if pause else self._consumer.resume)(state.tp)
+                state.paused = pause
+        self._poll_wait()
 
     def _poll_wait(self) -> None:
         """Short long-polls while a partition is paused.
@@ -387,6 +400,7 @@ class KafkaSubscription:
                     state.commit_to is None or first >= state.commit_to
                 ):  # the common case: all new (past every delivered offset and the commit point)
                     state.buffer.extend(records)
+                    state.topic.buffered += len(records)
                     woke = True
                 else:
                     for record in records:
@@ -395,8 +409,10 @@ class KafkaSubscription:
                         entry = state.entries.get(record.offset)
                         if entry is None:
                             state.buffer.append(record)
-                        elif entry == _BACK:
+                            state.topic.buffered += 1
+                        elif entry == _BACK and record.offset not in state.retry:
                             state.retry[record.offset] = record  # re-fetched after a rebalance
+                            state.topic.buffered += 1
                         woke = True
                 self._update_pause(state)
             if woke:
@@ -440,6 +456,7 @@ class KafkaSubscription:
                 # Undelivered records are dropped; the next owner reads from the commit point.
                 state.assigned = False
                 state.paused = False
+                state.topic.buffered -= len(state.buffer) + len(state.retry)
                 state.buffer.clear()
                 state.retry.clear()
         self._poll_wait()
@@ -461,14 +478,17 @@ class KafkaSubscription:
                 self._parts[tp] = _PartitionState(tp, window)
             else:
                 # Kept across the rebalance: in-flight deliveries stay tracked; the pause is
-                # gone (aiokafka resets it), so re-apply it.
+                # gone (aiokafka resets it), so it is re-applied below.
                 state.assigned = True
+                state.paused = False
                 state.committed = None
                 state.fetch = None  # a new assignment has new fetch states
-                self._update_pause(state)
         self._by_topic = {}
         for tp, state in self._parts.items():
             self._by_topic.setdefault(tp.topic, []).append(state)
+        for topic, states in self._by_topic.items():
+            if states[0].topic.buffered >= self._buffer_limit:
+                self._pause_topic(topic, True)
         self._states = list(self._parts.values())
         self._known_backlog.clear()
         self._generation = aiokafka_internals.group_generation(self._consumer)
