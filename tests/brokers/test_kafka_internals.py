@@ -175,3 +175,16 @@ def test_list_offsets_request_and_answer_have_the_expected_layout() -> None:
     # Answers: (partition, error code, ...) per topic; 6 is NOT_LEADER_OR_FOLLOWER.
     response = OffsetResponse_v1([("t", [(0, 0, -1, 0), (1, 6, -1, -1)]), ("u", [(0, 0, -1, 0)])])
     assert internals.unanswered(OffsetResponse_v1.decode(response.encode())) == [("t", 1)]
+
+
+def test_cluster_default_topic_asks_for_the_clusters_replication_factor_on_the_wire() -> None:
+    from aiokafka.protocol.admin import CreateTopicsRequest  # type: ignore[import-untyped]
+
+    topic = internals.cluster_default_topic("t", 12)
+    assert topic is not None, "aiokafka changed: NewTopic.replication_factor or _convert_new_topic_request moved"
+    convert = reach(AIOKafkaAdminClient, "_convert_new_topic_request")
+    request = CreateTopicsRequest([convert(topic)], 1000, False).prepare({19: (0, 3)})  # aiokafka's newest: v3
+    assert request.API_VERSION == 3
+    decoded = type(request).decode(request.encode())  # as the broker reads it
+    ((name, partitions, replication, assignments, configs),) = decoded.create_topic_requests
+    assert (name, partitions, replication, assignments, configs) == ("t", 12, -1, [], [])

@@ -25,8 +25,10 @@ How the broker contract maps onto Kafka:
 - **topics**: created with the admin client (``ensure_topics``; ``publish`` and
   ``subscribe`` also ensure the topics they touch, once per process), with
   ``partitions`` partitions (default 12: up to 12 worker processes of a group
-  share each priority level of a queue) and a replication factor of
-  ``min(3, brokers)`` unless ``replication_factor`` is given. Delay tiers
+  share each priority level of a queue) and the cluster's
+  ``default.replication.factor`` unless ``replication_factor`` is given (a
+  topic created while a broker is down still gets a replica there, which
+  catches up when it returns). Delay tiers
   (``declare_delay_tiers``) and dead-letter topics get one partition
   (``partitions_for``). Existing topics are left as they are; ``partitions_of``
   says how many a topic has.

@@ -25,6 +25,9 @@ function                    what it touches                               if aio
                                                                           after the caller's loop
 ``partitions_not_led_yet``  ``admin._client.send``, a hand-built          ensure_topics does not wait
                             ``OffsetRequest`` (ListOffsets)               for new leaders to answer
+``cluster_default_topic``   ``NewTopic.replication_factor`` set to -1,    topics get ``min(3, live
+                            sent as is by                                 brokers)`` replicas
+                            ``admin._convert_new_topic_request``
 ==========================  ============================================  ==============================
 """
 
@@ -36,6 +39,7 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.conn import AIOKafkaConnection  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from aiokafka.protocol.offset import OffsetRequest  # type: ignore[import-untyped]
@@ -43,6 +47,7 @@ from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
 __all__ = [
     "BareRecordResults",
+    "cluster_default_topic",
     "fetch_state",
     "group_generation",
     "hand_over_bare_records",
@@ -57,6 +62,7 @@ __all__ = [
 log = logging.getLogger("nova.kafka")
 
 _LATEST = -1  # ListOffsets: the offset the next record will get
+_CLUSTER_DEFAULT = -1  # CreateTopics: the cluster's default.replication.factor
 
 
 # --- consumer -------------------------------------------------------------------------------------
@@ -188,3 +194,26 @@ async def partitions_not_led_yet(admin: Any, node: int, partitions: list[tuple[s
     except (KafkaError, OSError, AttributeError, TypeError, IndexError) as exc:
         log.debug("asking the leaders of new partitions failed: %r", exc)
         return []
+
+
+def cluster_default_topic(name: str, partitions: int) -> Any:
+    """A NewTopic with ``partitions`` partitions and the cluster's ``default.replication.factor``
+    (-1 in CreateTopics); None if aiokafka no longer sends the attribute as it is.
+
+    NewTopic's constructor refuses -1 unless replicas are assigned by hand (it predates
+    Kafka 2.4, whose brokers read -1 as "the cluster's default"), but create_topics copies the
+    attribute into the request without checking it again. aiokafka sends CreateTopics v3 at
+    most; Kafka 4.1 brokers read -1 there as they do in v4+ (brokers older than 2.4 refuse it).
+    """
+    convert = getattr(AIOKafkaAdminClient, "_convert_new_topic_request", None)
+    topic = NewTopic(name, partitions, 1)
+    if convert is None or not hasattr(topic, "replication_factor"):
+        return None
+    topic.replication_factor = _CLUSTER_DEFAULT
+    try:
+        request = convert(topic)
+    except Exception:  # noqa: BLE001 - aiokafka changed: the caller chooses a factor itself
+        return None
+    if not (isinstance(request, tuple) and len(request) > 2 and request[2] == _CLUSTER_DEFAULT):
+        return None
+    return topic

@@ -339,13 +339,7 @@ class KafkaBroker:
             if not missing:
                 return
             try:
-                replication = self.replication_factor
-                if replication is None:
-                    cluster = await self._admin.describe_cluster()
-                    replication = max(1, min(3, len(cluster.get("brokers", ()))))
-                response = await self._admin.create_topics(
-                    [NewTopic(t, self.partitions_for(t), replication) for t in missing]
-                )
+                response = await self._admin.create_topics(await self._new_topics(missing))
             except (kafka_errors.KafkaError, OSError) as exc:
                 raise self._translate(exc, f"cannot create topics {missing}") from exc
             for entry in response.topic_errors:
@@ -355,6 +349,20 @@ class KafkaBroker:
                     raise self._translate(error, f"cannot create topic {topic!r}") from error
             await self._await_leaders(missing)
             self._known_topics.update(missing)
+
+    async def _new_topics(self, names: list[str]) -> list[Any]:
+        """NewTopics with ``replication_factor`` replicas if given, else the cluster's default
+        (``default.replication.factor``), not a count of the brokers up now: a topic created
+        while a node is down would keep one replica fewer for good."""
+        if self.replication_factor is None:
+            topics = [aiokafka_internals.cluster_default_topic(t, self.partitions_for(t)) for t in names]
+            if all(t is not None for t in topics):
+                return topics
+        replication = self.replication_factor
+        if replication is None:  # aiokafka no longer lets -1 through: up to 3 of the live brokers
+            cluster = await self._admin.describe_cluster()
+            replication = max(1, min(3, len(cluster.get("brokers", ()))))
+        return [NewTopic(t, self.partitions_for(t), replication) for t in names]
 
     async def _await_leaders(self, topics: list[str], within: float = 10.0) -> None:
         """Wait (up to ``within`` seconds) until every partition of freshly created topics has

@@ -87,7 +87,8 @@ TABLE: tuple[Row, ...] = (
     ((TimeoutError, kafka_errors.KafkaTimeoutError), ConnectionError, _no_answer),
     ((OSError, kafka_errors.KafkaConnectionError), ConnectionError, _unreachable),
     (kafka_errors.InvalidReplicationFactorError, BrokerError,
-     lambda exc, ctx: f"{exc}; give KafkaBroker(replication_factor=...) at most the number of brokers"),
+     lambda exc, ctx: f"{exc}; the cluster has fewer brokers than the topic's replicas (replication_factor=..., "
+                      "else the cluster's default.replication.factor): give a smaller replication_factor"),
 )  # fmt: skip
 
 
