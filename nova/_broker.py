@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from nova._clock import Clock
 
 __all__ = ["Broker", "DelayTierAware", "Delivery", "HeaderRuns", "InstantBacklog", "InstantDeliveries", "Message",
-           "Subscription"]
+           "PublishEach", "Subscription"]
 
 
 class Message(NamedTuple):
@@ -166,6 +166,24 @@ class Broker(Protocol):
     async def close(self) -> None:
         """Close producers and connections. Idempotent."""
         ...
+
+
+@runtime_checkable
+class PublishEach(Protocol):
+    """Optional: a broker that tells, per message, which of one publish it confirmed.
+
+    The engine publishes the tasks of concurrent ``enqueue`` calls together; with
+    ``publish_each`` a refused message fails only the call it came from (without it,
+    a failed publish fails every call in it). Returns one entry per message, in order:
+    None when the broker confirmed it, else the exception that says why not (an
+    ``EnqueueError``, or ``ClosedError`` when the broker was closed meanwhile). Raises,
+    as ``publish`` does, what fails the whole call; then none, some or all may be stored.
+
+        outcomes = await broker.publish_each([Message("t", b"1"), Message("t", b"2")])
+        # [None, EnqueueError('...unroutable...')]: the first is stored, the second is not
+    """
+
+    async def publish_each(self, messages: Sequence[Message]) -> list[BaseException | None]: ...
 
 
 @runtime_checkable

@@ -21,6 +21,7 @@ from typing import Any, Self
 from nova._aggregators import Aggregator
 from nova._broker import Broker, DelayTierAware, Message, new_message
 from nova._clock import Clock, SystemClock
+from nova._coalesce import Coalescer
 from nova._codecs import CodecRegistry, MessageCodec, MessageFormat, codec_for, parts_encoder
 from nova._delay import DelayForwarder, DelayTiers, Router
 from nova._envelope import shared_headers, task_headers
@@ -28,8 +29,6 @@ from nova._errors import (
     ClosedError,
     ConfigurationError,
     ConfigurationTypeError,
-    EnqueueError,
-    NovaError,
     PayloadTooLarge,
     StateError,
     ValidationError,
@@ -152,6 +151,7 @@ class TaskQueue:
         if isinstance(broker, DelayTierAware):
             broker.declare_delay_tiers(
                 {topic: self.tiers.seconds(i) for i, topic in enumerate(self.router.tier_topics)})
+        self._publisher = Coalescer(broker)
         self._forwarder: DelayForwarder | None = None
         # nova.App runs one forwarder per process, not one per consumer.
         self._runs_forwarder = True
@@ -240,7 +240,16 @@ class TaskQueue:
         process_at: datetime | None = None,
         queue: str = "default",
     ) -> Result:
-        """Publish one task; returns once the broker holds it (raises EnqueueError otherwise)."""
+        """Publish one task; returns once the broker holds it (raises EnqueueError otherwise).
+
+            result = await queue.enqueue(nova.Task("email", b"hi"))
+
+        Concurrent calls share publishes: calls made in the same event-loop turn, or while
+        a publish is in flight, go to the broker together, each still returning once its
+        own task is confirmed and raising its own error. A lone call is sent at once (no
+        timer). Cancelling a call cancels no publish: if its publish had begun, the task
+        may be stored even though the caller saw ``CancelledError``.
+        """
         if self._middleware is not None and ENQUEUE_HEADERS.get() is None:  # (None: not yet inside observed_enqueue)
             return (await observed_enqueue(self, [task], priority, process_in, process_at, queue, one=True))[0]
         return (await self.enqueue_batch([task], priority=priority, process_in=process_in,
@@ -257,7 +266,10 @@ class TaskQueue:
     ) -> list[Result]:
         """Publish several tasks in one confirmed batch; one Result per task, in order.
 
-        Every task is validated before anything is sent.
+            results = await queue.enqueue_batch([nova.Task("email", b"a"), nova.Task("email", b"b")])
+
+        Every task is validated before anything is sent. The tasks stay together and in
+        order when concurrent calls share a publish (see ``enqueue``).
         """
         if self._middleware is not None and ENQUEUE_HEADERS.get() is None:  # (None: not yet inside observed_enqueue)
             return await observed_enqueue(self, tasks, priority, process_in, process_at, queue)
@@ -276,14 +288,7 @@ class TaskQueue:
         await self._ensure(topics)
         if eta is not None:
             messages = [self.router.route(m.topic, m.body, m.headers, m.key, eta) for m in messages]
-        try:
-            await self.broker.publish(messages)
-        except NovaError as exc:
-            if isinstance(exc, EnqueueError | ClosedError):
-                raise
-            raise EnqueueError(f"the broker did not take {len(messages)} task(s): {exc}") from exc
-        except Exception as exc:
-            raise EnqueueError(f"the broker did not take {len(messages)} task(s): {exc!r}") from exc
+        await self._publisher.submit(messages)
         if self._sink is not None:
             self._sink.emit_published(results, tasks, TaskStatus.PENDING if eta is not None else TaskStatus.QUEUED)
         return results

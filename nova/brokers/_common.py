@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from nova._errors import ConfigurationError
+from nova._errors import ClosedError, ConfigurationError, EnqueueError
 from nova._naming import validate_group, validate_prefix
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "optional_prefix",
     "parse_bool",
     "quietly",
+    "raise_refusals",
     "redact_url",
     "scrub",
     "split_host_port",
@@ -103,6 +104,21 @@ def delay_slots(value: tuple[int, timedelta | float] | None) -> tuple[int, timed
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigurationError(f"delay_slots must be (count >= 1, duration > 0), not {value!r}")
     return count, duration("delay_slots' duration", longest)
+
+
+def raise_refusals(outcomes: Sequence[BaseException | None]) -> None:
+    """``publish`` in terms of ``publish_each``: raise the first refusal among ``outcomes``
+    (when only some messages were refused, an EnqueueError that says how many, caused by it).
+
+        raise_refusals(await self.publish_each(messages))
+    """
+    failed = [outcome for outcome in outcomes if outcome is not None]
+    if not failed:
+        return
+    first = failed[0]
+    if len(failed) == len(outcomes) or isinstance(first, ClosedError):
+        raise first
+    raise EnqueueError(f"{len(failed)} of {len(outcomes)} message(s) not confirmed: {first}") from first
 
 
 async def quietly(awaitable: Awaitable[Any], log: logging.Logger, what: str, within: float = 15.0) -> None:

@@ -18,9 +18,10 @@ Semantics (the same contract the real adapters implement):
   invisible until then (RocketMQ-like timers); by default it is None, so the
   engine's delay-tier cascade is what runs.
 
-Fault injection for tests and fuzzing: ``fail_publishes(n)``,
-``duplicate_deliveries(n)``, ``crash(subscription)``, and the rates given to
-the constructor. Inspection: ``depth(topic)``, ``topics()``.
+Fault injection for tests and fuzzing: ``fail_publishes(n)`` (whole calls),
+``refuse_message(n)`` (the n-th message from now on), ``duplicate_deliveries(n)``,
+``crash(subscription)``, and the rates given to the constructor. Inspection:
+``depth(topic)``, ``topics()``.
 """
 
 from __future__ import annotations
@@ -213,6 +214,8 @@ class SimBroker:
         self._publish_failure_rate = publish_failure_rate
         self._duplicate_rate = duplicate_rate
         self._fail_next = 0
+        self._offered = 0  # messages offered to publish so far (what refuse_message counts)
+        self._refuse: set[int] = set()
         self._duplicate_next = 0
         self._topics: dict[str, _Topic] = {}
         self._seq = itertools.count()
@@ -258,6 +261,18 @@ class SimBroker:
             self._topic(name)
 
     async def publish(self, messages: Sequence[Message]) -> None:
+        """Store every message; raises the first refusal (the others are stored)."""
+        for outcome in await self.publish_each(messages):
+            if outcome is not None:
+                raise outcome
+
+    async def publish_each(self, messages: Sequence[Message]) -> list[EnqueueError | None]:
+        """Store each message it can; one outcome per message (see ``nova._broker.PublishEach``).
+
+        A message is refused (EnqueueError, not stored) when it is over
+        ``max_message_bytes``, has a ``deliver_at`` without ``native_delay_max``, or was
+        marked by ``refuse_message``; ``fail_publishes`` refuses the whole call instead.
+        """
         if self._closed:
             raise ClosedError("this SimBroker was closed")
         if self._fail_next > 0 or (
@@ -267,22 +282,37 @@ class SimBroker:
             raise EnqueueError("SimBroker refused the publish (injected fault)")
         now = self.clock.time()
         touched: set[str] = set()
+        outcomes: list[EnqueueError | None] = []
+        stored = 0
         for m in messages:
-            if self.max_message_bytes is not None and len(m.body) > self.max_message_bytes:
-                raise EnqueueError(f"message of {len(m.body)} bytes is over the broker limit")
+            self._offered += 1
+            refusal = self._refusal(m, now)
+            outcomes.append(refusal)
+            if refusal is not None:
+                continue
+            stored += 1
             record = _Record(next(self._seq), m.topic, m.body, m.headers, m.key, now)
             state = self._topic(m.topic)
             if m.deliver_at is not None and m.deliver_at > now:
-                if self.native_delay_max is None:
-                    raise EnqueueError("this SimBroker has no native delay (native_delay_max is None)")
                 heapq.heappush(state.delayed, (m.deliver_at, record.seq, record))
                 self._wake_timer()
             else:
                 state.ready.append(record)
                 touched.add(m.topic)
-        self.published += len(messages)
+        self.published += stored
         for topic in touched:
             self._pump(topic)
+        return outcomes
+
+    def _refusal(self, m: Message, now: float) -> EnqueueError | None:
+        if self._refuse and self._offered in self._refuse:
+            self._refuse.discard(self._offered)
+            return EnqueueError(f"SimBroker refused message {self._offered} (injected fault)")
+        if self.max_message_bytes is not None and len(m.body) > self.max_message_bytes:
+            return EnqueueError(f"message of {len(m.body)} bytes is over the broker limit")
+        if m.deliver_at is not None and m.deliver_at > now and self.native_delay_max is None:
+            return EnqueueError("this SimBroker has no native delay (native_delay_max is None)")
+        return None
 
     async def subscribe(self, topics: Sequence[str], *, group: str, window: int) -> SimSubscription:
         if self._closed:
@@ -309,6 +339,17 @@ class SimBroker:
     def fail_publishes(self, n: int = 1) -> None:
         """Make the next ``n`` publish calls raise EnqueueError (nothing stored)."""
         self._fail_next += n
+
+    def refuse_message(self, n: int = 1) -> None:
+        """Refuse the ``n``-th message published from now on (1: the next one), counted across
+        publish calls: that message is not stored and its outcome is an EnqueueError, while
+        the others of its call are stored. Call again to refuse more than one.
+
+            broker.refuse_message(2)   # of the next two messages, only the first is stored
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValidationError(f"n must be an int >= 1, not {n!r}")
+        self._refuse.add(self._offered + n)
 
     def duplicate_deliveries(self, n: int = 1) -> None:
         """Deliver each of the next ``n`` records twice (at-least-once duplicates)."""

@@ -407,6 +407,16 @@ class KafkaBroker:
 
         >>> await broker.publish([Message("shop_default_normal", b"...", {"nova-id": "1"})])  # doctest: +SKIP
         """
+        _common.raise_refusals(await self.publish_each(messages))
+
+    async def publish_each(self, messages: Sequence[Message]) -> list[BaseException | None]:
+        """``publish``, with one outcome per message: None once Kafka acknowledged it, else its
+        EnqueueError (see ``nova._broker.PublishEach``). The records of one record batch are
+        stored or refused together.
+
+        >>> await broker.publish_each([Message("shop_default_normal", b"...")])  # doctest: +SKIP
+        [None]
+        """
         if self._closed:
             raise ClosedError("KafkaBroker is closed; create a new one")
         topics = list(dict.fromkeys(message.topic for message in messages))
@@ -417,60 +427,89 @@ class KafkaBroker:
         except BrokerError as exc:
             raise EnqueueError(f"cannot publish: {exc}") from exc
         producer = self._producer
-        pending: list[tuple[asyncio.Future[Any], int]] = []  # (ack future, records it covers)
-        first_error: BaseException | None = None
-        try:
-            for (topic, partition), group in (await self._by_partition(messages, topics)).items():
-                rest = group
-                if len(group) >= _BATCH_MIN and aiokafka_internals.nothing_queued(producer, topic, partition):
-                    # One record batch built here: far cheaper than a send() per record.
-                    # Only when nothing else waits for this partition: send_batch queues
-                    # behind a pending batch, and many concurrent callers would take turns.
-                    builder = producer.create_batch()
-                    count = 0
-                    headers = self._packer.headers
-                    for message in group:
-                        if builder.append(timestamp=None, key=_key(message), value=message.body,
-                                          headers=headers(message)) is None:
-                            break  # full: the rest joins the producer's own batches
-                        count += 1
-                    pending.append((await producer.send_batch(builder, topic, partition=partition), count))
-                    rest = group[count:]
-                for message in rest:
+        outcomes: list[BaseException | None] = [None] * len(messages)
+        pending: list[tuple[asyncio.Future[Any], Sequence[int]]] = []  # (ack future, the messages it covers)
+        for (topic, partition), indexes in (await self._by_partition(messages, topics)).items():
+            rest = indexes
+            if len(indexes) >= _BATCH_MIN and aiokafka_internals.nothing_queued(producer, topic, partition):
+                # Record batches built here: far cheaper than a send() per record. Only when
+                # nothing else waits for this partition: send_batch queues behind a pending
+                # batch, and many concurrent callers would take turns.
+                rest = await self._send_batches(producer, messages, indexes, topic, partition, pending, outcomes)
+            for i in rest:
+                message = messages[i]
+                try:
                     future = await producer.send(topic, value=message.body, key=_key(message),
                                                  headers=self._packer.headers(message), partition=partition)
-                    pending.append((future, 1))
-        except (kafka_errors.KafkaError, OSError) as exc:
-            first_error = exc
+                except (kafka_errors.KafkaError, OSError) as exc:
+                    self._refuse(outcomes, (i,), exc)
+                    continue
+                pending.append((future, (i,)))
         # Wait for every ack even after a failure, so none is left unobserved.
         results = await asyncio.gather(*(future for future, _ in pending), return_exceptions=True)
-        failed = 0
-        for result, (_, count) in zip(results, pending, strict=True):
+        for result, (_, covered) in zip(results, pending, strict=True):
             if isinstance(result, BaseException):
-                first_error = first_error or result
-                failed += count
+                self._refuse(outcomes, covered, result)
             elif self._subscriptions:
                 # Our own subscriptions learn the new end offsets for free, so backlog()
                 # sees a task this process just published (strict priority relies on it).
                 for sub in self._subscriptions:
-                    sub._note_end_offset(result.topic, result.partition, result.offset + count)
-        if first_error is not None:
-            if isinstance(first_error, kafka_errors.ProducerClosed) and self._closed:
-                raise ClosedError("KafkaBroker was closed while publishing") from first_error
-            what = f"Kafka did not acknowledge {failed or 'all'} of {len(messages)} message(s)"
-            raise EnqueueError(str(self._translate(first_error, what))) from first_error
+                    sub._note_end_offset(result.topic, result.partition, result.offset + len(covered))
+        return outcomes
+
+    async def _send_batches(
+        self, producer: Any, messages: Sequence[Message], indexes: Sequence[int], topic: str, partition: int,
+        pending: list[tuple[asyncio.Future[Any], Sequence[int]]], outcomes: list[BaseException | None],
+    ) -> Sequence[int]:
+        """Send ``indexes`` of ``messages`` to one partition as record batches of nova's making
+        (up to ``_MAX_BATCH_BYTES`` each, in order); returns the ones left for ``send``."""
+        headers = self._packer.headers
+        done = 0
+        while done < len(indexes):
+            builder = producer.create_batch()
+            count = 0
+            for i in indexes[done:]:
+                message = messages[i]
+                if builder.append(timestamp=None, key=_key(message), value=message.body,
+                                  headers=headers(message)) is None:
+                    break  # full (a batch always takes its first record)
+                count += 1
+            if count == 0:
+                break
+            covered = indexes[done:done + count]
+            done += count
+            try:
+                pending.append((await producer.send_batch(builder, topic, partition=partition), covered))
+            except (kafka_errors.KafkaError, OSError) as exc:
+                self._refuse(outcomes, covered, exc)
+        return indexes[done:]
+
+    def _refuse(self, outcomes: list[BaseException | None], covered: Sequence[int], exc: BaseException) -> None:
+        """Mark the messages ``covered`` as refused because of ``exc`` (one error for all of them)."""
+        error: BaseException
+        if isinstance(exc, kafka_errors.ProducerClosed) and self._closed:
+            error = ClosedError("KafkaBroker was closed while publishing")
+        else:
+            what = "Kafka did not acknowledge the message" if len(covered) == 1 else (
+                f"Kafka did not acknowledge a record batch of {len(covered)} messages")
+            error = EnqueueError(str(self._translate(exc, what)))
+        error.__cause__ = exc
+        for i in covered:
+            outcomes[i] = error
 
     async def _by_partition(
         self, messages: Sequence[Message], topics: Sequence[str]
-    ) -> dict[tuple[str, int], Sequence[Message]]:
-        """Spread messages over their topic's partitions, round robin, order kept per partition.
+    ) -> dict[tuple[str, int], Sequence[int]]:
+        """Spread messages (their indexes) over their topic's partitions, round robin, order kept
+        per partition.
 
         Keys are task ids (unique), so hashing them buys no ordering; one record batch per
         partition per call is what makes a batch publish cheap.
         """
-        groups: dict[tuple[str, int], Sequence[Message]] = {}
+        groups: dict[tuple[str, int], Sequence[int]] = {}
         for topic in topics:
-            same = messages if len(topics) == 1 else [m for m in messages if m.topic == topic]
+            same: Sequence[int] = range(len(messages)) if len(topics) == 1 else [
+                i for i, m in enumerate(messages) if m.topic == topic]
             ids = sorted(await self._producer.partitions_for(topic))
             turn = self._turns.get(topic, 0)
             self._turns[topic] = turn + len(same)

@@ -132,7 +132,7 @@ from nova._errors import (
     NovaError,
 )
 from nova.brokers._common import delay_slots as _delay_slots
-from nova.brokers._common import duration, optional_group, optional_prefix, quietly
+from nova.brokers._common import duration, optional_group, optional_prefix, quietly, raise_refusals
 from nova.brokers.rabbitmq._aiormq_internals import failover_connection
 from nova.brokers.rabbitmq._config import parse_nodes
 from nova.brokers.rabbitmq._config import queue_type as _queue_type
@@ -495,8 +495,18 @@ class RabbitMQBroker:
         died as it published can stay stuck, never confirming or nacking every
         publish, while a new channel's works.
         """
+        raise_refusals(await self.publish_each(messages))
+
+    async def publish_each(self, messages: Sequence[Message]) -> list[BaseException | None]:
+        """``publish``, with one outcome per message: None once RabbitMQ confirmed it, else its
+        EnqueueError (unroutable, nacked, not confirmed within ``publish_timeout``) or a
+        ClosedError (see ``nova._broker.PublishEach``).
+
+        >>> await broker.publish_each([Message("shop_default_normal", b"...")])  # doctest: +SKIP
+        [None]
+        """
         if not messages:
-            return
+            return []
         self._require_open()
         try:
             await self.ensure_topics([m.topic for m in messages])
@@ -521,8 +531,9 @@ class RabbitMQBroker:
                     ),
                 )
             )
+        outcomes: list[BaseException | None] = [None] * len(messages)
         deadline = time.monotonic() + self.publish_timeout.total_seconds()
-        pending = outgoing
+        pending: Sequence[int] = range(len(outgoing))
         nack_rounds = 0
         while True:
             exchange = self._publish_exchange
@@ -531,43 +542,51 @@ class RabbitMQBroker:
             assert channel is not None
             attempt_deadline = min(deadline, time.monotonic() + CONFIRM_WAIT)
             results = await asyncio.gather(
-                *(self._publish_one(exchange, topic, msg, attempt_deadline) for topic, msg in pending),
+                *(self._publish_one(exchange, *outgoing[i], attempt_deadline) for i in pending),
                 return_exceptions=True,
             )
-            retry = []
-            for (topic, msg), result in zip(pending, results, strict=True):
+            retry: list[tuple[int, BaseException]] = []
+            for i, result in zip(pending, results, strict=True):
                 if result is None:
                     continue
                 if isinstance(result, asyncio.CancelledError):
                     raise result
                 if failure(result).resend:
-                    retry.append(((topic, msg), result))
+                    retry.append((i, result))
                     continue
+                topic = outgoing[i][0]
                 error = self._error(result, f"publishing to {topic!r}", topic=topic)
                 if not isinstance(error, EnqueueError):
                     error = EnqueueError(f"cannot publish: {error}")
-                raise error from result
+                error.__cause__ = result
+                outcomes[i] = error
             if not retry:
-                return
-            if self._closed:
-                raise ClosedError("this RabbitMQBroker was closed while publishing")
+                return outcomes
             from aiormq.exceptions import DeliveryError
 
             last = retry[-1][1]
             nacked = all(isinstance(error, DeliveryError) for _, error in retry)
-            if time.monotonic() >= deadline:
+            unconfirmed: BaseException | None = None
+            if self._closed:
+                unconfirmed = ClosedError("this RabbitMQBroker was closed while publishing")
+            elif time.monotonic() >= deadline:
                 if nacked:
-                    (topic, _), _ = retry[-1]
+                    topic = outgoing[retry[-1][0]][0]
                     error = self._error(last, f"publishing to {topic!r}", topic=topic)
-                    raise EnqueueError(
-                        f"{error} (sent again for {self.publish_timeout.total_seconds()} s, refused each time)"
-                    ) from last
-                raise EnqueueError(
-                    f"RabbitMQ did not confirm {len(retry)} message(s) within "
-                    f"{self.publish_timeout.total_seconds()} s "
-                    "(connection lost, or no confirm came); some may have been stored"
-                ) from last
-            pending = [item for item, _ in retry]
+                    unconfirmed = EnqueueError(
+                        f"{error} (sent again for {self.publish_timeout.total_seconds()} s, refused each time)")
+                else:
+                    unconfirmed = EnqueueError(
+                        f"RabbitMQ did not confirm {len(retry)} message(s) within "
+                        f"{self.publish_timeout.total_seconds()} s "
+                        "(connection lost, or no confirm came); some may have been stored"
+                    )
+            if unconfirmed is not None:
+                unconfirmed.__cause__ = last
+                for i, _ in retry:
+                    outcomes[i] = unconfirmed
+                return outcomes
+            pending = [i for i, _ in retry]
             connection = self._connection
             if nacked:
                 nack_rounds += 1
