@@ -152,6 +152,10 @@ class TaskQueue:
             broker.declare_delay_tiers(
                 {topic: self.tiers.seconds(i) for i, topic in enumerate(self.router.tier_topics)})
         self._publisher = Coalescer(broker)
+        self._encode = parts_encoder(codec)
+        self._ready_queues: set[str] = set()  # queues whose ready topics exist (enqueue's fast path)
+        self._shared_key: tuple[str, Priority, float | None, int] | None = None
+        self._shared: dict[str, str] = {}
         self._forwarder: DelayForwarder | None = None
         # nova.App runs one forwarder per process, not one per consumer.
         self._runs_forwarder = True
@@ -252,6 +256,15 @@ class TaskQueue:
         """
         if self._middleware is not None and ENQUEUE_HEADERS.get() is None:  # (None: not yet inside observed_enqueue)
             return (await observed_enqueue(self, [task], priority, process_in, process_at, queue, one=True))[0]
+        if (process_in is None and process_at is None and queue in self._ready_queues
+                and type(priority) is Priority and self._connected and not self._stopped):
+            # The common call, connected and with its topics known: what enqueue_batch does for one
+            # task, without what it needs only the first time, for a delay or for a list.
+            messages, results = self._prepare((task,), priority, queue, None)
+            await self._publisher.submit(messages)
+            if self._sink is not None:
+                self._sink.emit_published(results, (task,), TaskStatus.QUEUED)
+            return results[0]
         return (await self.enqueue_batch([task], priority=priority, process_in=process_in,
                                          process_at=process_at, queue=queue))[0]
 
@@ -286,6 +299,7 @@ class TaskQueue:
         if eta is not None:
             topics += self.router.tier_topics
         await self._ensure(topics)
+        self._ready_queues.add(queue)
         if eta is not None:
             messages = [self.router.route(m.topic, m.body, m.headers, m.key, eta) for m in messages]
         await self._publisher.submit(messages)
@@ -322,8 +336,14 @@ class TaskQueue:
         limit = self.max_payload_size
         if self.broker.max_message_bytes is not None:
             limit = min(limit, self.broker.max_message_bytes)
-        shared = shared_headers(codec=codec, queue=queue, priority=level, attempt=1,
-                                enqueued_at=self.clock.time(), eta=eta)
+        # Calls in the same millisecond share their headers (task_headers copies them).
+        now = self.clock.time()
+        key = (queue, level, eta, int(now * 1000))
+        if key != self._shared_key:
+            self._shared = shared_headers(codec=codec, queue=queue, priority=level, attempt=1,
+                                          enqueued_at=now, eta=eta)
+            self._shared_key = key
+        shared = self._shared
         if self._middleware is not None:
             added = ENQUEUE_HEADERS.get()
             if added:  # the middleware's headers (trace context, ...): the same for every task of the call
@@ -332,7 +352,7 @@ class TaskQueue:
         due = None if eta is None else _dt(eta)
         messages: list[Message] = []
         results: list[Result] = []
-        encode = parts_encoder(codec)
+        encode = self._encode
         for task in tasks:
             validate_task(task)
             task_id = task.id or new_task_id()

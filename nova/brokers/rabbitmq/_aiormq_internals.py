@@ -3,12 +3,22 @@
 The settler writes acks and nacks itself instead of awaiting ``channel.basic_ack``
 per delivery: the settles of one event-loop turn go out as one write (a run of
 consecutive tags as a single ``basic.ack(multiple=True)``), with no coroutine or
-drain future per delivery. For that it needs two things aiormq does not document:
+drain future per delivery. Publishing does the same for many messages at once
+(``publish_confirmed``): their ``basic.publish`` frames go out in one write, each
+with the confirmation future ``basic_publish`` would await, instead of a coroutine,
+a lock round, a drain and a socket write per message. For that nova needs what
+aiormq does not document:
 
 - ``aiormq.Channel.write_queue``: the queue of ``ChannelFrame`` the connection's
   writer sends from (``basic_ack`` puts its frame there too), see ``frame_queue``;
 - ``aiormq.abc.ChannelFrame.marshall`` of pamqp's ``Basic.Ack`` / ``Basic.Nack``:
-  the bytes ``basic_ack`` / ``basic_nack`` would write, see ``settle_frame``.
+  the bytes ``basic_ack`` / ``basic_nack`` would write, see ``settle_frame``;
+- what ``aiormq.Channel.basic_publish`` keeps per published message, see
+  ``publish_confirmed``: the ``lock``, the ``delivery_tag`` counter, the
+  ``confirmations`` (tag -> future, which aiormq resolves on basic.ack / nack and
+  rejects when the channel closes), ``message_id_delivery_tag`` (message id -> tag,
+  how a basic.return finds its confirmation), ``create_future`` and
+  ``max_content_size``.
 
 Connecting to the next node of a cluster when the current one is gone needs one
 more thing, from aio-pika: its robust connection reconnects to the one URL it was
@@ -16,7 +26,7 @@ made with, and calls ``RobustConnection.__connect_transport`` (name-mangled,
 private) once per attempt, which connects to ``self.url``. ``failover_connection``
 overrides it to point ``url`` at the next node first (see ``failover_connection``).
 
-tests/brokers/test_rabbitmq_internals.py checks all three against the installed
+tests/brokers/test_rabbitmq_internals.py checks all of them against the installed
 aiormq and aio-pika without a broker, and fails naming the attribute when they
 change shape. The rabbitmq extra pins aiormq to the series checked (``<8``).
 
@@ -29,7 +39,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,7 +49,8 @@ if TYPE_CHECKING:
     import aiormq.abc
     from aiormq.abc import ChannelFrame
 
-__all__ = ["ACK", "ACK_UPTO", "CONNECT_ATTEMPT", "REQUEUE", "failover_connection", "frame_queue", "settle_frame"]
+__all__ = ["ACK", "ACK_UPTO", "CONNECT_ATTEMPT", "REQUEUE", "failover_connection", "frame_queue", "persistent",
+           "publish_confirmed", "settle_frame"]
 
 #: What ``settle_frame`` writes for a ``(delivery tag, op)``:
 ACK = 0  # basic.ack of that tag alone
@@ -122,3 +135,101 @@ def _failover_class() -> Callable[..., aio_pika.abc.AbstractRobustConnection]:
             await connect_once(self)
 
     return FailoverConnection
+
+
+#: Bytes of message bodies per write of ``publish_confirmed`` (more go out in further writes).
+WRITE_BYTES = 256 * 1024
+
+
+def persistent(headers: Mapping[str, Any], message_id: str | None, timestamp: datetime) -> Any:
+    """The properties of a persistent message (pamqp ``Basic.Properties``), as aio-pika's
+    ``Message(body, headers=..., delivery_mode=PERSISTENT, timestamp=..., message_id=...)``
+    makes them. Without a ``message_id``, a random one (a basic.return is matched by it)."""
+    return _publish_makers()[3](headers=headers, delivery_mode=2, timestamp=timestamp,
+                                message_id=message_id or uuid.uuid4().hex)
+
+
+async def publish_confirmed(
+    channel: aiormq.abc.AbstractChannel, exchange: str, messages: Sequence[tuple[str, bytes, Any]]
+) -> list[asyncio.Future[Any]]:
+    """``channel.basic_publish(body, exchange=exchange, routing_key=..., properties=...,
+    mandatory=True)`` of each ``(routing key, body, properties)`` (properties from
+    ``persistent``), in order, written in as few writes as ``WRITE_BYTES`` allows.
+
+    Returns once the frames are queued for the connection's writer: one future per
+    message, the one ``basic_publish`` would await (done with the broker's basic.ack, or
+    with the error: ``PublishError`` when returned unroutable, ``DeliveryError`` when
+    nacked, the channel's close reason when it closed first). The channel must have
+    publisher confirms on. Raises what ``basic_publish`` raises before sending (a
+    closed channel); cancelled before its frames were queued, it takes their tags back.
+    """
+    marshall, publish, header, _, _ = _publish_makers()
+    raw: Any = channel  # what basic_publish uses, which aiormq's abstract channel does not declare
+    queue = frame_queue(channel)
+    body_frames = _body_frames(raw.max_content_size)
+    confirmations = raw.confirmations
+    by_message_id: dict[str, int] = raw.message_id_delivery_tag
+    futures: list[asyncio.Future[Any]] = []
+    async with raw.lock:
+        first = tag = raw.delivery_tag
+        frames: list[Any] = []
+        size = 0
+        try:
+            for routing_key, body, properties in messages:
+                tag += 1
+                future = raw.create_future()
+                confirmations[tag] = future
+                message_id = properties.message_id
+                by_message_id[message_id] = tag
+                future.add_done_callback(functools.partial(_forget, by_message_id, message_id, tag))
+                futures.append(future)
+                frames.append(publish(exchange=exchange, routing_key=routing_key, mandatory=True))
+                frames.append(header(properties=properties, body_size=len(body)))
+                frames += body_frames(body)
+                size += len(body)
+                if size >= WRITE_BYTES:
+                    raw.delivery_tag = tag
+                    await queue.put(marshall(channel_number=raw.number, frames=frames))
+                    first, frames, size = tag, [], 0
+            raw.delivery_tag = tag
+            if frames:
+                await queue.put(marshall(channel_number=raw.number, frames=frames))
+        except BaseException:
+            # The frames of tags after `first` were not queued: the broker never saw them.
+            raw.delivery_tag = first
+            for unsent in range(first + 1, tag + 1):
+                future = confirmations.pop(unsent, None)
+                if future is not None:
+                    future.cancel()
+            raise
+    return futures
+
+
+def _forget(by_message_id: dict[str, int], message_id: str, tag: int, _: object) -> None:
+    # what basic_publish's forget_message_id does once a confirmation is done
+    if by_message_id.get(message_id) == tag:
+        del by_message_id[message_id]
+
+
+def _body_frames(limit: int) -> Callable[[bytes], list[Any]]:
+    """The content body frames of a body, split at ``limit`` bytes as basic_publish splits it."""
+    body_frame = _publish_makers()[4]
+
+    def frames(body: bytes) -> list[Any]:
+        if not body:
+            return []
+        if len(body) < limit:
+            return [body_frame(body)]
+        return [body_frame(body[i:i + limit]) for i in range(0, len(body), limit)]
+
+    return frames
+
+
+@functools.cache
+def _publish_makers() -> tuple[Callable[..., ChannelFrame], Any, Any, Any, Any]:
+    from aiormq.abc import ChannelFrame
+    from pamqp.body import ContentBody
+    from pamqp.commands import Basic
+    from pamqp.header import ContentHeader
+
+    return ChannelFrame.marshall, Basic.Publish, ContentHeader, Basic.Properties, ContentBody

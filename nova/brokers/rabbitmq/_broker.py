@@ -133,6 +133,7 @@ from nova._errors import (
 )
 from nova.brokers._common import delay_slots as _delay_slots
 from nova.brokers._common import duration, optional_group, optional_prefix, quietly, raise_refusals
+from nova.brokers.rabbitmq import _aiormq_internals as aiormq_internals
 from nova.brokers.rabbitmq._aiormq_internals import failover_connection
 from nova.brokers.rabbitmq._config import parse_nodes
 from nova.brokers.rabbitmq._config import queue_type as _queue_type
@@ -512,45 +513,28 @@ class RabbitMQBroker:
             await self.ensure_topics([m.topic for m in messages])
         except BrokerError as exc:
             raise EnqueueError(f"cannot publish: {exc}") from exc
-        aio_pika = _aio_pika()
         now = time.time()
         stamp = datetime.fromtimestamp(now, UTC)
+        published_at = repr(now)
+        properties = aiormq_internals.persistent
         outgoing = []
         for m in messages:
             headers: dict[str, Any] = dict(m.headers)
-            headers[PUBLISHED_AT_HEADER] = repr(now)
-            outgoing.append(
-                (
-                    m.topic,
-                    aio_pika.Message(
-                        m.body,
-                        headers=headers,
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        timestamp=stamp,
-                        message_id=m.key,
-                    ),
-                )
-            )
+            headers[PUBLISHED_AT_HEADER] = published_at
+            outgoing.append((m.topic, m.body, properties(headers, m.key, stamp)))
         outcomes: list[BaseException | None] = [None] * len(messages)
         deadline = time.monotonic() + self.publish_timeout.total_seconds()
         pending: Sequence[int] = range(len(outgoing))
         nack_rounds = 0
         while True:
-            exchange = self._publish_exchange
             channel = self._publish_channel
-            assert exchange is not None
             assert channel is not None
             attempt_deadline = min(deadline, time.monotonic() + CONFIRM_WAIT)
-            results = await asyncio.gather(
-                *(self._publish_one(exchange, *outgoing[i], attempt_deadline) for i in pending),
-                return_exceptions=True,
-            )
+            results = await self._publish_confirmed(channel, [outgoing[i] for i in pending], attempt_deadline)
             retry: list[tuple[int, BaseException]] = []
             for i, result in zip(pending, results, strict=True):
                 if result is None:
                     continue
-                if isinstance(result, asyncio.CancelledError):
-                    raise result
                 if failure(result).resend:
                     retry.append((i, result))
                     continue
@@ -610,17 +594,30 @@ class RabbitMQBroker:
                          len(retry))
                 await self._wait_channel(channel, deadline)
 
-    async def _publish_one(
-        self,
-        exchange: aio_pika.abc.AbstractExchange,
-        topic: str,
-        message: aio_pika.abc.AbstractMessage,
-        deadline: float,
-    ) -> None:
-        # asyncio.timeout, not wait_for: no extra task per message. It also bounds the
-        # wait for a reconnecting robust channel, which publish's own timeout does not.
-        async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
-            await exchange.publish(message, routing_key=topic, mandatory=True)
+    async def _publish_confirmed(
+        self, channel: aio_pika.abc.AbstractRobustChannel, outgoing: list[tuple[str, bytes, Any]], deadline: float
+    ) -> list[BaseException | None]:
+        """Publish ``outgoing`` (routing key, body, properties) in one write and wait for
+        their confirms until ``deadline``: None per confirmed message, else its error (a
+        TimeoutError when unconfirmed by then)."""
+        try:
+            # Bounds the wait for a reconnecting robust channel too.
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
+                underlay = await channel.get_underlay_channel()
+                futures = await aiormq_internals.publish_confirmed(underlay, self.exchange, outgoing)
+        except Exception as exc:  # noqa: BLE001 - the outcome of every message, sorted by the caller
+            return [exc] * len(outgoing)
+        _, unconfirmed = await asyncio.wait(futures, timeout=max(deadline - time.monotonic(), 0.1))
+        for future in unconfirmed:
+            future.cancel()  # a confirm that comes later is ignored (logged at debug by aiormq)
+        late = TimeoutError("no confirm came in time")
+        outcomes: list[BaseException | None] = []
+        for future in futures:
+            error = late if future.cancelled() else future.exception()
+            # aiormq fails the confirmations of a channel closed under them with CancelledError:
+            # not a cancellation of this publish, so resent as unconfirmed
+            outcomes.append(late if isinstance(error, asyncio.CancelledError) else error)
+        return outcomes
 
     async def _renew_publish_channel(self, stuck: aio_pika.abc.AbstractRobustChannel) -> None:
         """Replace the publishing channel ``stuck`` (once, whoever asks first).
