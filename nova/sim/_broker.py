@@ -14,6 +14,8 @@ Semantics (the same contract the real adapters implement):
   ``session_timeout`` of virtual time, like a Kafka consumer that stopped
   heartbeating;
 * at most ``window`` unacked deliveries per topic per subscriber;
+* a publish takes ``publish_latency`` of clock time (0 by default), like a broker's
+  round trip, before the broker holds its messages;
 * with ``native_delay_max`` set, ``Message.deliver_at`` keeps a message
   invisible until then (RocketMQ-like timers); by default it is None, so the
   engine's delay-tier cascade is what runs.
@@ -21,7 +23,8 @@ Semantics (the same contract the real adapters implement):
 Fault injection for tests and fuzzing: ``fail_publishes(n)`` (whole calls),
 ``refuse_message(n)`` (the n-th message from now on), ``duplicate_deliveries(n)``,
 ``crash(subscription)``, and the rates given to the constructor. Inspection:
-``depth(topic)``, ``topics()``.
+``depth(topic)``, ``topics()``, the counters ``published`` (messages), ``publishes``
+(calls) and ``delivered``.
 """
 
 from __future__ import annotations
@@ -199,6 +202,7 @@ class SimBroker:
         max_message_bytes: int | None = 8 * 1024 * 1024,
         publish_failure_rate: float = 0.0,
         duplicate_rate: float = 0.0,
+        publish_latency: timedelta = timedelta(0),
         group_id: str | None = None,
         topic_prefix: str | None = None,
         delay_slots: tuple[int, timedelta] | None = None,
@@ -210,6 +214,9 @@ class SimBroker:
         self.topic_prefix = topic_prefix
         self.delay_slots = delay_slots
         self.session_timeout = session_timeout
+        if not isinstance(publish_latency, timedelta) or publish_latency < timedelta(0):
+            raise ConfigurationError(f"publish_latency must be a timedelta >= 0, not {publish_latency!r}")
+        self.publish_latency = publish_latency
         self._rng = random.Random(seed)
         self._publish_failure_rate = publish_failure_rate
         self._duplicate_rate = duplicate_rate
@@ -224,6 +231,7 @@ class SimBroker:
         self._timer_wakeup: asyncio.Event | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.published = 0
+        self.publishes = 0  # publish / publish_each calls
         self.delivered = 0
 
     def __repr__(self) -> str:
@@ -272,9 +280,15 @@ class SimBroker:
         A message is refused (EnqueueError, not stored) when it is over
         ``max_message_bytes``, has a ``deliver_at`` without ``native_delay_max``, or was
         marked by ``refuse_message``; ``fail_publishes`` refuses the whole call instead.
+        With ``publish_latency`` the messages are stored that long after the call (on the clock).
         """
         if self._closed:
             raise ClosedError("this SimBroker was closed")
+        self.publishes += 1
+        if self.publish_latency:
+            await self.clock.sleep(self.publish_latency.total_seconds())
+            if self._closed:
+                raise ClosedError("this SimBroker was closed while publishing")
         if self._fail_next > 0 or (
             self._publish_failure_rate and self._rng.random() < self._publish_failure_rate
         ):

@@ -330,11 +330,30 @@ async def _now(value: bool) -> bool:
 
 
 async def test_publish_refused_raises_enqueue_error_with_cause(kafka_broker: Factory, kafka_name: Names) -> None:
-    broker = kafka_broker()
+    broker = kafka_broker(max_message_bytes=5_000_000)  # over what Kafka takes: the broker refuses
     with pytest.raises(errors.EnqueueError) as info:
         await broker.publish([Message(kafka_name("t"), b"x" * 3_000_000)])
     assert info.value.__cause__ is not None
     assert "MessageSizeTooLarge" in repr(info.value.__cause__)
+
+
+async def test_publish_each_refuses_only_the_message_over_max_message_bytes_and_sends_the_rest(
+    kafka_broker: Factory, kafka_name: Names
+) -> None:
+    broker = kafka_broker()
+    topic = kafka_name("t")
+    # Enough for record batches of nova's making, with the one too large in the middle.
+    messages = [Message(topic, b"a%d" % i) for i in range(20)] + [Message(topic, b"x" * 1_000_001)]
+    messages += [Message(topic, b"b%d" % i) for i in range(20)]
+    outcomes = await broker.publish_each(messages)
+    assert [i for i, o in enumerate(outcomes) if o is not None] == [20]
+    assert isinstance(outcomes[20], errors.EnqueueError)
+    assert "max_message_bytes" in str(outcomes[20])
+    with pytest.raises(errors.EnqueueError, match="1 of 3 message"):  # publish: the first refusal, counted
+        await broker.publish([Message(topic, b"c0"), Message(topic, b"x" * 1_000_001), Message(topic, b"c1")])
+    sub = await broker.subscribe([topic], group=kafka_name("g"), window=100)
+    got = [d.body for d in await take(sub, 42)]
+    assert got == [m.body for i, m in enumerate(messages) if i != 20] + [b"c0", b"c1"]  # in order, nothing lost
 
 
 # --- auth and TLS --------------------------------------------------------------------------------

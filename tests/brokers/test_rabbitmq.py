@@ -221,6 +221,67 @@ async def test_unroutable_message_raises_enqueue_error(
     assert isinstance(caught.value.__cause__, aiormq.exceptions.PublishError)
 
 
+async def test_publish_each_fails_only_the_unroutable_message(
+    rabbitmq_url: str, rabbitmq_brokers: Callable[..., RabbitMQBroker], rabbitmq_topics: Callable[[], str]
+) -> None:
+    import aio_pika
+
+    kept, gone = rabbitmq_topics(), rabbitmq_topics()
+    broker = rabbitmq_brokers()
+    await broker.connect()
+    await broker.ensure_topics([kept, gone])
+    connection = await aio_pika.connect(rabbitmq_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(gone)  # behind the broker's back: nowhere to route to
+    messages = [Message(kept, b"a%d" % i) for i in range(5)] + [Message(gone, b"lost?")]
+    messages += [Message(kept, b"b%d" % i) for i in range(5)]
+    outcomes = await broker.publish_each(messages)
+    assert [i for i, o in enumerate(outcomes) if o is not None] == [5]
+    assert isinstance(outcomes[5], errors.EnqueueError)
+    assert "unroutable" in str(outcomes[5])
+    got = Collector(await broker.subscribe([kept], group="g", window=20), ack=True)
+    await got.wait(lambda: len(got.deliveries) == 10)
+    assert got.bodies() == [m.body for m in messages if m.topic == kept]  # in order, all of them
+    await got.stop()
+
+
+async def test_concurrent_enqueues_one_refused_fails_only_its_own_call(
+    rabbitmq_url: str, rabbitmq_brokers: Callable[..., RabbitMQBroker]
+) -> None:
+    """Through the engine: calls of one loop turn share a publish; the one whose queue is gone
+    gets the error, the others their results."""
+    import aio_pika
+
+    import nova
+
+    prefix = "co" + uuid.uuid4().hex[:8]
+    queue = nova.TaskQueue(rabbitmq_brokers(), topic_prefix=prefix)
+    try:
+        await queue.enqueue(nova.Task("t", b""), queue="kept")
+        await queue.enqueue(nova.Task("t", b""), queue="gone")
+        connection = await aio_pika.connect(rabbitmq_url)
+        async with connection:
+            channel = await connection.channel()
+            await channel.queue_delete(f"{prefix}_gone_normal")
+        outcomes = await asyncio.gather(
+            *(queue.enqueue(nova.Task("t", b"%d" % i), queue="kept") for i in range(3)),
+            queue.enqueue(nova.Task("t", b"x"), queue="gone"),
+            *(queue.enqueue(nova.Task("t", b"%d" % i), queue="kept") for i in range(3, 6)),
+            return_exceptions=True,
+        )
+        assert [type(o).__name__ for o in outcomes] == ["Result"] * 3 + ["EnqueueError"] + ["Result"] * 3
+        assert "unroutable" in str(outcomes[3])
+    finally:
+        await queue.stop()
+        connection = await aio_pika.connect(rabbitmq_url)
+        async with connection:
+            channel = await connection.channel()
+            for name in ("kept", "gone"):
+                for level in ("high", "normal", "low"):
+                    await channel.queue_delete(f"{prefix}_{name}_{level}")
+
+
 async def test_backlog_of_a_topic_not_subscribed_asks_rabbitmq(
     rabbitmq_brokers: Callable[..., RabbitMQBroker], rabbitmq_topics: Callable[[], str]
 ) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 import aiormq
 import pytest
@@ -26,6 +27,8 @@ from nova.brokers.rabbitmq._aiormq_internals import (
     REQUEUE,
     failover_connection,
     frame_queue,
+    persistent,
+    publish_confirmed,
     settle_frame,
 )
 
@@ -122,3 +125,100 @@ async def test_a_failover_connection_goes_round_its_nodes_one_attempt_each() -> 
         f"attempts went to nodes {seen[:7]}: aio-pika's reconnection loop no longer calls "
         f"{CONNECT_ATTEMPT} once per attempt, or no longer connects to self.url"
     )
+
+
+# -- publish_confirmed --------------------------------------------------------------
+
+
+@pytest.fixture
+async def confirming_channel() -> AsyncIterator[aiormq.Channel]:
+    connection = aiormq.Connection("amqp://guest:guest@127.0.0.1:1/")
+    connection.connection_tune = ConnectionMethods.Tune(frame_max=4096)  # small: a body splits in frames
+    connection.server_properties = {"capabilities": {"basic.nack": True, "publisher_confirms": True}}
+    channel = aiormq.Channel(connection, 5, publisher_confirms=True, on_return_raises=True)
+    yield channel
+    await channel.close()
+    await connection.close()
+
+
+def _messages() -> list[tuple[str, bytes, object]]:
+    stamp = datetime(2030, 1, 2, tzinfo=UTC)
+    return [
+        ("q_one", b"small", persistent({"nova-id": "a1", "x": "y"}, "a1", stamp)),
+        ("q_two", b"z" * 10_000, persistent({"nova-id": "b2"}, "b2", stamp)),  # over frame_max: three body frames
+        ("q_one", b"", persistent({}, "c3", stamp)),
+    ]
+
+
+async def test_publish_confirmed_writes_the_bytes_basic_publish_writes(confirming_channel: aiormq.Channel) -> None:
+    channel = confirming_channel
+    queue = channel.connection.write_queue
+    messages = _messages()
+    theirs_tasks = [
+        asyncio.ensure_future(channel.basic_publish(body, exchange="ex", routing_key=key, properties=props,
+                                                    mandatory=True, wait=False))
+        for key, body, props in messages
+    ]
+    for _ in range(100):  # each basic_publish queues its frame, then awaits its confirmation
+        if queue.qsize() == len(messages):
+            break
+        await asyncio.sleep(0)
+    assert queue.qsize() == len(messages)
+    theirs = [queue.get_nowait() for _ in range(len(messages))]
+    for task in theirs_tasks:
+        task.cancel()
+    await asyncio.gather(*theirs_tasks, return_exceptions=True)
+    channel.delivery_tag = 0
+    channel.confirmations.clear()
+    channel.message_id_delivery_tag.clear()
+
+    futures = await publish_confirmed(channel, "ex", messages)
+    ours = queue.get_nowait()
+    assert queue.empty(), "publish_confirmed wrote more than one frame for a few small messages"
+    assert ours.payload == b"".join(frame.payload for frame in theirs), (
+        "the frames of publish_confirmed are no longer the bytes aiormq's basic_publish writes "
+        "(basic.publish, content header, body frames split at max_content_size)"
+    )
+    assert len(futures) == 3 and channel.delivery_tag == 3
+
+
+async def test_publish_confirmed_keeps_aiormqs_books_so_acks_nacks_and_returns_find_their_message(
+    confirming_channel: aiormq.Channel,
+) -> None:
+    from pamqp.commands import Basic
+
+    channel = confirming_channel
+    futures = await publish_confirmed(channel, "ex", _messages())
+    assert list(channel.confirmations) == [1, 2, 3], (
+        "aiormq.Channel.confirmations no longer maps delivery tags to the futures basic.ack resolves"
+    )
+    assert channel.message_id_delivery_tag == {"a1": 1, "b2": 2, "c3": 3}, (
+        "aiormq.Channel.message_id_delivery_tag no longer maps message ids to tags (how a return finds its publish)"
+    )
+    await channel._on_confirm_frame(Basic.Ack(delivery_tag=2, multiple=True))
+    await channel._on_confirm_frame(Basic.Nack(delivery_tag=3))
+    for _ in range(3):
+        await asyncio.sleep(0)  # aiormq resolves a multiple ack's tags with call_soon
+    assert all(f.done() for f in futures), "aiormq's basic.ack / nack no longer resolve publish_confirmed's futures"
+    assert [type(f.exception()).__name__ if f.exception() else "ok" for f in futures] == ["ok", "ok", "DeliveryError"]
+    assert channel.message_id_delivery_tag == {}, "a confirmed message's id is not forgotten"
+
+
+async def test_publish_confirmed_on_a_closed_channel_raises_before_sending(confirming_channel: aiormq.Channel) -> None:
+    await confirming_channel.close()
+    with pytest.raises(aiormq.exceptions.ChannelInvalidStateError):
+        await publish_confirmed(confirming_channel, "ex", _messages())
+    assert confirming_channel.connection.write_queue.empty()
+
+
+def test_persistent_properties_are_the_ones_aio_pika_makes() -> None:
+    import aio_pika
+    from pamqp.header import ContentHeader
+
+    stamp = datetime(2030, 1, 2, tzinfo=UTC)
+    headers = {"nova-id": "a1", "nova-type": "email"}
+    theirs = aio_pika.Message(b"", headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                              timestamp=stamp, message_id="a1").properties
+    ours = persistent(headers, "a1", stamp)
+    assert ContentHeader(properties=ours).marshal() == ContentHeader(properties=theirs).marshal()
+    assert persistent({}, None, stamp).message_id, "a message without an id gets one (returns are matched by it)"

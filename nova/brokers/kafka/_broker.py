@@ -428,8 +428,20 @@ class KafkaBroker:
             raise EnqueueError(f"cannot publish: {exc}") from exc
         producer = self._producer
         outcomes: list[BaseException | None] = [None] * len(messages)
+        sendable: Sequence[int] = range(len(messages))
+        limit = self.max_message_bytes
+        if limit is not None and any(len(message.body) > limit for message in messages):
+            # Refused here, not sent: a record Kafka refuses leaves the idempotent producer's
+            # sequence for its partition broken, which fails every later record sent there.
+            sendable = []
+            for i, message in enumerate(messages):
+                if len(message.body) > limit:
+                    outcomes[i] = EnqueueError(f"a message of {len(message.body)} bytes is over max_message_bytes "
+                                               f"({limit}): send a reference to the data instead")
+                else:
+                    sendable.append(i)
         pending: list[tuple[asyncio.Future[Any], Sequence[int]]] = []  # (ack future, the messages it covers)
-        for (topic, partition), indexes in (await self._by_partition(messages, topics)).items():
+        for (topic, partition), indexes in (await self._by_partition(messages, sendable)).items():
             rest = indexes
             if len(indexes) >= _BATCH_MIN and aiokafka_internals.nothing_queued(producer, topic, partition):
                 # Record batches built here: far cheaper than a send() per record. Only when
@@ -498,18 +510,18 @@ class KafkaBroker:
             outcomes[i] = error
 
     async def _by_partition(
-        self, messages: Sequence[Message], topics: Sequence[str]
+        self, messages: Sequence[Message], indexes: Sequence[int]
     ) -> dict[tuple[str, int], Sequence[int]]:
-        """Spread messages (their indexes) over their topic's partitions, round robin, order kept
-        per partition.
+        """Spread the messages at ``indexes`` over their topic's partitions, round robin, order
+        kept per partition.
 
         Keys are task ids (unique), so hashing them buys no ordering; one record batch per
         partition per call is what makes a batch publish cheap.
         """
         groups: dict[tuple[str, int], Sequence[int]] = {}
+        topics = list(dict.fromkeys(messages[i].topic for i in indexes))
         for topic in topics:
-            same: Sequence[int] = range(len(messages)) if len(topics) == 1 else [
-                i for i, m in enumerate(messages) if m.topic == topic]
+            same: Sequence[int] = indexes if len(topics) == 1 else [i for i in indexes if messages[i].topic == topic]
             ids = sorted(await self._producer.partitions_for(topic))
             turn = self._turns.get(topic, 0)
             self._turns[topic] = turn + len(same)

@@ -145,7 +145,7 @@ def persistent(headers: Mapping[str, Any], message_id: str | None, timestamp: da
     """The properties of a persistent message (pamqp ``Basic.Properties``), as aio-pika's
     ``Message(body, headers=..., delivery_mode=PERSISTENT, timestamp=..., message_id=...)``
     makes them. Without a ``message_id``, a random one (a basic.return is matched by it)."""
-    return _publish_makers()[3](headers=headers, delivery_mode=2, timestamp=timestamp,
+    return _publish_makers()[3](headers=headers, delivery_mode=2, priority=0, timestamp=timestamp,
                                 message_id=message_id or uuid.uuid4().hex)
 
 
