@@ -441,7 +441,9 @@ class KafkaBroker:
                 else:
                     sendable.append(i)
         pending: list[tuple[asyncio.Future[Any], Sequence[int]]] = []  # (ack future, the messages it covers)
-        for (topic, partition), indexes in (await self._by_partition(messages, sendable)).items():
+        if len(sendable) < len(messages):
+            topics = list(dict.fromkeys(messages[i].topic for i in sendable))
+        for (topic, partition), indexes in (await self._by_partition(messages, sendable, topics)).items():
             rest = indexes
             if len(indexes) >= _BATCH_MIN and aiokafka_internals.nothing_queued(producer, topic, partition):
                 # Record batches built here: far cheaper than a send() per record. Only when
@@ -510,16 +512,15 @@ class KafkaBroker:
             outcomes[i] = error
 
     async def _by_partition(
-        self, messages: Sequence[Message], indexes: Sequence[int]
+        self, messages: Sequence[Message], indexes: Sequence[int], topics: Sequence[str]
     ) -> dict[tuple[str, int], Sequence[int]]:
-        """Spread the messages at ``indexes`` over their topic's partitions, round robin, order
-        kept per partition.
+        """Spread the messages at ``indexes`` (their topics: ``topics``) over their topic's
+        partitions, round robin, order kept per partition.
 
         Keys are task ids (unique), so hashing them buys no ordering; one record batch per
         partition per call is what makes a batch publish cheap.
         """
         groups: dict[tuple[str, int], Sequence[int]] = {}
-        topics = list(dict.fromkeys(messages[i].topic for i in indexes))
         for topic in topics:
             same: Sequence[int] = indexes if len(topics) == 1 else [i for i in indexes if messages[i].topic == topic]
             ids = sorted(await self._producer.partitions_for(topic))
