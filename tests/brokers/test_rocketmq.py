@@ -506,6 +506,32 @@ async def test_acl_user_without_permission_cannot_publish(
     assert isinstance(info.value.__cause__, errors.AuthenticationError)
 
 
+@needs_acl
+async def test_publish_each_fails_only_the_message_to_a_topic_it_may_not_publish_to(
+    rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str
+) -> None:
+    admin_auth = _admin_auth()
+    assert admin_auth is not None
+    forbidden = "forbidden" + uuid.uuid4().hex[:8]  # the ACL harness denies these to the app user
+    admin = RocketMQAdmin(_require("NOVA_ROCKETMQ_NAMESRV"), auth=admin_auth)
+    await admin.create_topics([forbidden])
+    await admin.aclose()
+    broker = rocketmq_make()
+    topic = f"{rocketmq_prefix}_q_normal"
+    await broker.ensure_topics([topic])
+    admin_of_broker, broker._admin = broker._admin, None  # the forbidden topic exists: not made again
+    messages = [Message(topic, b"a"), Message(forbidden, b"x"), Message(topic, b"b")]
+    outcomes = await broker.publish_each(messages)
+    broker._admin = admin_of_broker  # the subscription's group is made with it
+    assert [o is None for o in outcomes] == [True, False, True]
+    assert isinstance(outcomes[1], errors.EnqueueError)
+    assert "no permission" in str(outcomes[1])
+    got = Collector(await broker.subscribe([topic], group=f"{rocketmq_prefix}-g", window=10), ack=True)
+    await wait_for(lambda: len(got.got) == 2)
+    assert sorted(got.bodies()) == [b"a", b"b"]
+    await got.stop()
+
+
 async def test_broker_restart_mid_stream_loses_nothing(
     rocketmq_make: Callable[..., RocketMQBroker], rocketmq_prefix: str, restart_broker: Callable[[], Awaitable[None]]
 ) -> None:

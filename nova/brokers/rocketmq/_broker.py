@@ -27,7 +27,7 @@ from nova._errors import (
     NovaError,
 )
 from nova.brokers._common import delay_slots as _delay_slots
-from nova.brokers._common import duration, optional_group, optional_prefix, quietly, split_host_port
+from nova.brokers._common import duration, optional_group, optional_prefix, quietly, raise_refusals, split_host_port
 from nova.brokers.rocketmq import _client_patches as patches
 from nova.brokers.rocketmq._admin import RocketMQAdmin
 from nova.brokers.rocketmq._errors import is_not_found, lost_route, lost_settings, permission_denied, translate
@@ -316,10 +316,20 @@ class RocketMQBroker:
         self._known_groups.add(group)
 
     async def publish(self, messages: Sequence[Message]) -> None:
+        """Send every message and wait until RocketMQ confirmed all of them."""
+        raise_refusals(await self.publish_each(messages))
+
+    async def publish_each(self, messages: Sequence[Message]) -> list[BaseException | None]:
+        """``publish``, with one outcome per message: None once RocketMQ confirmed it, else its
+        EnqueueError (see ``nova._broker.PublishEach``); the client's send futures answer per message.
+
+        >>> await broker.publish_each([Message("shop_default_normal", b"...")])  # doctest: +SKIP
+        [None]
+        """
         if self._closed:
             raise ClosedError("this RocketMQBroker was closed")
         if not messages:
-            return
+            return []
         await self.connect()
         try:
             native = [self._to_native(m) for m in messages]
@@ -330,34 +340,61 @@ class RocketMQBroker:
         producer = self._producer
 
         def submit() -> list[Any]:
-            return [producer.send_async(m) for m in native]
+            """A send future per message, or what sending it raised (e.g. no route to its topic)."""
+            futures: list[Any] = []
+            for m in native:
+                try:
+                    futures.append(producer.send_async(m))
+                except Exception as exc:  # noqa: BLE001 - that message's outcome
+                    futures.append(exc)
+            return futures
 
-        try:
-            futures = await self._run(submit)
-            # Bounded: a send the client lost track of must not hang the caller (see
-            # patches.no_route_lookups_on_the_io_thread); it raises EnqueueError like any failure.
-            receipts = await _confirmed(futures, self._confirm_within)
-            self._note_published(native, receipts)
-            if log.isEnabledFor(logging.DEBUG):
-                _log_timer_sends(native, receipts)
-        except _Unconfirmed as exc:
-            raise EnqueueError(
-                f"RocketMQ did not confirm the publish within {self._confirm_within:g} s (none, some or all of "
-                f"the {len(messages)} message(s) may be stored)"
-            ) from exc
-        except Exception as exc:
-            cause = self._err(exc, "publish")
-            if lost_route(exc):
-                # The client hides why a route lookup failed (permission, unknown topic): ask again.
-                for topic in dict.fromkeys(m.topic for m in messages):
-                    try:
-                        await self._query_route(producer, topic)
-                    except NovaError as why:
-                        raise EnqueueError(f"RocketMQ refused the publish to {topic}: {why}") from why
-            if isinstance(cause, ConnectionError) or lost_settings(exc):
-                # the next publish starts from a fresh producer (see _Subscription._pump_loop)
-                await self._reset_producer(producer)
-            raise EnqueueError(f"RocketMQ did not confirm the publish: {cause}") from exc
+        # Bounded: a send the client lost track of must not hang the caller (see
+        # patches.no_route_lookups_on_the_io_thread); it is refused like any failure.
+        answers = await _answers(await self._run(submit), self._confirm_within)
+        outcomes: list[BaseException | None] = [None] * len(messages)
+        failed: dict[int, BaseException] = {}
+        for i, answer in enumerate(answers):
+            if isinstance(answer, BaseException):
+                failed[i] = answer
+        if failed:
+            reasons: dict[int, BaseException] = {}  # one error per distinct failure
+            for i, failure in failed.items():
+                error = reasons.get(id(failure))
+                if error is None:
+                    error = reasons[id(failure)] = await self._refusal(
+                        producer, failure, [messages[j].topic for j, e in failed.items() if e is failure])
+                outcomes[i] = error
+        sent = [(m, a) for m, a in zip(native, answers, strict=True) if not isinstance(a, BaseException)]
+        self._note_published([m for m, _ in sent], [a for _, a in sent])
+        if log.isEnabledFor(logging.DEBUG):
+            _log_timer_sends([m for m, _ in sent], [a for _, a in sent])
+        return outcomes
+
+    async def _refusal(self, producer: Any, exc: BaseException, topics: Sequence[str]) -> EnqueueError:
+        """The EnqueueError (its ``__cause__`` set) for a send that failed with ``exc``, for
+        messages to ``topics``."""
+        if isinstance(exc, _Unconfirmed):
+            error = EnqueueError(
+                f"RocketMQ did not confirm the publish within {self._confirm_within:g} s (the message may be stored)")
+            error.__cause__ = exc
+            return error
+        cause = self._err(exc, "publish")
+        if lost_route(exc):
+            # The client hides why a route lookup failed (permission, unknown topic): ask again.
+            for topic in dict.fromkeys(topics):
+                try:
+                    await self._query_route(producer, topic)
+                except NovaError as why:
+                    error = EnqueueError(f"RocketMQ refused the publish to {topic}: {why}")
+                    error.__cause__ = why
+                    return error
+        if isinstance(cause, ConnectionError) or lost_settings(exc):
+            # the next publish starts from a fresh producer (see _Subscription._pump_loop)
+            await self._reset_producer(producer)
+        error = EnqueueError(f"RocketMQ did not confirm the publish: {cause}")
+        error.__cause__ = exc
+        return error
 
     def _note_published(self, native: Sequence[Any], receipts: Sequence[Any]) -> None:
         """Remember the end offset of each queue written to (see ``_Subscription._start_read``)."""
@@ -427,15 +464,19 @@ class _Unconfirmed(Exception):
     """The client gave no answer for a send in time."""
 
 
-async def _confirmed(futures: Sequence[Any], within: float) -> list[Any]:
-    """The receipts of the client's send futures; _Unconfirmed if they do not all come in time."""
-    receipts = asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
-    try:
-        return await asyncio.wait_for(receipts, within)
-    except TimeoutError as exc:
-        if receipts.done() and not receipts.cancelled():
-            raise  # a send's own timeout, not ours
-        raise _Unconfirmed() from exc
+async def _answers(futures: Sequence[Any], within: float) -> list[Any]:
+    """Each send future's receipt, or its exception (_Unconfirmed if it did not answer in time);
+    an exception among ``futures`` stays as it is."""
+    waiting = [f if isinstance(f, BaseException) else asyncio.wrap_future(f) for f in futures]
+    pending = [f for f in waiting if not isinstance(f, BaseException)]
+    late: set[Any] = set()
+    if pending:
+        _, late = await asyncio.wait(pending, timeout=within)
+    for future in late:
+        future.cancel()
+    unconfirmed = _Unconfirmed()
+    return [f if isinstance(f, BaseException) else unconfirmed if f in late else (f.exception() or f.result())
+            for f in waiting]
 
 
 def _log_timer_sends(native: Sequence[Any], receipts: Sequence[Any]) -> None:
