@@ -67,11 +67,6 @@ class Coalescer:
             self._sender = loop.create_task(self._send())
         return future
 
-    @property
-    def in_flight(self) -> bool:
-        """True while a publish is being sent or waits for its confirms."""
-        return self._sender is not None
-
     async def _send(self) -> None:
         try:
             while self._pending:

@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 import nova
 from nova.sim import SimBroker
 
 PAYLOAD = b"x" * 100
-REPORT_EVERY = 5.0  # seconds between the worker's reports
+REPORT_EVERY = 0.5  # seconds between the worker's reports (the producer paces itself by them)
 WARM_UP = 30.0  # seconds of a soak before its "start" figure (buffers and caches fill first)
 
 
@@ -58,10 +59,9 @@ def make_broker(name: str) -> Any:
         return nova.KafkaBroker(os.environ["NOVA_KAFKA_BOOTSTRAP"])
     if name == "rabbitmq":
         return nova.RabbitMQBroker(os.environ["NOVA_RABBITMQ_URL"])
-    kwargs: dict[str, Any] = {}
-    if os.environ.get("NOVA_ROCKETMQ_ACCESS_KEY"):
-        kwargs["auth"] = (os.environ["NOVA_ROCKETMQ_ACCESS_KEY"], os.environ["NOVA_ROCKETMQ_SECRET_KEY"])
-    return nova.RocketMQBroker(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], **kwargs)
+    from bench_rocketmq import harness_options
+
+    return nova.RocketMQBroker(os.environ["NOVA_ROCKETMQ_ENDPOINTS"], **harness_options())
 
 
 def make_queue(broker: Any, prefix: str) -> nova.TaskQueue:
@@ -251,7 +251,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--broker", required=True, choices=["sim", "kafka", "rabbitmq", "rocketmq"])
     parser.add_argument("--soak-minutes", type=float, default=None, help="worker soak length (the issue: 10)")
-    parser.add_argument("--backlog", type=int, default=20_000, help="most tasks kept ahead of the soak's worker")
+    parser.add_argument("--backlog", type=int, default=50_000, help="most tasks kept ahead of the soak's worker")
     parser.add_argument("--enqueue", type=int, default=None, help="enqueue this many tasks (the issue: 1000000)")
     args = parser.parse_args()
     if args.soak_minutes is None and args.enqueue is None:
