@@ -98,7 +98,7 @@ class Coalescer:
         except Exception as exc:  # noqa: BLE001 - handed to every caller, which raises it
             _fail(calls, exc)
             return
-        if outcomes is None:
+        if outcomes is None or outcomes.count(None) == len(messages) == len(outcomes):  # all confirmed
             for _, future in calls:
                 if not future.done():
                     future.set_result(None)
