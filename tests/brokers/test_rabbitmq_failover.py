@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -282,15 +283,19 @@ async def test_a_publish_left_unconfirmed_on_a_live_connection_is_resent_on_a_ne
     broker = queues.broker(queue_type="quorum")
     await broker.connect()
     await broker.ensure_topics([topic])
-    stuck_channel, stuck_exchange = broker._publish_channel, broker._publish_exchange
-    assert stuck_exchange is not None
+    stuck_channel = broker._publish_channel
+    assert stuck_channel is not None
+    stuck = await stuck_channel.get_underlay_channel()
     swallowed: list[object] = []
+    publish_confirmed = broker_module.aiormq_internals.publish_confirmed
 
-    async def never_confirmed(message: object, **_: object) -> None:
-        swallowed.append(message)
-        await asyncio.Event().wait()
+    async def never_confirmed(channel: Any, exchange: str, messages: Any) -> list[asyncio.Future[Any]]:
+        if channel is not stuck:
+            return await publish_confirmed(channel, exchange, messages)
+        swallowed.extend(messages)
+        return [asyncio.get_running_loop().create_future() for _ in messages]  # never done
 
-    monkeypatch.setattr(stuck_exchange, "publish", never_confirmed)
+    monkeypatch.setattr(broker_module.aiormq_internals, "publish_confirmed", never_confirmed)
     started = time.monotonic()
     await asyncio.wait_for(broker.publish([Message(topic, b"once")]), 15)
     assert 0.5 <= time.monotonic() - started < 10
