@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
+from concurrent.futures import Future
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from nova._errors import ConfigurationError
 from nova.brokers.rocketmq import RocketMQAdmin, RocketMQBroker
+from nova.brokers.rocketmq._broker import _answers, _Unconfirmed
 
 
 def test_durations_take_timedeltas_and_numbers_of_seconds() -> None:
@@ -96,3 +101,45 @@ def test_admin_options() -> None:
         RocketMQAdmin("127.0.0.1:9876", timeout=0)
     with pytest.raises(ConfigurationError, match="is not host:port"):
         RocketMQAdmin("localhost")
+
+
+async def test_send_answers_come_in_order_and_wake_the_loop_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's send futures finish on its own threads: every answer is kept in order (a
+    receipt, a send's error, an error raised before sending), and the event loop is woken once
+    for all of them, not once per message."""
+    loop = asyncio.get_running_loop()
+    wakes: list[object] = []
+    real = loop.call_soon_threadsafe
+
+    def counted(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        wakes.append(callback)
+        return real(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+    futures: list[Future[str]] = [Future() for _ in range(50)]
+    refused, unroutable = RuntimeError("refused"), LookupError("no route")
+
+    def answer() -> None:
+        for i, future in enumerate(futures):
+            if i == 7:
+                future.set_exception(refused)
+            else:
+                future.set_result(f"receipt {i}")
+
+    thread = threading.Thread(target=answer)
+    answers_task = asyncio.ensure_future(_answers([*futures, unroutable], within=60))
+    thread.start()
+    answers = await answers_task
+    thread.join()
+    assert answers == [refused if i == 7 else f"receipt {i}" for i in range(50)] + [unroutable]
+    assert len(wakes) == 1
+
+
+async def test_a_send_unanswered_in_time_is_unconfirmed_and_cancelled() -> None:
+    answered: Future[str] = Future()
+    answered.set_result("receipt")
+    silent: Future[str] = Future()
+    answers = await _answers([answered, silent], within=0.01)
+    assert answers[0] == "receipt"
+    assert isinstance(answers[1], _Unconfirmed)
+    assert silent.cancelled()

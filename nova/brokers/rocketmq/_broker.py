@@ -6,9 +6,11 @@ The package docstring (``nova.brokers.rocketmq``) says how the broker contract m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -465,18 +467,47 @@ class _Unconfirmed(Exception):
 
 
 async def _answers(futures: Sequence[Any], within: float) -> list[Any]:
-    """Each send future's receipt, or its exception (_Unconfirmed if it did not answer in time);
-    an exception among ``futures`` stays as it is."""
-    waiting = [f if isinstance(f, BaseException) else asyncio.wrap_future(f) for f in futures]
-    pending = [f for f in waiting if not isinstance(f, BaseException)]
-    late: set[Any] = set()
+    """Each send future's receipt, or its exception (_Unconfirmed if it did not answer in time,
+    or the client cancelled it); an exception among ``futures`` stays as it is.
+
+    The event loop is woken once, by the last future to finish, not once per future (as
+    ``asyncio.wrap_future`` would): each wake-up from the client's threads is a write to the
+    loop's self-pipe, a system call per message that a large publish would pay on the loop's thread.
+    """
+    pending = [f for f in futures if not isinstance(f, BaseException)]
     if pending:
-        _, late = await asyncio.wait(pending, timeout=within)
-    for future in late:
-        future.cancel()
+        loop = asyncio.get_running_loop()
+        all_done: asyncio.Future[None] = loop.create_future()
+        left = len(pending)
+        lock = threading.Lock()
+
+        def settle() -> None:
+            if not all_done.done():
+                all_done.set_result(None)
+
+        def one_done(_: Any) -> None:  # in the client's thread (or this one, if already done)
+            nonlocal left
+            with lock:
+                left -= 1
+                last = left == 0
+            if last:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                    loop.call_soon_threadsafe(settle)
+
+        for future in pending:
+            future.add_done_callback(one_done)
+        await asyncio.wait([all_done], timeout=within)
     unconfirmed = _Unconfirmed()
-    return [f if isinstance(f, BaseException) else unconfirmed if f in late else (f.exception() or f.result())
-            for f in waiting]
+    answers: list[Any] = []
+    for f in futures:
+        if isinstance(f, BaseException):
+            answers.append(f)
+        elif not f.done() or f.cancelled():
+            f.cancel()
+            answers.append(unconfirmed)
+        else:
+            answers.append(f.exception() or f.result())
+    return answers
 
 
 def _log_timer_sends(native: Sequence[Any], receipts: Sequence[Any]) -> None:
