@@ -6,6 +6,8 @@
     nox -s conformance -- --broker kafka --containers   # Kafka in a Docker container instead
     nox -s conformance -- --broker kafka --nodes 3   # the suite on a 3-node cluster (up unless NOVA_KAFKA_NODES=3)
     nox -s cluster -- --broker kafka|rabbitmq|rocketmq   # node-failure tests on a cluster: up, run, down
+    nox -s chaos -- --broker kafka [--minutes 2] [--tasks N] [--workers 3] [--nodes 3]   # faults, no loss
+    nox -s soak -- --broker kafka --tasks 1000000   # the chaos run until a million tasks (long; not in CI)
     nox -s fuzz                               # longer Hypothesis runs
     nox -s bench -- --broker sim
     nox -s browser                            # the dashboard in a real headless Chromium (Debian's)
@@ -158,6 +160,50 @@ def cluster(session: nox.Session) -> None:
     _install(session)
     tests = sorted(str(p) for p in Path("tests/brokers").glob(f"test_{broker}_cluster*.py"))
     _on_cluster(session, broker, nodes, [*tests, "--broker", broker, "--cluster", *args])
+
+
+def _chaos(session: nox.Session, args: list[str]) -> None:
+    """``tools/chaos.py ARGS`` against the harness's broker (or cluster, ``--nodes N``): brought up
+    and down here unless its variables are exported."""
+    broker = args[args.index("--broker") + 1] if "--broker" in args else ""
+    if broker not in ENDPOINT_VARS:
+        session.error("say which broker: nox -s chaos -- --broker kafka|rabbitmq|rocketmq")
+    nodes = int(args[args.index("--nodes") + 1]) if "--nodes" in args else 1
+    count = ["--nodes", str(nodes)] if nodes > 1 else []
+    exported = (bool(os.environ.get(ENDPOINT_VARS[broker]))
+                and os.environ.get(f"NOVA_{broker.upper()}_NODES", "1") == str(nodes))
+    _install(session)
+    env: dict[str, str] = {}
+    if not exported:
+        session.run("python", "tools/brokers.py", "up", broker, *count)
+        env = _harness_env(session, broker, *count)
+    try:
+        session.run("python", "tools/chaos.py", *args, env=env)
+    finally:
+        if not exported:
+            session.run("python", "tools/brokers.py", "down", broker, *count)
+
+
+@nox.session(python=PYTHON)
+def chaos(session: nox.Session) -> None:
+    """Tasks of every kind while workers are killed and the broker restarts; no loss, none early:
+    ``-- --broker kafka|rabbitmq|rocketmq [--minutes 2] [--tasks N] [--workers 3] [--nodes 3]``
+    (all options: ``python tools/chaos.py --help``)."""
+    _chaos(session, list(session.posargs))
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """The chaos run until ``--tasks`` (default 1,000,000) are enqueued, at 300 tasks/s unless ``--rate``:
+    ``-- --broker kafka|rabbitmq|rocketmq [--tasks N]``. Long; not in CI."""
+    args = list(session.posargs)
+    if "--tasks" not in args:
+        args += ["--tasks", "1000000"]
+    if "--rate" not in args:
+        args += ["--rate", "300"]
+    if "--report-every" not in args:
+        args += ["--report-every", "60"]
+    _chaos(session, args)
 
 
 @nox.session(python=PYTHON)

@@ -27,7 +27,8 @@ append-only file per process, so no fault can corrupt another process's lines:
                     U <id> <kind> <priority> <due|-> <failed at>        an enqueue that raised
     done-<w>.log    D <id> <start> <end> <attempt>                      a handler returned
                     M <id>                                              a payload that is not the id
-    faults.log      S|K <worker> <t>, X <worker> <t> <exit code>        started, killed, died unasked
+    faults.log      S|K <worker> <t>                                    a worker started, killed
+                    X|T <worker> <t> <exit code>                        died unasked, stopped at the end
                     FB|FE <fault> <t> <detail>                          a broker fault began, ended
                     P <phase> <t>                                       produce, drain, end
 
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import itertools
 import json
@@ -50,6 +52,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -70,6 +73,48 @@ ACK_MARGIN = 10.0
 
 
 # ---------------------------------------------------------------------------------- the ledger
+
+class LedgerFile:
+    """An append-only file one process writes lines to.
+
+    Each ``append`` is one ``write(2)`` on an ``O_APPEND`` descriptor: once it returns the line is
+    in the kernel, so a ``kill -9`` of the process cannot lose or tear it. ``fsync`` (at most once
+    a second, in a thread, and at exit) guards only against the machine itself going down; the
+    reader ignores a last line without its newline.
+    """
+
+    def __init__(self, path: Path, *, fsync_every: float = 1.0) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._dirty = False
+        self._closed = threading.Event()
+        self._every = fsync_every
+        threading.Thread(target=self._sync_loop, name="chaos-ledger-fsync", daemon=True).start()
+        atexit.register(self.close)
+
+    def append(self, text: str) -> None:
+        data = text.encode()
+        written = os.write(self._fd, data)
+        if written != len(data):  # a regular file takes a small write whole; say so if not
+            raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
+        self._dirty = True
+
+    def _sync_loop(self) -> None:
+        while not self._closed.wait(self._every):
+            self.sync()
+
+    def sync(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self.sync()
+            os.close(self._fd)
+
+
 
 @dataclass(frozen=True, slots=True)
 class Enqueued:
@@ -98,6 +143,7 @@ class Ledger:
     started: dict[str, float] = field(default_factory=dict)
     kills: dict[str, float] = field(default_factory=dict)
     exits: dict[str, tuple[float, int]] = field(default_factory=dict)
+    stops: dict[str, int] = field(default_factory=dict)  # exit code of each worker stopped at the end
     faults: list[tuple[str, float, float | None]] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
     enqueued_twice: set[str] = field(default_factory=set)
@@ -141,6 +187,8 @@ class Ledger:
             (self.started if tag == "S" else self.kills)[f[1]] = float(f[2])
         elif source == "faults" and tag == "X" and len(f) == 4:
             self.exits[f[1]] = (float(f[2]), int(f[3]))
+        elif source == "faults" and tag == "T" and len(f) == 4:
+            self.stops[f[1]] = int(f[3])
         elif source == "faults" and tag == "FB" and len(f) >= 3:
             self.faults.append((f[1], float(f[2]), None))
         elif source == "faults" and tag == "FE" and len(f) >= 3:
@@ -232,6 +280,7 @@ class Summary:
     lateness_max_ms: float | None = None
     kills: int = 0
     unasked_exits: int = 0
+    unclean_stops: int = 0  # workers that did not exit 0 on the final SIGTERM
     broker_faults: dict[str, int] = field(default_factory=dict)
     refused_enqueues: int = 0  # tasks whose enqueue raised
     refused_but_ran: int = 0
@@ -243,6 +292,7 @@ class Summary:
     torn: int = 0
     enqueued_twice: int = 0
     tasks_per_s: float = 0.0
+    tasks_per_s_producing: float = 0.0
     produce_s: float | None = None
     drain_s: float | None = None
 
@@ -298,6 +348,7 @@ def explain(entry: Enqueued, first: Completion, again: Completion, ledger: Ledge
 
 def summarize(ledger: Ledger, *, examples: int = 5) -> Summary:
     s = Summary(enqueued=len(ledger.enqueued), kills=len(ledger.kills), unasked_exits=len(ledger.exits),
+                unclean_stops=sum(1 for code in ledger.stops.values() if code != 0),
                 mismatches=len(ledger.mismatches), corrupt=len(ledger.corrupt),
                 corrupt_examples=ledger.corrupt[:examples], torn=ledger.torn,
                 enqueued_twice=len(ledger.enqueued_twice), refused_enqueues=len(ledger.unconfirmed))
@@ -365,6 +416,9 @@ def summarize(ledger: Ledger, *, examples: int = 5) -> Summary:
     phases = ledger.phases
     if "produce" in phases and "drain" in phases:
         s.produce_s = phases["drain"] - phases["produce"]
+        began, ended = phases["produce"], phases["drain"]
+        ran = sum(1 for runs in ledger.completions.values() if began <= min(c.end for c in runs) <= ended)
+        s.tasks_per_s_producing = ran / s.produce_s if s.produce_s > 0 else 0.0
     if "drain" in phases and "end" in phases:
         s.drain_s = phases["end"] - phases["drain"]
     return s
@@ -404,7 +458,8 @@ def format_summary(s: Summary, title: str) -> str:
         f"max {_ms(s.lateness_max_ms)} ({s.delayed} delayed tasks, first run's start - due time)",
         f"  kills         {s.kills} (kill -9){f'; {s.unasked_exits} worker exits unasked' if s.unasked_exits else ''}",
         f"  restarts      {faults}",
-        f"  tasks/s       {s.tasks_per_s:.1f} (completed / first confirmed enqueue to last first completion)",
+        f"  tasks/s       {s.tasks_per_s_producing:.1f} while producing (tasks first run then / that time); "
+        f"{s.tasks_per_s:.1f} overall (first confirmed enqueue to last first run)",
     ]
     for label, count, items in (("lost", s.lost, s.lost_examples), ("early", s.early, s.early_examples),
                                 ("unexplained duplicates", s.unexplained, s.unexplained_examples),
@@ -414,7 +469,8 @@ def format_summary(s: Summary, title: str) -> str:
             lines.append(f"  {label}, e.g.: " + "; ".join(items))
     for count, what in ((s.mismatches, "payloads that were not their task's id"),
                         (s.enqueued_twice, "ids the producer confirmed twice"),
-                        (s.torn, "torn last lines (a process died mid-write; ignored)")):
+                        (s.torn, "torn last lines (a process died mid-write; ignored)"),
+                        (s.unclean_stops, "workers that did not exit 0 on the final SIGTERM")):
         if count:
             lines.append(f"  {count} {what}")
     failures = s.failures()
@@ -451,7 +507,7 @@ async def _produce(opts: argparse.Namespace) -> int:
 
     app = chaos_app.app
     run_dir = Path(opts.dir)
-    ledger = chaos_app.LedgerFile(run_dir / "enqueued.log")
+    ledger = LedgerFile(run_dir / "enqueued.log")
     rng = random.Random(opts.seed)
     tag = uuid.uuid4().hex[:8]
     seq = 0
@@ -801,11 +857,12 @@ class Chaos:
                 worker.proc.send_signal(signal.SIGTERM)
         for worker in self.workers.values():
             try:
-                worker.proc.wait(40)
+                code = worker.proc.wait(40)
             except subprocess.TimeoutExpired:
                 print(f"chaos: worker {worker.name} did not stop within 40 s: killed", file=sys.stderr)
                 worker.proc.kill()
-                worker.proc.wait()
+                code = worker.proc.wait()
+            self.faults.write("T", worker.name, time.time(), code)
         self.workers.clear()
         self.respawn_at.clear()
 

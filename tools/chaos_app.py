@@ -19,7 +19,6 @@ and the harness's ``NOVA_<BROKER>_*`` variables.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import os
 import random
 import threading
@@ -28,53 +27,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from chaos import LedgerFile
+
 import nova
 
-__all__ = ["LedgerFile", "app", "make_broker"]
+__all__ = ["app", "make_broker"]
 
 #: Kafka partitions per topic, so that several worker processes share each ready topic.
 KAFKA_PARTITIONS = 3
-
-
-class LedgerFile:
-    """An append-only file one process writes lines to.
-
-    Each ``append`` is one ``write(2)`` on an ``O_APPEND`` descriptor: once it returns the line is
-    in the kernel, so a ``kill -9`` of the process cannot lose or tear it. ``fsync`` (at most once
-    a second, in a thread, and at exit) guards only against the machine itself going down; the
-    reader ignores a last line without its newline.
-    """
-
-    def __init__(self, path: Path, *, fsync_every: float = 1.0) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._dirty = False
-        self._closed = threading.Event()
-        self._every = fsync_every
-        threading.Thread(target=self._sync_loop, name="chaos-ledger-fsync", daemon=True).start()
-        atexit.register(self.close)
-
-    def append(self, text: str) -> None:
-        data = text.encode()
-        written = os.write(self._fd, data)
-        if written != len(data):  # a regular file takes a small write whole; say so if not
-            raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
-        self._dirty = True
-
-    def _sync_loop(self) -> None:
-        while not self._closed.wait(self._every):
-            self.sync()
-
-    def sync(self) -> None:
-        if self._dirty:
-            self._dirty = False
-            os.fsync(self._fd)
-
-    def close(self) -> None:
-        if not self._closed.is_set():
-            self._closed.set()
-            self.sync()
-            os.close(self._fd)
 
 
 def make_broker() -> Any:
