@@ -663,6 +663,25 @@ class Chaos:
         self.faults.write("S", name, worker.started)
         return worker
 
+    def start_first(self, slot: int, within: float = 180.0) -> None:
+        """Start a worker before the run and wait until it consumes (again if it could not reach
+        the broker: someone may be restarting it)."""
+        deadline = time.monotonic() + within
+        while True:
+            worker = self.spawn(slot)
+            if self.wait_ready(worker, deadline - time.monotonic()):
+                return
+            code = worker.proc.poll()
+            output = worker.log.read_text(errors="replace")[-3000:]
+            if code is None:
+                raise SystemExit(f"chaos: worker {worker.name} did not get ready within {within:g} s:\n{output}")
+            self.faults.write("X", worker.name, time.time(), code)
+            del self.workers[slot]
+            if code != 3 or time.monotonic() > deadline:
+                raise SystemExit(f"chaos: worker {worker.name} exited with {code} before it was ready:\n{output}")
+            print(f"chaos: worker {worker.name} cannot reach the broker yet; trying again", file=sys.stderr)
+            time.sleep(5)
+
     def wait_ready(self, worker: WorkerProc, within: float) -> bool:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
@@ -771,10 +790,7 @@ class Chaos:
         opts = self.opts
         print(f"chaos: run directory {self.dir}", file=sys.stderr)
         for slot in range(opts.workers):  # one by one: a group joined by all at once rebalances for longer
-            worker = self.spawn(slot)
-            if not self.wait_ready(worker, 120):
-                raise SystemExit(f"chaos: worker {worker.name} did not get ready within 120 s:\n"
-                                 + worker.log.read_text(errors="replace")[-3000:])
+            self.start_first(slot)
         self.faults.write("P", "produce", time.time())
         produce = [sys.executable, str(TOOLS / "chaos.py"), "produce", "--dir", str(self.dir), "--rate",
                    str(opts.rate), "--seed", str(opts.seed)]
