@@ -88,19 +88,19 @@ def _lines(tasks: list[nova.Task], start: float) -> str:
 @app.task("async", queue="work")
 async def run_async(task: nova.Task) -> None:
     start = time.time()
-    await asyncio.sleep(random.uniform(0, 0.01))
+    await asyncio.sleep(random.uniform(0, 0.2))  # long enough that a kill -9 finds tasks mid-handler
     _done_ledger().append(_lines([task], start))
 
 
 @app.task("sync", queue="work")
 def run_sync(task: nova.Task) -> None:
     start = time.time()
-    time.sleep(random.uniform(0, 0.005))
+    time.sleep(random.uniform(0, 0.05))
     _done_ledger().append(_lines([task], start))
 
 
 @app.batch("bulk", nova.TimeCountAggregator(50, timedelta(milliseconds=500)), queue="bulk")
 async def run_bulk(tasks: list[nova.Task]) -> None:
     start = time.time()
-    await asyncio.sleep(random.uniform(0, 0.02))
+    await asyncio.sleep(random.uniform(0, 0.2))
     _done_ledger().append(_lines(tasks, start))
