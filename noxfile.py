@@ -165,10 +165,17 @@ def cluster(session: nox.Session) -> None:
 def _chaos(session: nox.Session, args: list[str]) -> None:
     """``tools/chaos.py ARGS`` against the harness's broker (or cluster, ``--nodes N``): brought up
     and down here unless its variables are exported."""
-    broker = args[args.index("--broker") + 1] if "--broker" in args else ""
+    def value(name: str, default: str) -> str:
+        at = args.index(name) + 1 if name in args else len(args)
+        return args[at] if at < len(args) else default
+
+    broker = value("--broker", "")
     if broker not in ENDPOINT_VARS:
         session.error("say which broker: nox -s chaos -- --broker kafka|rabbitmq|rocketmq")
-    nodes = int(args[args.index("--nodes") + 1]) if "--nodes" in args else 1
+    nodes_text = value("--nodes", "1")
+    if not nodes_text.isdigit():
+        session.error(f"--nodes takes a node count, not {nodes_text!r}")
+    nodes = int(nodes_text)
     count = ["--nodes", str(nodes)] if nodes > 1 else []
     exported = (bool(os.environ.get(ENDPOINT_VARS[broker]))
                 and os.environ.get(f"NOVA_{broker.upper()}_NODES", "1") == str(nodes))
