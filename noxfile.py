@@ -201,15 +201,15 @@ def chaos(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def soak(session: nox.Session) -> None:
-    """The chaos run until ``--tasks`` (default 1,000,000) are enqueued, at 300 tasks/s unless ``--rate``:
-    ``-- --broker kafka|rabbitmq|rocketmq [--tasks N]``. Long; not in CI."""
+    """The chaos run until ``--tasks`` (default 1,000,000) are enqueued: ``-- --broker
+    kafka|rabbitmq|rocketmq [--tasks N]``, by default at 300 tasks/s with a kill -9 every ~30 s
+    (Kafka's group stalls for its 30 s session timeout after each one) and up to 30 minutes of
+    drain. Long (about an hour per million); not in CI."""
     args = list(session.posargs)
-    if "--tasks" not in args:
-        args += ["--tasks", "1000000"]
-    if "--rate" not in args:
-        args += ["--rate", "300"]
-    if "--report-every" not in args:
-        args += ["--report-every", "60"]
+    for option, default in (("--tasks", "1000000"), ("--rate", "300"), ("--kill-every", "30"),
+                            ("--drain-timeout", "1800"), ("--report-every", "60")):
+        if option not in args:
+            args += [option, default]
     _chaos(session, args)
 
 
