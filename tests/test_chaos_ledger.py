@@ -105,6 +105,7 @@ def test_duplicates_are_explained_by_a_kill_a_delayed_kill_or_a_broker_fault(tmp
     assert s.unexplained_examples[0].startswith("u: ran ")
     assert s.kills == 1
     assert s.broker_faults == {"restart": 1}
+    assert "  restarts      1 broker restart\n" in chaos.format_summary(s, "x")
     assert s.ok  # duplicates are at-least-once; only losses and early runs fail a run
 
 

@@ -436,17 +436,19 @@ def _ms(value: float | None) -> str:
 
 def format_summary(s: Summary, title: str) -> str:
     """The one summary a run prints."""
-    faults = ", ".join(f"{n} {name}" for name, n in sorted(s.broker_faults.items())) or "none"
+    names = {"restart": ("broker restart", "broker restarts"), "node-stop": ("node stop", "node stops")}
+    faults = ", ".join(f"{n} {names.get(name, (name, name))[n != 1]}"
+                       for name, n in sorted(s.broker_faults.items())) or "none"
     refused = ""
     if s.refused_enqueues:
         refused = f" (and {s.refused_enqueues} whose enqueue raised; {s.refused_but_ran} of those ran anyway)"
     phases = ""
     if s.produce_s is not None:
-        phases = f" over {s.produce_s:.0f} s of faults"
+        phases = f": {s.produce_s:.0f} s of tasks and faults"
         if s.drain_s is not None:
-            phases += f" + {s.drain_s:.1f} s of drain"
+            phases += f", then {s.drain_s:.1f} s of drain"
     lines = [
-        f"chaos summary: {title}{phases}",
+        f"chaos summary ({title}){phases}",
         f"  enqueued      {s.enqueued}{refused}",
         f"  completed     {s.completed}",
         f"  lost          {s.lost}",
