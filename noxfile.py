@@ -182,7 +182,7 @@ def _chaos(session: nox.Session, args: list[str]) -> None:
     _install(session)
     env: dict[str, str] = {}
     if not exported:
-        session.run("python", "tools/brokers.py", "up", broker, *count)
+        _up_empty(session, broker, *count)
         env = _harness_env(session, broker, *count)
     try:
         session.run("python", "tools/chaos.py", *args, env=env)
