@@ -69,6 +69,16 @@ def test_a_confirmed_task_that_never_ran_is_lost_and_fails_the_run(tmp_path: Pat
     assert chaos.format_summary(s, "x").endswith("result: FAILED: 1 lost")
 
 
+def test_a_producer_or_harness_the_run_had_to_kill_fails_a_run_that_lost_nothing(tmp_path: Path) -> None:
+    write(tmp_path, "enqueued.log", f"E t1 a 3 - {T0}")
+    write(tmp_path, "done-w0.1.log", f"D t1 {T0} {T0} 1")
+    s = summary_of(tmp_path)
+    assert s.ok
+    assert chaos.format_summary(s, "x").endswith("result: OK")
+    text = chaos.format_summary(s, "x", ["the producer ran 180 s past --minutes: killed"])
+    assert text.endswith("result: FAILED: the producer ran 180 s past --minutes: killed")
+
+
 def test_a_run_before_the_due_time_is_early_even_when_it_is_a_duplicate(tmp_path: Path) -> None:
     write(tmp_path, "enqueued.log", f"E t1 b 2 {T0 + 10} {T0}", f"E t2 a 2 {T0 + 10} {T0}")
     write(tmp_path, "done-w0.1.log",

@@ -70,6 +70,10 @@ KINDS = {"a": "async", "s": "sync", "b": "bulk"}
 #: A duplicate counts as explained by a broker fault when the fault overlaps the time from this
 #: long before the first completion (an ack or commit still in flight) up to the second one.
 ACK_MARGIN = 10.0
+#: A producer still running this long after its --minutes is killed (its enqueues time out after
+#: 120 s), and a harness fault still under way after HARNESS_BOUND is killed: CI must not hang.
+PRODUCER_GRACE = 180.0
+HARNESS_BOUND = 600.0
 
 
 # ---------------------------------------------------------------------------------- the ledger
@@ -434,8 +438,8 @@ def _ms(value: float | None) -> str:
     return f"{value / 1000:.2f} s" if abs(value) >= 1000 else f"{value:.0f} ms"
 
 
-def format_summary(s: Summary, title: str) -> str:
-    """The one summary a run prints."""
+def format_summary(s: Summary, title: str, problems: Sequence[str] = ()) -> str:
+    """The one summary a run prints; ``problems``: the run's own failures (a producer or harness killed)."""
     names = {"restart": ("broker restart", "broker restarts"), "node-stop": ("node stop", "node stops")}
     faults = ", ".join(f"{n} {names.get(name, (name, name))[n != 1]}"
                        for name, n in sorted(s.broker_faults.items())) or "none"
@@ -475,7 +479,7 @@ def format_summary(s: Summary, title: str) -> str:
                         (s.unclean_stops, "workers that did not exit 0 on the final SIGTERM")):
         if count:
             lines.append(f"  {count} {what}")
-    failures = s.failures()
+    failures = s.failures() + list(problems)
     lines.append("result: OK" if not failures else "result: FAILED: " + ", ".join(failures))
     return "\n".join(lines)
 
@@ -647,6 +651,7 @@ class Chaos:
         self.ledger = Ledger()
         self.reader = LedgerReader(run_dir)
         self.harness_failures = 0
+        self.problems: list[str] = []  # what makes the run fail besides the ledger's verdict
 
     # -- workers --------------------------------------------------------------------
     def spawn(self, slot: int) -> WorkerProc:
@@ -772,7 +777,13 @@ class Chaos:
         """Wait out a fault under way and bring a stopped node back (before the drain, and on exit)."""
         while True:
             if self.harness is not None:
-                self.harness.wait()
+                try:
+                    self.harness.wait(HARNESS_BOUND)
+                except subprocess.TimeoutExpired:
+                    self.harness.kill()
+                    self.harness.wait()
+                    self.problems.append(f"the harness's {' '.join(self.harness_what)} took over "
+                                         f"{HARNESS_BOUND:g} s: killed")
                 self.harness_step()
                 continue
             if self.harness_what[0] == "node-down":
@@ -808,9 +819,15 @@ class Chaos:
         next_fault = began + self.rng.uniform(30, 60) if opts.broker_faults != "none" else float("inf")
         node_back_at = 0.0
         next_report = began + opts.report_every
+        produce_until = began + opts.minutes * 60 + PRODUCER_GRACE if opts.minutes else float("inf")
         while self.producer.poll() is None:
             time.sleep(0.1)
             now = time.monotonic()
+            if now >= produce_until:
+                self.producer.kill()
+                self.producer.wait()
+                self.problems.append(f"the producer ran {PRODUCER_GRACE:g} s past --minutes: killed")
+                break
             self.reap()
             self.respawn_due()
             if now >= next_kill:
@@ -832,6 +849,7 @@ class Chaos:
                 next_report = now + opts.report_every
                 self.progress("faults", began)
         if self.producer.returncode != 0:
+            self.problems.append(f"the producer exited with {self.producer.returncode}")
             print(f"chaos: the producer exited with {self.producer.returncode}:\n"
                   + (self.dir / "producer.out").read_text(errors="replace")[-3000:], file=sys.stderr)
         self.faults.write("P", "drain", time.time())
@@ -989,12 +1007,13 @@ def main(argv: Sequence[str]) -> int:
     finally:
         chaos.cleanup()
         signal.signal(signal.SIGTERM, previous)
-    text = format_summary(summary, title)
+    text = format_summary(summary, title, chaos.problems)
     print(text)
     (run_dir / "summary.txt").write_text(text + "\n")
-    (run_dir / "summary.json").write_text(json.dumps({"title": title, **asdict(summary), "ok": summary.ok},
-                                                     indent=2) + "\n")
-    return 0 if summary.ok else 1
+    ok = summary.ok and not chaos.problems
+    (run_dir / "summary.json").write_text(json.dumps({"title": title, **asdict(summary), "ok": ok,
+                                                     "problems": chaos.problems}, indent=2) + "\n")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
