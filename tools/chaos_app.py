@@ -43,6 +43,11 @@ def make_broker() -> Any:
     if name == "kafka":
         return nova.KafkaBroker(os.environ["NOVA_KAFKA_BOOTSTRAP"], partitions=KAFKA_PARTITIONS)
     if name == "rabbitmq":
+        urls = [u for u in os.environ.get("NOVA_RABBITMQ_URLS", "").split(",") if u]
+        if len(urls) > 1:
+            # A cluster: every node listed, so a client moves on when its node stops, and
+            # quorum queues, since a classic queue is unusable while its one node is down.
+            return nova.RabbitMQBroker(urls, queue_type="quorum")
         return nova.RabbitMQBroker(os.environ["NOVA_RABBITMQ_URL"])
     if name == "rocketmq":
         kwargs: dict[str, Any] = {"namesrv": os.environ["NOVA_ROCKETMQ_NAMESRV"]}
