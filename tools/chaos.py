@@ -3,7 +3,7 @@ then every confirmed task must have run, none before its due time.
 
     python tools/chaos.py --broker kafka|rabbitmq|rocketmq [--minutes 2] [--tasks N] [--workers 3]
                           [--rate 100] [--kill-every 5] [--broker-faults restart|node|none]
-                          [--nodes 3] [--drain-timeout 180] [--seed S] [--dir DIR]
+                          [--nodes 3] [--drain-timeout 240] [--seed S] [--dir DIR]
     nox -s chaos -- --broker kafka --minutes 2
     nox -s soak -- --broker kafka --tasks 1000000
 
