@@ -191,10 +191,20 @@ class DelayTierAware(Protocol):
     """Optional: a broker that wants to know the delay-tier topics and their hold times.
 
     The engine calls it once per TaskQueue, before any ``ensure_topics``, with
-    every tier topic and its hold time in seconds. RabbitMQ makes each tier a
-    TTL queue (the forwarder then finds tier messages due on arrival instead of
-    holding them unacked); Kafka creates each tier with one partition.
+    every tier topic and its hold time in seconds. RabbitMQ with quorum queues
+    makes each tier a TTL queue (the forwarder then finds tier messages due on
+    arrival instead of holding them unacked); Kafka creates each tier with one
+    partition.
+
+    ``delay_hold_max``: the longest the forwarder may hold one tier message
+    unacked (None: no limit). The router then never puts a message in a tier
+    longer than that; a longer delay passes through the longest allowed tier
+    as often as needed. RabbitMQ's classic tiers set it below the server's
+    ``consumer_timeout``, which closes a channel holding a delivery longer.
     """
+
+    @property
+    def delay_hold_max(self) -> timedelta | None: ...
 
     def declare_delay_tiers(self, tiers: Mapping[str, float]) -> None: ...
 

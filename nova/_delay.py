@@ -9,7 +9,9 @@ each time into the largest tier not longer than what remains (a binary
 cascade), and lands in its ready topic at its eta. Delays longer than
 ``longest`` pass through the longest tier as often as needed, so any delay
 works. Precision does not depend on ``delay_slots``: the last hop holds until
-the eta itself. More slots mean fewer hops per delay but more topics.
+the eta itself. More slots mean fewer hops per delay but more topics. A broker
+may bound the hold (``DelayTierAware.delay_hold_max``): tiers longer than that
+are left out of the cascade.
 
 Brokers with native timers (``Broker.native_delay_max``, e.g. RocketMQ) get
 the task straight into its ready topic with ``deliver_at`` when it fits, and
@@ -30,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from nova._broker import Broker, Delivery, Message, Subscription
+from nova._broker import Broker, DelayTierAware, Delivery, Message, Subscription
 from nova._clock import Clock
 from nova._envelope import H
 from nova._errors import ConfigurationError, ConfigurationTypeError
@@ -84,6 +86,9 @@ class Router:
         self.prefix = prefix
         self.tiers = tiers
         self.tier_topics = [delay_topic(prefix, t) for t in range(tiers.count)]
+        hold_max = broker.delay_hold_max if isinstance(broker, DelayTierAware) else None
+        #: the longest tier a message may enter (see ``DelayTierAware.delay_hold_max``)
+        self.hold_max = float("inf") if hold_max is None else hold_max.total_seconds()
 
     def route(self, target: str, body: bytes, headers: Mapping[str, str], key: str | None,
               eta: float | None) -> Message:
@@ -103,7 +108,7 @@ class Router:
             hold = now + native.total_seconds()
             out[H.HOLD_UNTIL] = repr(hold)
             return Message(self.tier_topics[0], body, out, key, deliver_at=hold)
-        tier = self.tiers.pick(remaining)
+        tier = self.tiers.pick(min(remaining, self.hold_max))
         hold = min(now + self.tiers.seconds(tier), eta)
         out[H.HOLD_UNTIL] = repr(hold)
         return Message(self.tier_topics[tier], body, out, key)

@@ -125,6 +125,33 @@ async def test_router_uses_the_largest_tier_that_fits() -> None:
     await broker.close()
 
 
+async def test_a_broker_bound_on_holds_keeps_longer_tiers_out_of_the_cascade() -> None:
+    clock = VirtualClock()
+    broker = SimBroker(clock=clock, delay_hold_max=timedelta(minutes=15))
+    router = Router(broker, clock, "p", DelayTiers())  # 1 h, 30 min, 15 min, ...
+    now = clock.time()
+    long = router.route("p_q_normal", b"", {}, None, now + 7200)
+    assert long.topic == "p__delay02" and float(long.headers[H.HOLD_UNTIL]) == now + 900
+    assert router.route("p_q_normal", b"", {}, None, now + 600).topic == "p__delay03"  # 7.5 min
+    queue = nova.TaskQueue(broker, topic_prefix="q")
+    assert len(broker.delay_tiers) == 24  # told, as RabbitMQ is
+    ran: list[float] = []
+
+    async def handler(task: nova.Task) -> None:
+        ran.append(clock.time())
+
+    await queue.start(handler)
+    result = await queue.enqueue(nova.Task("t", b""), process_in=timedelta(hours=2))
+    assert result.eta is not None
+    for _ in range(8):  # eight 15-min hops
+        assert broker.depth("q__delay00") == broker.depth("q__delay01") == 0
+        assert broker.depth("q__delay02") == 1
+        await clock.advance(timedelta(minutes=15))
+    await clock.settle()
+    assert ran == [result.eta.timestamp()]
+    await queue.stop()
+
+
 async def test_a_start_that_fails_leaves_nothing_consuming_and_may_be_retried() -> None:
     class ForwarderRefused(SimBroker):
         refuse = True

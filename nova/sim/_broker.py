@@ -18,7 +18,10 @@ Semantics (the same contract the real adapters implement):
   round trip, before the broker holds its messages;
 * with ``native_delay_max`` set, ``Message.deliver_at`` keeps a message
   invisible until then (RocketMQ-like timers); by default it is None, so the
-  engine's delay-tier cascade is what runs.
+  engine's delay-tier cascade is what runs;
+* with ``delay_hold_max`` set, the engine puts no message in a delay tier
+  longer than that (like RabbitMQ's classic tiers, held under its
+  ``consumer_timeout``).
 
 Fault injection for tests and fuzzing: ``fail_publishes(n)`` (whole calls),
 ``refuse_message(n)`` (the n-th message from now on), ``duplicate_deliveries(n)``,
@@ -198,6 +201,7 @@ class SimBroker:
         clock: Clock | None = None,
         seed: int = 0,
         native_delay_max: timedelta | None = None,
+        delay_hold_max: timedelta | None = None,
         session_timeout: timedelta = timedelta(seconds=10),
         max_message_bytes: int | None = 8 * 1024 * 1024,
         publish_failure_rate: float = 0.0,
@@ -209,6 +213,9 @@ class SimBroker:
     ) -> None:
         self.clock: Clock = clock if clock is not None else VirtualClock()
         self.native_delay_max = native_delay_max
+        self.delay_hold_max = delay_hold_max
+        #: the delay-tier topics and hold times the engine declared (``declare_delay_tiers``)
+        self.delay_tiers: dict[str, float] = {}
         self.max_message_bytes = max_message_bytes
         self.group_id = group_id
         self.topic_prefix = topic_prefix
@@ -236,6 +243,10 @@ class SimBroker:
 
     def __repr__(self) -> str:
         return f"SimBroker(topics={len(self._topics)}, clock={self.clock!r})"
+
+    def declare_delay_tiers(self, tiers: Mapping[str, float]) -> None:
+        """Kept for inspection: a SimBroker's tiers are ordinary topics."""
+        self.delay_tiers.update(tiers)
 
     @classmethod
     def from_url(cls, url: str) -> SimBroker:

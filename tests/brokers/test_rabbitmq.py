@@ -346,30 +346,43 @@ async def test_settles_are_batched_but_never_cover_an_unsettled_delivery(
     await again.stop()
 
 
-async def test_delay_tier_as_ttl_queue_holds_messages_inside_rabbitmq(
-    rabbitmq_brokers: Callable[..., RabbitMQBroker], rabbitmq_topics: Callable[[], str]
+async def test_classic_delay_tiers_are_plain_queues_held_by_the_forwarder(
+    rabbitmq_brokers: Callable[..., RabbitMQBroker], rabbitmq_topics: Callable[[], str], rabbitmq_url: str
 ) -> None:
+    """A classic queue dead-letters at most once: a TTL tier loses what expires while the
+    node stops. So classic tiers carry no TTL, and the forwarder holds them (under 15 min
+    each, within RabbitMQ's consumer_timeout)."""
+    import aio_pika
+    import aiormq.exceptions
+
     tier = rabbitmq_topics()
     broker = rabbitmq_brokers()
-    broker.declare_delay_tiers({tier: timedelta(seconds=1)})
-    other = rabbitmq_brokers()
-    other.declare_delay_tiers({tier: 2.0})
-    await other.connect()
-    await other.ensure_topics([tier])  # the tier queue now has a 2 s TTL
-    await broker.connect()
-    with pytest.raises(errors.ConfigurationError, match="other arguments"):
-        await broker.ensure_topics([tier])
-    broker = rabbitmq_brokers()
-    broker.declare_delay_tiers({tier: 2.0})
+    broker.declare_delay_tiers({tier: timedelta(hours=1)})
+    assert broker.delay_hold_max == timedelta(minutes=15)
     await broker.connect()
     got = Collector(await broker.subscribe([tier], group="fwd", window=10), ack=True)
     await broker.publish([Message(tier, b"later", {"nova-hold-until": "1"})])
-    await got.wait(lambda: len(got.deliveries) == 1)
-    held = time.time() - got.deliveries[0].published_at
-    assert held >= 1.95, f"delivered after {held:.3f} s, before the tier's 2 s TTL"
+    await got.wait(lambda: len(got.deliveries) == 1)  # at once: the forwarder holds it, not a TTL
     assert got.deliveries[0].topic == tier
-    assert dict(got.deliveries[0].headers) == {"nova-hold-until": "1"}  # no x-death noise
     await got.stop()
+    async with await aio_pika.connect(rabbitmq_url) as connection:
+        channel = await connection.channel()
+        await channel.declare_queue(tier, durable=True)  # no arguments: no TTL, no dead-letter target
+        with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
+            await (await connection.channel()).declare_queue(
+                tier, durable=True, arguments={"x-message-ttl": 3_600_000})
+        # a tier an earlier nova declared as a TTL queue is refused with what to do
+        old = rabbitmq_topics()
+        await channel.declare_queue(old, durable=True, arguments={
+            "x-message-ttl": 2000, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{old}_due"})
+        try:
+            again = rabbitmq_brokers()
+            again.declare_delay_tiers({old: 2.0})
+            await again.connect()
+            with pytest.raises(errors.ConfigurationError, match=f"declared as a TTL queue.*{old}_due are empty"):
+                await again.ensure_topics([old])
+        finally:
+            await channel.queue_delete(old)
 
 
 # -- credentials and TLS ------------------------------------------------------------
@@ -503,7 +516,8 @@ async def test_broker_restart_mid_stream_loses_nothing_and_consumers_resume(
 async def test_task_queue_survives_a_broker_restart_with_delayed_tasks(
     rabbitmq_brokers: Callable[..., RabbitMQBroker], restart_broker: Callable[[], Awaitable[None]]
 ) -> None:
-    """End to end through the engine: ready and delayed tasks across a restart."""
+    """End to end through the engine: ready and delayed tasks across a restart, with delayed
+    tasks due all through it."""
     import nova
 
     broker = rabbitmq_brokers()
@@ -525,6 +539,12 @@ async def test_task_queue_survives_a_broker_restart_with_delayed_tasks(
         delay = 2.0 + i % 8
         due[b"later%d" % i] = time.time() + delay
         await queue.enqueue(nova.Task("t", b"later%d" % i), process_in=delay)
+    for i in range(70):  # 3,500 more, due every 0.1 s from 1 s to 8 s: some while RabbitMQ stops
+        batch = [nova.Task("t", b"batch%d.%d" % (i, j)) for j in range(50)]
+        delay = 1.0 + i * 0.1
+        for task in batch:
+            due[task.payload] = time.time() + delay
+        await queue.enqueue_batch(batch, process_in=delay)
     expected |= set(due)
     restart = asyncio.create_task(restart_broker())
     n = 0

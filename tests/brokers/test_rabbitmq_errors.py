@@ -75,7 +75,12 @@ def test_failures_on_an_open_connection(broker: RabbitMQBroker) -> None:
                              "declaring queues ['t1']", queue="t1")
     assert type(mismatch) is errors.ConfigurationError
     assert "declaring queues ['t1'] failed: queue 't1' already exists in RabbitMQ with other arguments" in str(mismatch)
-    assert str(mismatch).endswith("delete it, or keep the delay tiers it was declared with")
+    assert str(mismatch).endswith("wait until it and t1_due are empty, then delete both "
+                                  "(rabbitmqctl delete_queue t1)")
+    assert "an earlier nova declared as a TTL queue" in str(mismatch)
+    other_arg = broker._error(amqp.ChannelPreconditionFailed("inequivalent arg 'x-max-length'"),
+                              "declaring queues ['t1']", queue="t1")
+    assert str(other_arg).endswith("delete it, or keep the delay tiers it was declared with")
     lost = broker._error(amqp.ChannelInvalidStateError("closed"), "subscribing to ['t1']")
     assert type(lost) is errors.ConnectionError
     assert str(lost) == "RabbitMQ connection lost while subscribing to ['t1']: ChannelInvalidStateError: closed"

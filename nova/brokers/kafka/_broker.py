@@ -93,6 +93,8 @@ class KafkaBroker:
     clock: Clock | None = None
     #: Kafka has no per-message delay; the engine's delay tiers do the work.
     native_delay_max: timedelta | None = None
+    #: A consumer holds an uncommitted offset as long as it likes: no bound on a tier's hold.
+    delay_hold_max: timedelta | None = None
 
     def __init__(
         self,

@@ -35,16 +35,21 @@ How the contract maps onto AMQP:
   asks RabbitMQ (a passive declare) only when that cannot decide (``_Feed``).
   Beyond the server's ``consumer_timeout`` (RabbitMQ 3.10 default: 30 min) the
   broker closes the channel and redelivers; the adapter reopens it, so work
-  goes on, but the task may run twice. Long-held delay tiers therefore want TTL queues
-  (``declare_delay_tiers``) or a larger ``consumer_timeout`` in rabbitmq.conf;
+  goes on, but the task may run twice;
 - the connection is robust: after a broker restart it reconnects, re-declares
   the topology and resumes the consumers. Deliveries received before the loss
   are redelivered by the broker; acking such a stale delivery only logs a
   warning (the message is not lost, and its task may run again);
-- delay tiers (``{prefix}__delayNN``) are ordinary durable queues held by the
-  engine's forwarder; ``declare_delay_tiers`` can instead make each tier a TTL
-  queue that dead-letters into the queue the forwarder reads, so messages wait
-  inside RabbitMQ and the forwarder's hold is ~0.
+- delay tiers (``{prefix}__delayNN``) of classic queues are ordinary durable
+  queues held by the engine's forwarder, which acks a tier message only once its
+  next hop is confirmed. A tier is never longer than ``CLASSIC_HOLD_MAX`` (15 min,
+  half the default ``consumer_timeout``; a longer delay passes through it as often
+  as needed), so no held delivery outlives the server's timeout. They are not TTL
+  queues: a classic queue dead-letters at most once, and a message expiring while
+  the node stops is lost (nova's chaos run lost tasks that way). With quorum queues
+  each tier is a TTL queue that dead-letters at least once into the queue the
+  forwarder reads (``declare_delay_tiers``, below), so messages wait inside
+  RabbitMQ and the forwarder's hold is ~0.
 
 ``prefetch=(count, size)``: RabbitMQ ignores a prefetch size, so it must be 0.
 ``count`` is exposed as ``prefetch_count`` (a default window for engines that
@@ -159,6 +164,10 @@ CONFIRM_WAIT = 10.0
 #: Pause before a nacked message is sent again; after this many nacks in a row, on a new channel.
 NACK_PAUSE = 0.5
 NACKS_BEFORE_NEW_CHANNEL = 3
+#: Longest a classic delay tier holds a message: the forwarder holds each one unacked that
+#: long, and RabbitMQ closes a channel whose delivery stays unacked past ``consumer_timeout``
+#: (30 min by default).
+CLASSIC_HOLD_MAX = timedelta(minutes=15)
 #: Options ``from_url`` reads from the query string (the rest goes to aio-pika).
 _URL_OPTIONS = ("exchange", "topic_prefix", "group_id")
 
@@ -241,6 +250,8 @@ class RabbitMQBroker:
             )
         #: ``"classic"`` or ``"quorum"``: the type of every queue this broker declares
         self.queue_type = _queue_type(queue_type, nodes.options)
+        #: classic tiers are held by the forwarder, under ``consumer_timeout``; quorum tiers are TTL queues
+        self.delay_hold_max: timedelta | None = CLASSIC_HOLD_MAX if self.queue_type == "classic" else None
         # every message nova builds from a client's text is scrubbed of these (_errors.translate)
         self._secrets = (nodes.password,)
         self._nodes = nodes
@@ -404,19 +415,26 @@ class RabbitMQBroker:
     # -- topology -------------------------------------------------------------
 
     def declare_delay_tiers(self, tiers: Mapping[str, float | timedelta]) -> None:
-        """Make the given delay-tier topics TTL queues (call before ``ensure_topics``).
+        """With quorum queues, make the given delay-tier topics TTL queues (call before
+        ``ensure_topics``); with classic queues they stay ordinary queues.
 
         A message published to ``topic`` then waits ``seconds`` inside RabbitMQ
-        (``x-message-ttl``), and is dead-lettered into ``topic + "_due"`` which is
-        what a subscription to ``topic`` really reads. Every message of a tier
+        (``x-message-ttl``), and is dead-lettered, at least once, into ``topic + "_due"``
+        which is what a subscription to ``topic`` really reads. Every message of a tier
         has the same TTL, so they expire in publish order; the forwarder finds
-        them due (or nearly) and re-publishes at once.
+        them due (or nearly) and re-publishes at once. A classic queue dead-letters at
+        most once (a message expiring while the node stops is dropped), so classic
+        tiers are held by the forwarder instead (see the package docstring).
 
-        >>> broker = RabbitMQBroker()
+        >>> broker = RabbitMQBroker(queue_type="quorum")
         >>> broker.declare_delay_tiers({"app__delay00": timedelta(hours=1), "app__delay01": 1800.0})
+        >>> broker._consumed_queue("app__delay01"), RabbitMQBroker()._consumed_queue("app__delay01")
+        ('app__delay01_due', 'app__delay01')
         """
         for topic, ttl in tiers.items():
             seconds = duration(f"delay tier {topic!r}", ttl).total_seconds()
+            if self.queue_type == "classic":
+                continue
             if topic in self._declared and self._delay_ttls.get(topic) != seconds:
                 raise ConfigurationError(f"delay tier {topic!r} was already declared")
             self._delay_ttls[topic] = seconds

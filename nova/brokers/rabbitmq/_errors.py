@@ -142,6 +142,12 @@ def mismatch_fix(exc: BaseException, queue: str, queue_type: str) -> str:
             f"and a queue's type cannot change: drain it and delete it (rabbitmqctl delete_queue {queue}) so "
             f"that it is declared again as a {queue_type} queue, or use queue_type={other!r}"
         )
+    if "'x-message-ttl'" in str(exc) and queue_type == "classic":
+        return (
+            f"it is a delay tier an earlier nova declared as a TTL queue; classic tiers are now plain queues "
+            f"(a classic queue dead-letters at most once and loses what expires while RabbitMQ stops): wait "
+            f"until it and {queue}_due are empty, then delete both (rabbitmqctl delete_queue {queue})"
+        )
     return "delete it, or keep the delay tiers it was declared with"
 
 
