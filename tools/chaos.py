@@ -886,6 +886,22 @@ class Chaos:
                       file=sys.stderr)
             time.sleep(0.5)
         print(f"chaos: the drain timed out after {self.opts.drain_timeout:g} s", file=sys.stderr)
+        if self.opts.broker == "rabbitmq" and self.opts.nodes == 1:
+            self._show_rabbitmq_queues()
+
+    def _show_rabbitmq_queues(self) -> None:
+        """Where the missing tasks may wait: the run's queues that still hold messages."""
+        sys.path.insert(0, str(TOOLS))
+        from harness import rabbitmq as harness
+
+        try:
+            rows = harness.queues(self.env["CHAOS_PREFIX"])
+        except Exception as exc:  # noqa: BLE001 - a diagnostic; the summary follows anyway
+            print(f"chaos: cannot list RabbitMQ's queues: {exc}", file=sys.stderr)
+            return
+        print(f"chaos: the run's queues holding messages: {len(rows)}"
+              + "".join(f"\n  {name}: ready {ready}, unacked {unacked}, consumers {consumers}"
+                        for name, ready, unacked, consumers in rows), file=sys.stderr)
 
     def stop_workers(self) -> None:
         for worker in self.workers.values():

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-__all__ = ["down", "env", "restart", "up"]
+__all__ = ["down", "env", "queues", "restart", "up"]
 
 HOST = "127.0.0.1"
 PORT = 5672
@@ -276,6 +276,21 @@ def down() -> None:
             else:
                 child.unlink()
     _log("down (data wiped)")
+
+
+def queues(prefix: str = "") -> list[tuple[str, int, int, int]]:
+    """(name, ready, unacked, consumers) of the node's queues whose name starts with ``prefix``
+    and that hold a message: where a task a run misses is waiting, if anywhere."""
+    out = _run("rabbitmqctl", "-q", "list_queues", "--no-table-headers",
+               "name", "messages_ready", "messages_unacknowledged", "consumers", timeout=60).stdout
+    rows = []
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) == 4 and fields[0].startswith(prefix) and fields[1].isdigit() and fields[2].isdigit():
+            name, ready, unacked, consumers = fields[0], int(fields[1]), int(fields[2]), int(fields[3])
+            if ready or unacked:
+                rows.append((name, ready, unacked, consumers))
+    return rows
 
 
 def restart() -> None:
