@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from nova._clock import Clock
 
 __all__ = ["Broker", "DelayTierAware", "Delivery", "HeaderRuns", "InstantBacklog", "InstantDeliveries", "Message",
+           "RevokedDeliveries",
            "PublishEach", "Subscription"]
 
 
@@ -233,6 +234,20 @@ class InstantDeliveries(Protocol):
     """
 
     def take_nowait(self) -> Delivery | None: ...
+
+
+@runtime_checkable
+class RevokedDeliveries(Protocol):
+    """Optional: a subscription whose broker can take back deliveries it already handed out.
+
+    ``revoked(delivery)`` is True once the broker has put the delivery back to deliver it
+    again (RabbitMQ: the channel it came on closed, e.g. across a broker restart). A holder
+    (a worker's buffer, the batch aggregator, the delay forwarder) then neither runs nor
+    settles it: running it would only run its task twice, and the copy the broker
+    redelivers is the one to run.
+    """
+
+    def revoked(self, delivery: Delivery) -> bool: ...
 
 
 @runtime_checkable

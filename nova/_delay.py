@@ -28,11 +28,11 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from nova._broker import Broker, DelayTierAware, Delivery, Message, Subscription
+from nova._broker import Broker, DelayTierAware, Delivery, Message, RevokedDeliveries, Subscription
 from nova._clock import Clock
 from nova._envelope import H
 from nova._errors import ConfigurationError, ConfigurationTypeError
@@ -124,6 +124,7 @@ class DelayForwarder:
         self._tasks: list[asyncio.Task[None]] = []
         self._lanes: dict[str, deque[Delivery]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
+        self._revoked: Callable[[Delivery], bool] = _never
         self.forwarded = 0
 
     async def start(self) -> None:
@@ -132,6 +133,8 @@ class DelayForwarder:
         self._sub = await self.router.broker.subscribe(
             topics, group=forwarder_group(self.router.prefix), window=self.window
         )
+        if isinstance(self._sub, RevokedDeliveries):
+            self._revoked = self._sub.revoked
         loop = asyncio.get_running_loop()
         for topic in topics:
             self._lanes[topic] = deque()
@@ -155,9 +158,7 @@ class DelayForwarder:
                 wakeup.clear()
                 await wakeup.wait()
             head = lane[0]
-            if getattr(head, "owned", True) is False:
-                # Kafka: a rebalance gave the partition to another forwarder, which
-                # re-reads this message; forwarding it here too would duplicate it.
+            if self._gone(head):
                 lane.popleft()
                 continue
             hold = _hold_until(head)
@@ -168,7 +169,7 @@ class DelayForwarder:
             batch: list[Delivery] = []
             while lane and len(batch) < 500 and _hold_until(lane[0]) <= now:
                 delivery = lane.popleft()
-                if getattr(delivery, "owned", True) is not False:
+                if not self._gone(delivery):
                     batch.append(delivery)
             if not batch:
                 continue
@@ -184,6 +185,12 @@ class DelayForwarder:
             for d in batch:
                 await d.ack()
             self.forwarded += len(batch)
+
+    def _gone(self, delivery: Delivery) -> bool:
+        """The broker will deliver it again (to us or another forwarder): forwarding it here
+        too would duplicate it. Kafka: a rebalance gave its partition to another member;
+        RabbitMQ: the channel it came on closed."""
+        return getattr(delivery, "owned", True) is False or self._revoked(delivery)
 
     def _next_hop(self, delivery: Delivery) -> Message:
         headers = delivery.headers
@@ -205,6 +212,10 @@ class DelayForwarder:
         if self._sub is not None:
             await self._sub.close()
             self._sub = None
+
+
+def _never(delivery: Delivery) -> bool:
+    return False
 
 
 def _hold_until(delivery: Delivery) -> float:

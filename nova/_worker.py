@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from nova._aggregators import Aggregator
-from nova._broker import Delivery, HeaderRuns, InstantBacklog, InstantDeliveries, Message, Subscription
+from nova._broker import (
+    Delivery,
+    HeaderRuns,
+    InstantBacklog,
+    InstantDeliveries,
+    Message,
+    RevokedDeliveries,
+    Subscription,
+)
 from nova._clock import SystemClock, wait_with_timeout
 from nova._codecs import BlobCodec
 from nova._envelope import MAX_ERROR_CHARS, H, TaskDecoder, ms_ceil
@@ -78,6 +86,10 @@ class _BaseWorker:
         decoder = TaskDecoder(tq.codecs)
         self._decode, self._decode_run = decoder.decode, decoder.decode_run
         self._header_run: Callable[[Delivery], tuple[Mapping[str, str], str] | None] | None = None
+        # Deliveries the broker took back while they waited here are dropped, not run (None: the
+        # broker never takes one back); ``revoked`` counts them.
+        self._revoked: Callable[[Delivery], bool] | None = None
+        self.revoked = 0
         # The recorder's steps, called straight on the sink (None: no recorder, no call).
         sink = tq._sink
         self.record = sink.emit_task if sink is not None else None
@@ -101,6 +113,8 @@ class _BaseWorker:
         self.sub = await self.tq.broker.subscribe(list(self.routes), group=self.tq.group, window=self.window)
         if isinstance(self.sub, HeaderRuns):
             self._header_run = self.sub.header_run
+        if isinstance(self.sub, RevokedDeliveries):
+            self._revoked = self.sub.revoked
         self._pull_task = asyncio.get_running_loop().create_task(self._pull(self.sub), name="nova-pull")
 
     async def _pull(self, sub: Subscription) -> None:
@@ -296,6 +310,10 @@ class Worker(_BaseWorker):
                 picked = await self._pick()
                 if picked is None:
                     continue
+            revoked = self._revoked
+            if revoked is not None and revoked(picked[0]):
+                self.revoked += 1  # the broker delivers it again: that copy runs
+                continue
             self.running += 1
             try:
                 await self._run_one(*picked)
@@ -591,6 +609,13 @@ class BatchWorker(_BaseWorker):
         batch = self.buffer[: self.aggregator.max_size]
         del self.buffer[: self.aggregator.max_size]
         self.first_at = self.tq.clock.time() if self.buffer else None
+        revoked = self._revoked
+        if revoked is not None:
+            kept = [item for item in batch if not revoked(item[0])]
+            self.revoked += len(batch) - len(kept)  # the broker delivers them again: those copies run
+            if not kept:
+                return
+            batch = kept
         tasks = [task for _, task, _ in batch]
         if self.middleware is not None:
             await self._flush_observed(batch, tasks)

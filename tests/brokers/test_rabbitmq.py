@@ -513,6 +513,32 @@ async def test_broker_restart_mid_stream_loses_nothing_and_consumers_resume(
     await got.stop()
 
 
+async def test_a_delivery_received_before_a_restart_is_revoked_and_comes_again(
+    rabbitmq_brokers: Callable[..., RabbitMQBroker],
+    rabbitmq_topics: Callable[[], str],
+    restart_broker: Callable[[], Awaitable[None]],
+) -> None:
+    """What a worker still holds from before a restart is reported revoked (it drops it
+    rather than run the task twice); RabbitMQ delivers the message again."""
+    topic = rabbitmq_topics()
+    broker = rabbitmq_brokers()
+    await broker.connect()
+    sub = await broker.subscribe([topic], group="g", window=10)
+    got = Collector(sub, ack=False)
+    await broker.publish([Message(topic, b"m")])
+    await got.wait(lambda: len(got.deliveries) == 1)
+    first = got.deliveries[0]
+    assert sub.revoked(first) is False
+    await restart_broker()
+    await got.wait(lambda: len(got.deliveries) == 2, within=120)
+    again = got.deliveries[1]
+    assert again.body == b"m"
+    assert sub.revoked(first) is True
+    assert sub.revoked(again) is False
+    await again.ack()
+    await got.stop()
+
+
 async def test_task_queue_survives_a_broker_restart_with_delayed_tasks(
     rabbitmq_brokers: Callable[..., RabbitMQBroker], restart_broker: Callable[[], Awaitable[None]]
 ) -> None:

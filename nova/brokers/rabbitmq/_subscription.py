@@ -240,6 +240,11 @@ class _RabbitSubscription:
                 continue  # its channel died: RabbitMQ redelivers it on the new one
             yield item
 
+    def revoked(self, delivery: _RabbitDelivery) -> bool:
+        """True once the channel ``delivery`` came on closed: RabbitMQ put it back and
+        delivers it again (``nova._broker.RevokedDeliveries``)."""
+        return delivery.stale()
+
     async def backlog(self, topic: str) -> int:
         """Messages of ``topic`` waiting for this subscription: received but not yet
         iterated, or ready in RabbitMQ (0 if unknown). Asks RabbitMQ only when
