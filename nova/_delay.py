@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -122,7 +123,9 @@ class DelayForwarder:
         self.window = window
         self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._lanes: dict[str, deque[Delivery]] = {}
+        #: per tier topic: (hold until, arrival number, delivery), a heap
+        self._lanes: dict[str, list[tuple[float, int, Delivery]]] = {}
+        self._arrivals = itertools.count()
         self._wakeups: dict[str, asyncio.Event] = {}
         self._revoked: Callable[[Delivery], bool] = _never
         self.forwarded = 0
@@ -137,7 +140,7 @@ class DelayForwarder:
             self._revoked = self._sub.revoked
         loop = asyncio.get_running_loop()
         for topic in topics:
-            self._lanes[topic] = deque()
+            self._lanes[topic] = []
             self._wakeups[topic] = asyncio.Event()
             self._tasks.append(loop.create_task(self._lane(topic), name=f"nova-forward-{topic}"))
         self._tasks.append(loop.create_task(self._pull(self._sub), name="nova-forward-pull"))
@@ -148,41 +151,52 @@ class DelayForwarder:
             if lane is None:  # not ours; give it back
                 await delivery.nack()
                 continue
-            lane.append(delivery)
-            self._wakeups[delivery.topic].set()
+            entry = (_hold_until(delivery), next(self._arrivals), delivery)
+            heapq.heappush(lane, entry)
+            if lane[0] is entry:  # due before what the lane waits for (or the lane was empty)
+                self._wakeups[delivery.topic].set()
 
     async def _lane(self, topic: str) -> None:
+        """Forward the tier's messages as they fall due, earliest first.
+
+        A tier's messages mostly arrive in hold order, but not all: one that another
+        forwarder held when it died (or that a broker restart gave back) comes again
+        behind later ones. The lane is a heap on the hold time, and a wait for the head
+        ends early when a message arrives, so such a message goes out at its own time.
+        """
         lane, wakeup, clock = self._lanes[topic], self._wakeups[topic], self.router.clock
         while True:
-            while not lane:
+            if not lane:
                 wakeup.clear()
                 await wakeup.wait()
-            head = lane[0]
-            if self._gone(head):
-                lane.popleft()
                 continue
-            hold = _hold_until(head)
+            hold, _, head = lane[0]
+            if self._gone(head):
+                heapq.heappop(lane)
+                continue
             if hold > clock.time():
-                await clock.sleep_until(hold)
+                wakeup.clear()
+                await _first(clock.sleep_until(hold), wakeup.wait())
+                continue
             # Everything now due in this lane goes out in one confirmed batch.
             now = clock.time()
-            batch: list[Delivery] = []
-            while lane and len(batch) < 500 and _hold_until(lane[0]) <= now:
-                delivery = lane.popleft()
-                if not self._gone(delivery):
-                    batch.append(delivery)
+            batch: list[tuple[float, int, Delivery]] = []
+            while lane and len(batch) < 500 and lane[0][0] <= now:
+                entry = heapq.heappop(lane)
+                if not self._gone(entry[2]):
+                    batch.append(entry)
             if not batch:
                 continue
-            messages = [self._next_hop(d) for d in batch]
+            messages = [self._next_hop(d) for _, _, d in batch]
             try:
                 await self.router.broker.publish(messages)
             except Exception as exc:  # noqa: BLE001 - keep the lane alive; the broker redelivers
                 log.warning("delay forwarder could not re-publish %d messages: %r", len(batch), exc)
-                for d in reversed(batch):
-                    lane.appendleft(d)
+                for entry in batch:
+                    heapq.heappush(lane, entry)
                 await clock.sleep(1.0)
                 continue
-            for d in batch:
+            for _, _, d in batch:
                 await d.ack()
             self.forwarded += len(batch)
 
@@ -212,6 +226,16 @@ class DelayForwarder:
         if self._sub is not None:
             await self._sub.close()
             self._sub = None
+
+
+async def _first(*waits: Awaitable[object]) -> None:
+    """Return when the first of ``waits`` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _never(delivery: Delivery) -> bool:

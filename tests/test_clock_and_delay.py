@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nova
+from nova._broker import Message
 from nova._delay import DelayTiers, Router
 from nova._envelope import H
 from nova.sim import SimBroker, VirtualClock
@@ -149,6 +150,34 @@ async def test_a_broker_bound_on_holds_keeps_longer_tiers_out_of_the_cascade() -
         await clock.advance(timedelta(minutes=15))
     await clock.settle()
     assert ran == [result.eta.timestamp()]
+    await queue.stop()
+
+
+async def test_a_tier_message_arriving_behind_later_ones_goes_out_at_its_own_time() -> None:
+    # What a dead forwarder held comes again behind messages due later (RabbitMQ requeues it).
+    clock = VirtualClock()
+    broker = SimBroker(clock=clock)
+    queue = nova.TaskQueue(broker, topic_prefix="o", delay_slots=(4, timedelta(seconds=8)))
+    ran: dict[bytes, float] = {}
+
+    async def handler(task: nova.Task) -> None:
+        ran[task.payload] = clock.time()
+
+    await queue.start(handler)
+    now = clock.time()
+    tier = "o__delay00"  # the 8 s tier
+
+    def hop(payload: bytes, due: float) -> Message:
+        headers = {H.ID: payload.decode(), H.TYPE: "t", H.QUEUE: "default", H.PRIORITY: "1",
+                   H.ATTEMPT: "1", H.ETA: str(int(due * 1000)), H.TARGET: "o_default_normal",
+                   H.HOLD_UNTIL: repr(due), H.CONTENT_TYPE: "application/octet-stream"}
+        return Message(tier, payload, headers)
+
+    await broker.publish([hop(b"late", now + 8)])
+    await clock.advance(timedelta(seconds=1))
+    await broker.publish([hop(b"early", now + 2)])  # a redelivery: due before the one ahead of it
+    await clock.advance(timedelta(seconds=10))
+    assert ran == {b"early": now + 2, b"late": now + 8}
     await queue.stop()
 
 
