@@ -8,8 +8,10 @@ subscriptions report deliveries of task type "gone" as revoked stands for that b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
+
+import pytest
 
 import nova
 from nova._broker import Delivery
@@ -35,15 +37,21 @@ class RevokingBroker(SimBroker):
         return sub
 
 
-async def test_a_worker_drops_revoked_deliveries_and_runs_the_rest() -> None:
+def _recording_queue(prefix: str) -> tuple[VirtualClock, RevokingBroker, nova.TaskQueue, list[str],
+                                            Callable[[nova.Task], Awaitable[None]]]:
+    """A queue on a RevokingBroker, and a handler that records the type of each task it runs."""
     clock = VirtualClock()
     broker = RevokingBroker(clock)
-    queue = nova.TaskQueue(broker, topic_prefix="r")
     ran: list[str] = []
 
     async def handler(task: nova.Task) -> None:
         ran.append(task.type)
 
+    return clock, broker, nova.TaskQueue(broker, topic_prefix=prefix), ran, handler
+
+
+async def test_a_worker_drops_revoked_deliveries_and_runs_the_rest() -> None:
+    clock, broker, queue, ran, handler = _recording_queue("r")
     for kind in ("kept", "gone", "kept", "gone"):
         await queue.enqueue(nova.Task(kind, b""))
     await queue.start(handler, concurrency=2)
@@ -56,7 +64,13 @@ async def test_a_worker_drops_revoked_deliveries_and_runs_the_rest() -> None:
     await queue.stop()
 
 
-async def test_a_batch_worker_leaves_revoked_deliveries_out_of_the_batch() -> None:
+@pytest.mark.parametrize(("kinds", "expected"), [
+    (("kept", "gone", "kept"), [["kept", "kept"]]),
+    (("gone",), []),  # a batch of only revoked deliveries calls no handler
+])
+async def test_a_batch_worker_leaves_revoked_deliveries_out_of_the_batch(
+    kinds: tuple[str, ...], expected: list[list[str]]
+) -> None:
     clock = VirtualClock()
     broker = RevokingBroker(clock)
     queue = nova.TaskQueue(broker, topic_prefix="b")
@@ -65,40 +79,16 @@ async def test_a_batch_worker_leaves_revoked_deliveries_out_of_the_batch() -> No
     async def handler(tasks: list[nova.Task]) -> None:
         batches.append([t.type for t in tasks])
 
-    await queue.enqueue_batch([nova.Task(k, b"") for k in ("kept", "gone", "kept")])
+    await queue.enqueue_batch([nova.Task(k, b"") for k in kinds])
     await queue.start_batch(handler, nova.TimeCountAggregator(10, timedelta(seconds=1)))
     await clock.advance(timedelta(seconds=2))
-    assert batches == [["kept", "kept"]]
-    assert queue._worker is not None and queue._worker.revoked == 1
-    await queue.stop()
-
-
-async def test_a_batch_of_only_revoked_deliveries_calls_no_handler() -> None:
-    clock = VirtualClock()
-    broker = RevokingBroker(clock)
-    queue = nova.TaskQueue(broker, topic_prefix="g")
-    batches: list[list[nova.Task]] = []
-
-    async def handler(tasks: list[nova.Task]) -> None:
-        batches.append(tasks)
-
-    await queue.enqueue(nova.Task("gone", b""))
-    await queue.start_batch(handler, nova.TimeCountAggregator(10, timedelta(seconds=1)))
-    await clock.advance(timedelta(seconds=2))
-    assert batches == []
-    assert queue._worker is not None and queue._worker.revoked == 1
+    assert batches == expected
+    assert queue._worker is not None and queue._worker.revoked == kinds.count("gone")
     await queue.stop()
 
 
 async def test_the_delay_forwarder_does_not_forward_a_revoked_hop() -> None:
-    clock = VirtualClock()
-    broker = RevokingBroker(clock)
-    queue = nova.TaskQueue(broker, topic_prefix="d")
-    ran: list[str] = []
-
-    async def handler(task: nova.Task) -> None:
-        ran.append(task.type)
-
+    clock, _, queue, ran, handler = _recording_queue("d")
     await queue.start(handler)
     await queue.enqueue(nova.Task("gone", b""), process_in=timedelta(seconds=5))
     await queue.enqueue(nova.Task("kept", b""), process_in=timedelta(seconds=5))
