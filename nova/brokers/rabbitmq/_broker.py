@@ -38,8 +38,10 @@ How the contract maps onto AMQP:
   goes on, but the task may run twice;
 - the connection is robust: after a broker restart it reconnects, re-declares
   the topology and resumes the consumers. Deliveries received before the loss
-  are redelivered by the broker; acking such a stale delivery only logs a
-  warning (the message is not lost, and its task may run again);
+  are redelivered by the broker, so the subscription reports them revoked
+  (``revoked``) and a worker drops those it has not started; acking one whose
+  handler already ran only logs a warning (the message is not lost, and its
+  task may run again);
 - delay tiers (``{prefix}__delayNN``) of classic queues are ordinary durable
   queues held by the engine's forwarder, which acks a tier message only once its
   next hop is confirmed. A tier is never longer than ``CLASSIC_HOLD_MAX`` (15 min,
