@@ -149,8 +149,10 @@ def test_more_worker_processes_than_partitions_is_a_warning(setup: Setup, broker
     if broker_name != "kafka":
         pytest.skip("only Kafka has partitions (a queue of RabbitMQ or RocketMQ feeds any number of workers)")
     supervisor = setup.worker("workerapp:app", "--processes", "3")  # the topics here have 2 partitions
-    supervisor.wait_for_output("3 worker processes but its topic", START)
-    assert f"topic {setup.prefix}_default_normal has 2 partition(s): 1 process(es) get none" in supervisor.output
+    # one warning per topic, written one after another: wait for the one this test checks
+    supervisor.wait_for_output(f"topic {setup.prefix}_default_normal has 2 partition(s): 1 process(es) get none",
+                               START)
+    assert "3 worker processes but its topic" in supervisor.output
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait(60) == 0, supervisor.output
 
