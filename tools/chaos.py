@@ -891,8 +891,7 @@ class Chaos:
 
     def _show_rabbitmq_queues(self) -> None:
         """Where the missing tasks may wait: the run's queues that still hold messages."""
-        sys.path.insert(0, str(TOOLS))
-        from harness import rabbitmq as harness
+        from harness import rabbitmq as harness  # tools/ is on the path: chaos.py runs from there
 
         try:
             rows = harness.queues(self.env["CHAOS_PREFIX"])

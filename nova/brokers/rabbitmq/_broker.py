@@ -48,10 +48,10 @@ How the contract maps onto AMQP:
   half the default ``consumer_timeout``; a longer delay passes through it as often
   as needed), so no held delivery outlives the server's timeout. They are not TTL
   queues: a classic queue dead-letters at most once, and a message expiring while
-  the node stops is lost (nova's chaos run lost tasks that way). With quorum queues
-  each tier is a TTL queue that dead-letters at least once into the queue the
-  forwarder reads (``declare_delay_tiers``, below), so messages wait inside
-  RabbitMQ and the forwarder's hold is ~0.
+  the node stops is lost. With quorum queues each tier is a TTL queue that
+  dead-letters at least once into the queue the forwarder reads
+  (``declare_delay_tiers``, below), so messages wait inside RabbitMQ and the
+  forwarder's hold is ~0.
 
 ``prefetch=(count, size)``: RabbitMQ ignores a prefetch size, so it must be 0.
 ``count`` is exposed as ``prefetch_count`` (a default window for engines that
