@@ -17,7 +17,7 @@ What runs (the app is ``tools/chaos_app.py``; the broker's endpoints come from t
 - faults: every ``--kill-every`` seconds (on average) a random worker gets ``kill -9`` and is
   started again a second later; every 30-60 s the broker restarts (the harness's
   ``restart``), or on a cluster (``--nodes 3``) a random node stops and starts 10-20 s later;
-- after ``--minutes`` (or once ``--tasks`` are enqueued) the producer stops, faults stop,
+- after ``--minutes`` (or once ``--tasks`` enqueues are confirmed) the producer stops, faults stop,
   and the run drains until every confirmed task ran (or ``--drain-timeout`` passes).
 
 The ledger lives in the run's directory (``artifacts/chaos/...`` unless ``--dir``), one
@@ -533,6 +533,7 @@ async def _produce(opts: argparse.Namespace) -> int:
     slots = asyncio.Semaphore(opts.in_flight)
     pending: set[asyncio.Task[None]] = set()
     counts = {"confirmed": 0, "refused": 0}
+    in_flight = [0]  # tasks whose enqueue has not answered yet
     last_warning = [0.0]
 
     async def send(plan: Plan, ids: list[str]) -> None:
@@ -556,6 +557,8 @@ async def _produce(opts: argparse.Namespace) -> int:
         else:
             tag_ = "E"
             counts["confirmed"] += len(tasks)
+        finally:
+            in_flight[0] -= len(tasks)
         at = time.time()
         when = "-" if process_at is None else repr(process_at.timestamp())
         ledger.append("".join(f"{tag_} {i} {k} {plan.priority} {when} {at!r}\n"
@@ -563,13 +566,17 @@ async def _produce(opts: argparse.Namespace) -> int:
 
     started = time.monotonic()
     deadline = started + opts.seconds if opts.seconds else float("inf")
-    sent = 0
     next_at = started
-    while not stop.is_set() and sent < opts.tasks and time.monotonic() < deadline:
+    # --tasks counts confirmed enqueues: one that raised while the broker restarted is
+    # replaced, so a soak of a million tasks runs a million through the workers.
+    while not stop.is_set() and counts["confirmed"] < opts.tasks and time.monotonic() < deadline:
+        room = opts.tasks - counts["confirmed"] - in_flight[0]
+        if room <= 0:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            continue
         plan = plan_enqueue(rng)
-        if sent + len(plan.kinds) > opts.tasks:
-            plan = Plan(plan.queue_kind, plan.kinds[: opts.tasks - sent], plan.priority, plan.delay,
-                        opts.tasks - sent == 1)
+        if len(plan.kinds) > room:
+            plan = Plan(plan.queue_kind, plan.kinds[:room], plan.priority, plan.delay, room == 1)
         now = time.monotonic()
         if next_at > now:
             with contextlib.suppress(TimeoutError):
@@ -585,9 +592,9 @@ async def _produce(opts: argparse.Namespace) -> int:
             seq += 1
         job = asyncio.create_task(send(plan, ids))
         pending.add(job)
+        in_flight[0] += len(ids)
         job.add_done_callback(pending.discard)
         job.add_done_callback(lambda _: slots.release())
-        sent += len(plan.kinds)
     if pending:
         await asyncio.gather(*pending, return_exceptions=True)
     ledger.close()
@@ -959,7 +966,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--broker", required=True, choices=BROKERS)
     parser.add_argument("--minutes", type=float, default=None,
                         help="how long the producer enqueues while faults run (default 2, or until --tasks)")
-    parser.add_argument("--tasks", type=int, default=None, help="stop enqueueing after this many tasks")
+    parser.add_argument("--tasks", type=int, default=None,
+                        help="stop once this many enqueues are confirmed (one that raised is replaced)")
     parser.add_argument("--workers", type=int, default=3, help="worker processes (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=8, help="nova worker --concurrency (default: %(default)s)")
     parser.add_argument("--rate", type=float, default=100.0, help="tasks enqueued per second (default: %(default)s)")
