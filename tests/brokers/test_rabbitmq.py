@@ -191,6 +191,20 @@ def test_password_never_in_repr() -> None:
     assert (from_url.exchange, from_url.topic_prefix, from_url.group_id) == ("ex1", "p1", "g1")
 
 
+def test_the_constructor_reads_novas_url_options_as_from_url_does() -> None:
+    url = "amqp://u:p@127.0.0.1/vh?exchange=ex1&topic_prefix=p1&group_id=g1&heartbeat=30"
+    for broker in (RabbitMQBroker(url), RabbitMQBroker.from_url(url)):
+        assert (broker.exchange, broker.topic_prefix, broker.group_id) == ("ex1", "p1", "g1")
+        assert broker._nodes.urls == ("amqp://u:p@127.0.0.1:5672/vh?heartbeat=30",)  # aio-pika's own only
+    assert RabbitMQBroker(url, exchange="ex1").exchange == "ex1"
+    with pytest.raises(errors.ConfigurationError, match="exchange='ex2' contradicts the URL's exchange=ex1"):
+        RabbitMQBroker(url, exchange="ex2")
+    with pytest.raises(errors.ConfigurationError, match="group_id"):
+        RabbitMQBroker("amqp://u:p@127.0.0.1/?group_id=a.b")
+    with pytest.raises(errors.ConfigurationError, match="exchange"):
+        RabbitMQBroker("amqp://u:p@127.0.0.1/?exchange=amq.direct")
+
+
 def test_amqps_url_or_tls_context_selects_tls() -> None:
     assert "amqps://" in repr(RabbitMQBroker("amqps://u:p@127.0.0.1/"))
     assert "amqps://u:***@127.0.0.1:5671/" in repr(

@@ -126,7 +126,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import parse_qsl, urlsplit
 
 from nova._broker import Message
 from nova._errors import (
@@ -144,6 +143,7 @@ from nova.brokers.rabbitmq import _aiormq_internals as aiormq_internals
 from nova.brokers.rabbitmq._aiormq_internals import failover_connection
 from nova.brokers.rabbitmq._config import parse_nodes
 from nova.brokers.rabbitmq._config import queue_type as _queue_type
+from nova.brokers.rabbitmq._config import url_option as _url_option
 from nova.brokers.rabbitmq._errors import failure, mismatch_fix, translate
 from nova.brokers.rabbitmq._subscription import PUBLISHED_AT_HEADER, _RabbitSubscription
 
@@ -171,9 +171,6 @@ NACKS_BEFORE_NEW_CHANNEL = 3
 #: (30 min by default).
 CLASSIC_HOLD_MAX = timedelta(minutes=15)
 #: Options ``from_url`` reads from the query string (the rest goes to aio-pika).
-_URL_OPTIONS = ("exchange", "topic_prefix", "group_id")
-
-
 def _aio_pika() -> Any:
     try:
         import aio_pika
@@ -199,8 +196,10 @@ class RabbitMQBroker:
     Options:
     ``queue_type`` (``"classic"``, the default, or ``"quorum"``: replicated queues for
     a cluster; also ``?queue_type=quorum`` in the URL; see the package docstring),
-    ``exchange`` (durable direct exchange every topic is bound to),
-    ``topic_prefix`` / ``group_id`` / ``delay_slots`` (override the TaskQueue's),
+    ``exchange`` (durable direct exchange every topic is bound to; ``"nova"`` by default),
+    ``topic_prefix`` / ``group_id`` / ``delay_slots`` (override the TaskQueue's);
+    ``exchange``, ``topic_prefix`` and ``group_id`` may also be query parameters of the URL,
+    as ``queue_type`` (a keyword that contradicts the URL is an error),
     ``prefetch=(count, 0)``, ``auth=(user, password)`` (replaces the URL's; escaped
     for you), ``tls`` (an ``ssl.SSLContext``; implies amqps, port 5671 by default).
     Durations are ``timedelta`` (a number is seconds): ``connect_timeout`` (first
@@ -218,7 +217,7 @@ class RabbitMQBroker:
         self,
         url: str | Sequence[str] = DEFAULT_URL,
         *,
-        exchange: str = "nova",
+        exchange: str | None = None,
         queue_type: str | None = None,
         topic_prefix: str | None = None,
         group_id: str | None = None,
@@ -245,6 +244,12 @@ class RabbitMQBroker:
             )
         if prefetch[0] < 1:
             raise ConfigurationError(f"prefetch count must be at least 1, got {prefetch[0]}")
+        # The URL may carry these too (``?exchange=shop``): a URL that works with from_url
+        # must not have them silently ignored here.
+        exchange = _url_option("exchange", exchange, nodes.options)
+        exchange = "nova" if exchange is None else exchange
+        topic_prefix = _url_option("topic_prefix", topic_prefix, nodes.options)
+        group_id = _url_option("group_id", group_id, nodes.options)
         if not isinstance(exchange, str) or not exchange or exchange.startswith("amq."):
             raise ConfigurationError(
                 f"exchange {exchange!r} is invalid: use a non-empty name not starting with 'amq.' "
@@ -285,19 +290,15 @@ class RabbitMQBroker:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RabbitMQBroker:
-        """Build a broker from one URL; ``exchange``, ``topic_prefix``, ``group_id``
-        and ``queue_type`` may be given as query parameters, several nodes as a
-        comma list of hosts.
+        """Build a broker from one URL (the ``amqp://`` scheme table's entry point; the
+        constructor reads the same URL): ``exchange``, ``topic_prefix``, ``group_id`` and
+        ``queue_type`` may be given as query parameters, several nodes as a comma list of hosts.
 
         >>> RabbitMQBroker.from_url("amqp://u:p@127.0.0.1/?exchange=myapp&topic_prefix=app").exchange
         'myapp'
         >>> RabbitMQBroker.from_url("amqp://u:p@10.0.0.1,10.0.0.2:5673/?queue_type=quorum")
         RabbitMQBroker('amqp://u:***@10.0.0.1:5672,10.0.0.2:5673/', exchange='nova', queue_type='quorum')
         """
-        query = dict(parse_qsl(urlsplit(url).query))
-        for name in _URL_OPTIONS:
-            if name in query and name not in options:
-                options[name] = query[name]
         return cls(url, **options)
 
     def __repr__(self) -> str:

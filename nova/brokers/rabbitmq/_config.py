@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 from nova._errors import ConfigurationError
 from nova.brokers._common import redact_url
 
-__all__ = ["NOVA_OPTIONS", "QUEUE_TYPES", "Nodes", "parse_nodes", "queue_type"]
+__all__ = ["NOVA_OPTIONS", "QUEUE_TYPES", "Nodes", "parse_nodes", "queue_type", "url_option"]
 
 #: Query options nova reads itself (``from_url`` reads all; the constructor ``queue_type``);
 #: they never reach aio-pika.
@@ -93,14 +93,22 @@ def parse_nodes(url: str | Sequence[str], *, auth: tuple[str, str] | None, tls: 
     return Nodes(urls, display, user, password, tls, options)
 
 
+def url_option(name: str, given: str | None, options: dict[str, str]) -> str | None:
+    """One of ``NOVA_OPTIONS``: the keyword, else the URL's query parameter, else None.
+    Both, and different, is an error rather than a silent pick.
+
+    >>> url_option("exchange", None, {"exchange": "shop"})
+    'shop'
+    """
+    in_url = options.get(name)
+    if given is not None and in_url is not None and given != in_url:
+        raise ConfigurationError(f"{name}={given!r} contradicts the URL's {name}={in_url}: give it once")
+    return given if given is not None else in_url
+
+
 def queue_type(given: str | None, options: dict[str, str]) -> str:
     """The queue type: the keyword, else the URL's ``queue_type``, else ``"classic"``."""
-    in_url = options.get("queue_type")
-    if given is not None and in_url is not None and given != in_url:
-        raise ConfigurationError(
-            f"queue_type={given!r} contradicts the URL's queue_type={in_url}: give it once"
-        )
-    chosen = given if given is not None else in_url if in_url is not None else "classic"
+    chosen = url_option("queue_type", given, options) or "classic"
     if chosen not in QUEUE_TYPES:
         raise ConfigurationError(
             f"queue_type must be 'classic' (the default) or 'quorum' (replicated, for clusters), got {chosen!r}"
