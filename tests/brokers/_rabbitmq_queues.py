@@ -1,4 +1,5 @@
-"""RabbitMQ brokers made for one test, and the deletion of every queue they declared.
+"""RabbitMQ brokers made for one test, and the deletion of every queue they declared;
+``rabbitmqctl`` on the harness's node.
 
 On RabbitMQ 3.10 each quorum queue holds file handles on every node; the harness's
 node (1024 open files) stops taking connections after a few hundred of them, so
@@ -8,10 +9,18 @@ tests that declare quorum queues delete them.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from nova.brokers.rabbitmq import RabbitMQBroker
+
+
+def rabbitmqctl(*args: str) -> str:
+    """``rabbitmqctl -q ARGS`` on the harness's node (policies, users): its output."""
+    assert shutil.which("rabbitmqctl"), "this test needs rabbitmqctl (the harness's node)"
+    return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60).stdout
 
 
 class Queues:

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -426,6 +427,30 @@ async def test_wrong_password_is_refused_quickly_and_clearly(
     assert time.monotonic() - started < 10
     assert wrong not in str(caught.value)
     assert wrong not in repr(broker)
+
+
+async def test_a_user_who_may_not_publish_gets_a_clear_error_not_a_lost_connection(
+    rabbitmq_brokers: Callable[..., RabbitMQBroker], rabbitmq_url: str, rabbitmq_topics: Callable[[], str]
+) -> None:
+    from tests.brokers._rabbitmq_queues import rabbitmqctl
+
+    topic = rabbitmq_topics()
+    user, password = f"nowrite-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    vhost = unquote(urlsplit(rabbitmq_url).path[1:]) or "/"
+    rabbitmqctl("add_user", user, password)
+    try:
+        # configure and read anything, write only the test's queue (binding it needs that):
+        # declaring works, publishing to the exchange is refused (403 closes the channel)
+        rabbitmqctl("set_permissions", "-p", vhost, user, ".*", f"^{topic}$", ".*")
+        broker = rabbitmq_brokers(rabbitmq_url, auth=(user, password), publish_timeout=5)
+        await broker.connect()
+        with pytest.raises(errors.EnqueueError, match="set_permissions") as caught:
+            await broker.publish([Message(topic, b"x")])
+        # not resent until publish_timeout and then reported as a lost connection
+        assert f"RabbitMQ refused publishing to {topic!r} to user {user!r}" in str(caught.value)
+        assert password not in str(caught.value)
+    finally:
+        rabbitmqctl("delete_user", user)
 
 
 async def test_tls_round_trip_with_the_harness_ca(

@@ -84,6 +84,12 @@ def test_failures_on_an_open_connection(broker: RabbitMQBroker) -> None:
     lost = broker._error(amqp.ChannelInvalidStateError("closed"), "subscribing to ['t1']")
     assert type(lost) is errors.ConnectionError
     assert str(lost) == "RabbitMQ connection lost while subscribing to ['t1']: ChannelInvalidStateError: closed"
+    forbidden = broker._error(amqp.ChannelAccessRefused("ACCESS_REFUSED - write access to exchange 'shop' "
+                                                        "in vhost '/' refused for user 'app'"),
+                              "publishing to 't1'", topic="t1")
+    assert type(forbidden) is errors.AuthenticationError
+    assert "RabbitMQ refused publishing to 't1' to user 'app' (" in str(forbidden)
+    assert "rabbitmqctl set_permissions -p <vhost> app '.*' '.*' '.*'" in str(forbidden)
     other = broker._error(KeyError("x"), "subscribing to ['t1']")
     assert type(other) is errors.BrokerError
     assert "RabbitMQ failed while subscribing to ['t1']: KeyError" in str(other)
@@ -109,7 +115,8 @@ def test_what_the_robust_connection_recovers_from(exc: BaseException) -> None:
 
 @pytest.mark.parametrize(
     "exc",
-    [_returned("t1"), amqp.DeliveryError(None, Basic.Nack(delivery_tag=1)), KeyError("x"), ValueError("x")],
+    [_returned("t1"), amqp.DeliveryError(None, Basic.Nack(delivery_tag=1)), amqp.ChannelAccessRefused("x"),
+     KeyError("x"), ValueError("x")],
     ids=lambda exc: type(exc).__name__,
 )
 def test_what_it_does_not_recover_from(exc: BaseException) -> None:
@@ -126,6 +133,7 @@ def test_what_it_does_not_recover_from(exc: BaseException) -> None:
         (amqp.DeliveryError(None, Basic.Nack(delivery_tag=1)), True),  # nacked: RabbitMQ could not store it
         (_returned("t1"), False),  # unroutable: sending again cannot help
         (amqp.ChannelPreconditionFailed("PRECONDITION_FAILED"), False),
+        (amqp.ChannelAccessRefused("ACCESS_REFUSED"), False),  # a missing permission: at once, clearly
         (KeyError("x"), False),
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),

@@ -31,7 +31,7 @@ import nova
 import nova._errors as errors
 from nova._broker import Message
 from nova.brokers.rabbitmq import RabbitMQBroker
-from tests.brokers._rabbitmq_queues import Queues, made_queues
+from tests.brokers._rabbitmq_queues import Queues, made_queues, rabbitmqctl
 from tests.brokers.test_rabbitmq import PATIENCE, Collector, _require
 
 # -- several nodes in the URL, without a broker --------------------------------------------
@@ -308,14 +308,6 @@ async def test_a_publish_left_unconfirmed_on_a_live_connection_is_resent_on_a_ne
     await got.stop()
 
 
-def _rabbitmqctl(*args: str) -> str:
-    import shutil
-    import subprocess
-
-    assert shutil.which("rabbitmqctl"), "this test sets a RabbitMQ policy with rabbitmqctl (the harness's node)"
-    return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60).stdout
-
-
 @pytest.mark.broker("rabbitmq")
 async def test_a_nacked_publish_is_sent_again_until_publish_timeout(
     queues: Queues, caplog: pytest.LogCaptureFixture
@@ -326,10 +318,10 @@ async def test_a_nacked_publish_is_sent_again_until_publish_timeout(
     broker = queues.broker(publish_timeout=timedelta(seconds=60))
     await broker.connect()
     await broker.ensure_topics([topic])
-    _rabbitmqctl("set_policy", "--apply-to", "queues", "--priority", "100", policy, f"^{topic}$",
+    rabbitmqctl("set_policy", "--apply-to", "queues", "--priority", "100", policy, f"^{topic}$",
                  '{"max-length": 1, "overflow": "reject-publish"}')
     try:
-        await _eventually(lambda: f"{topic}\t{policy}" in _rabbitmqctl("list_queues", "name", "policy"),
+        await _eventually(lambda: f"{topic}\t{policy}" in rabbitmqctl("list_queues", "name", "policy"),
                           "RabbitMQ applies the policy")
         await broker.publish([Message(topic, b"first")])
         caplog.set_level(logging.INFO, "nova.rabbitmq")
@@ -352,4 +344,4 @@ async def test_a_nacked_publish_is_sent_again_until_publish_timeout(
             await short.publish([Message(topic, b"fourth")])
         assert time.monotonic() - started >= 1.9
     finally:
-        _rabbitmqctl("clear_policy", policy)
+        rabbitmqctl("clear_policy", policy)

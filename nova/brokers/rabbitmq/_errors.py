@@ -88,6 +88,13 @@ def _rows() -> tuple[Row, ...]:
         Row((amqp.ChannelPreconditionFailed,), ConfigurationError,
             "{doing} failed: queue {queue!r} already exists in RabbitMQ with other arguments ({text}); "
             "{fix}", recovers=True),
+        # 403 on an open connection: the user lacks a permission on the vhost (configure to
+        # declare, write to publish, read to consume). Sending again cannot help, so a publish
+        # fails at once rather than after publish_timeout as if the connection were lost.
+        Row((amqp.ChannelAccessRefused,), AuthenticationError,
+            "RabbitMQ refused {doing} to user {user!r} ({text}): it needs configure, write and read "
+            "permissions on the vhost for nova's exchange and queues, e.g. "
+            "rabbitmqctl set_permissions -p <vhost> {user} '.*' '.*' '.*'"),
         # the socket, the connection or the channel is gone (the broker closed it, or a
         # call timed out waiting for it)
         Row((OSError, TimeoutError, amqp.AMQPConnectionError, amqp.ChannelInvalidStateError, amqp.ChannelClosed),
