@@ -28,6 +28,12 @@ from hypothesis import strategies as st
 import nova._errors as errors
 from nova._broker import Message
 from nova.brokers.kafka import KafkaAuth, KafkaBroker, KafkaSSL
+from nova.brokers.kafka._aiokafka_internals import (
+    fetch_wait,
+    group_generation,
+    latest_offsets_request,
+    send_to_node,
+)
 from nova.brokers.kafka._subscription import KafkaDelivery, KafkaSubscription
 
 pytestmark = pytest.mark.broker("kafka")
@@ -172,15 +178,14 @@ async def test_prefetch_is_bounded_and_resumes_as_records_are_taken(
     # One fetch may overshoot the bound, then fetching stops: far from all 40 records.
     assert 3 <= len(state.buffer) < 40
     # While paused, the other fetches come back quickly so a resume is not kept waiting.
-    fetcher = sub._consumer._fetcher
-    assert fetcher._fetch_max_wait_ms == kafka_module._SHORT_POLL_MS
+    assert fetch_wait(sub._consumer) == kafka_module._SHORT_POLL_MS
     got = []
     for _ in range(40):
         (delivery,) = await take(sub)
         got.append(delivery.body)
         await delivery.ack()
     assert got == [f"m{i}".encode() + big for i in range(40)]  # resumed as the buffer drained
-    assert not state.paused and fetcher._fetch_max_wait_ms == kafka_module._LONG_POLL_MS
+    assert not state.paused and fetch_wait(sub._consumer) == kafka_module._LONG_POLL_MS
     await sub.close()
 
 
@@ -252,9 +257,9 @@ async def test_unacked_delivery_held_past_max_poll_interval_keeps_membership(
     await broker.publish([Message(topic, b"held"), Message(topic, b"next")])
     sub = await broker.subscribe([topic], group=kafka_name("g"), window=1)
     (held,) = await take(sub)
-    generation = sub._consumer._coordinator.generation
+    generation = group_generation(sub._consumer)
     await asyncio.sleep(3.0)  # the scenario itself: a handler holding a delivery for 2x the limit
-    assert sub._consumer._coordinator.generation == generation  # no rebalance: still a member
+    assert generation >= 0 and group_generation(sub._consumer) == generation  # no rebalance: still a member
     await held.ack()
     (nxt,) = await take(sub)
     assert nxt.body == b"next"  # and "held" is not redelivered
@@ -265,8 +270,6 @@ async def test_unacked_delivery_held_past_max_poll_interval_keeps_membership(
 async def test_created_topics_have_leaders_before_they_are_used(
     kafka_broker: Factory, kafka_name: Names, kafka_env: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from aiokafka.protocol.offset import OffsetRequest  # type: ignore[import-untyped]
-
     broker = kafka_broker(partitions=2)
     topics = [kafka_name(f"fresh{i}") for i in range(6)]
     with caplog.at_level(logging.WARNING, logger="aiokafka"):
@@ -279,8 +282,7 @@ async def test_created_topics_have_leaders_before_they_are_used(
             # metadata ~10-40 ms before the broker takes the partition; asked in that gap, it
             # says NOT_LEADER_OR_FOLLOWER and aiokafka logs a warning before retrying).
             def latest(topic: str, part: dict[str, Any]) -> Awaitable[Any]:
-                request = OffsetRequest(-1, 0, [(topic, [(part["partition"], -1)])])
-                return admin._client.send(part["leader"], request)
+                return send_to_node(admin, part["leader"], latest_offsets_request([(topic, part["partition"])]))
 
             answers = [await latest(t["topic"], part) for t in described for part in t["partitions"]]
         finally:

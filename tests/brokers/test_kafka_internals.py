@@ -102,6 +102,7 @@ async def test_set_fetch_wait_changes_the_fetchers_wait() -> None:
         assert reach(consumer, "_fetcher._fetch_max_wait_ms") == 100
         internals.set_fetch_wait(consumer, 10)
         assert consumer._fetcher._fetch_max_wait_ms == 10
+        assert internals.fetch_wait(consumer) == 10
         # ... and the fetcher reads it again when it builds a fetch request (not only in __init__).
         assert inspect.getsource(type(consumer._fetcher)).count("self._fetch_max_wait_ms") >= 2
 

@@ -113,6 +113,13 @@ def set_fetch_wait(consumer: Any, wait_ms: int) -> None:
         fetcher._fetch_max_wait_ms = wait_ms
 
 
+def fetch_wait(consumer: Any) -> int | None:
+    """The started ``consumer``'s current fetch wait (ms) as ``set_fetch_wait`` set it; None
+    when aiokafka's fetcher is not where expected."""
+    wait = getattr(getattr(consumer, "_fetcher", None), "_fetch_max_wait_ms", None)
+    return wait if isinstance(wait, int) else None
+
+
 def fetch_state(consumer: Any, tp: Any) -> Any:
     """aiokafka's fetch state of an assigned partition (``has_valid_position``, ``position``,
     ``highwater``), read without awaiting; None if it is not where expected."""
@@ -186,11 +193,17 @@ def unanswered(response: Any) -> list[tuple[str, int]]:
     return [(topic, answer[0]) for topic, answers in response.topics for answer in answers if answer[1]]
 
 
+async def send_to_node(admin: Any, node: int, request: Any) -> Any:
+    """``request`` sent to broker ``node`` over the admin client's connection; its response
+    (the admin client has no public call for a request it does not know)."""
+    return await admin._client.send(node, request)
+
+
 async def partitions_not_led_yet(admin: Any, node: int, partitions: list[tuple[str, int]]) -> list[tuple[str, int]]:
     """The partitions whose leader ``node`` does not answer for yet: one ListOffsets request
     through the admin client's connection to ``node`` (anything unexpected counts as answered)."""
     try:
-        return unanswered(await admin._client.send(node, latest_offsets_request(partitions)))
+        return unanswered(await send_to_node(admin, node, latest_offsets_request(partitions)))
     except (KafkaError, OSError, AttributeError, TypeError, IndexError) as exc:
         log.debug("asking the leaders of new partitions failed: %r", exc)
         return []
