@@ -112,6 +112,8 @@ class App:
             raise ConfigurationTypeError("nova.App takes a broker URL (e.g. 'kafka://127.0.0.1:9092') or a "
                                          f"broker object, not {type(broker).__name__}")
         self.broker: Broker = made
+        #: The URL the broker was made from (None: a broker object), for SyncTaskQueue(app).
+        self._url: str | None = broker if isinstance(broker, str) else None
         self._owns_broker = bool(options.pop("close_broker", owns))
         self._options = options
         try:
@@ -224,6 +226,14 @@ class App:
                                   "pass queue= to say which")
         return found[0] if found else "default"
 
+    def queue_for_batch(self, tasks: Sequence[Task]) -> str:
+        """The one queue of ``tasks``' types (``queue_for``); an error if they go to several."""
+        found = {self.queue_for(t.type) if isinstance(t, Task) else "default" for t in tasks}
+        if len(found) > 1:
+            raise ValidationError(f"these tasks go to several queues ({', '.join(sorted(found))}); "
+                                  "enqueue_batch sends to one: call it once per queue, or pass queue=")
+        return found.pop() if found else "default"
+
     # -- producing ------------------------------------------------------------------
     async def enqueue(self, task: Task, *, priority: Priority = Priority.NORMAL,
                       process_in: timedelta | float | None = None, process_at: datetime | None = None,
@@ -239,11 +249,7 @@ class App:
                             queue: str | None = None) -> list[Result]:
         """``TaskQueue.enqueue_batch`` to one queue: by default the one of the tasks' types."""
         if queue is None:
-            found = {self.queue_for(t.type) if isinstance(t, Task) else "default" for t in tasks}
-            if len(found) > 1:
-                raise ValidationError(f"these tasks go to several queues ({', '.join(sorted(found))}); "
-                                      "enqueue_batch sends to one: call it once per queue, or pass queue=")
-            queue = found.pop() if found else "default"
+            queue = self.queue_for_batch(tasks)
         return await self._producer.enqueue_batch(tasks, priority=priority, process_in=process_in,
                                                   process_at=process_at, queue=queue)
 

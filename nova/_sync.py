@@ -3,6 +3,8 @@
     with nova.SyncTaskQueue("amqp://guest:guest@127.0.0.1:5672/", topic_prefix="shop") as queue:
         result = queue.enqueue(nova.Task("email", b"hi"), priority=nova.Priority.HIGH)
 
+    queue = nova.SyncTaskQueue(app)   # an App's broker URL, options and routing by task type
+
 It runs a TaskQueue on its own event loop in one background thread; ``enqueue`` and
 ``enqueue_batch`` block the calling thread until the broker confirmed, and are safe from
 any number of threads at once.
@@ -18,8 +20,9 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from nova._app import App
 from nova._broker import Broker
-from nova._errors import ClosedError, StateError
+from nova._errors import ClosedError, ConfigurationError, StateError
 from nova._queue import TaskQueue
 from nova._task import Priority, Result, Task
 from nova.brokers import broker_from_url
@@ -39,9 +42,20 @@ class SyncTaskQueue:
         queue = nova.SyncTaskQueue("kafka://127.0.0.1:9092", topic_prefix="shop")
         queue.enqueue(nova.Task("email", b"hi"))
         queue.close()
+
+    Or a ``nova.App`` made from a URL: its own connection to that URL, the App's options
+    (``options`` here add to them), and a task goes to the queue its type has a handler on
+    unless ``queue=`` says otherwise, as with ``app.enqueue``:
+
+        queue = nova.SyncTaskQueue(app)
+        queue.enqueue(nova.Task("resize", b"cat.jpg"))   # -> the queue of @app.task("resize", ...)
     """
 
-    def __init__(self, broker: str | Broker, /, **options: Any) -> None:
+    def __init__(self, broker: str | Broker | App, /, **options: Any) -> None:
+        self._app: App | None = None
+        if isinstance(broker, App):
+            app = self._app = broker
+            broker, options = _app_url(app), {**app._options, **options}
         made = broker_from_url(broker) if isinstance(broker, str) else broker
         options.setdefault("close_broker", True)
         self._queue = TaskQueue(made, **options)
@@ -76,15 +90,21 @@ class SyncTaskQueue:
 
     def enqueue(self, task: Task, *, priority: Priority = Priority.NORMAL,
                 process_in: timedelta | float | None = None, process_at: datetime | None = None,
-                queue: str = "default") -> Result:
-        """Publish one task; returns once the broker holds it (raises EnqueueError otherwise)."""
+                queue: str | None = None) -> Result:
+        """Publish one task; returns once the broker holds it (raises EnqueueError otherwise).
+        ``queue`` defaults to "default", or made from an App, to the queue of the task's type."""
+        if queue is None:
+            queue = self._app.queue_for(task.type) if self._app is not None and isinstance(task, Task) else "default"
         return self._submit(self._queue.enqueue(task, priority=priority, process_in=process_in,
                                                 process_at=process_at, queue=queue))
 
     def enqueue_batch(self, tasks: Sequence[Task], *, priority: Priority = Priority.NORMAL,
                       process_in: timedelta | float | None = None, process_at: datetime | None = None,
-                      queue: str = "default") -> list[Result]:
-        """Publish several tasks in one confirmed batch; one Result per task, in order."""
+                      queue: str | None = None) -> list[Result]:
+        """Publish several tasks in one confirmed batch; one Result per task, in order (to one
+        queue: by default "default", or made from an App, the one of the tasks' types)."""
+        if queue is None:
+            queue = self._app.queue_for_batch(tasks) if self._app is not None else "default"
         return self._submit(self._queue.enqueue_batch(tasks, priority=priority, process_in=process_in,
                                                       process_at=process_at, queue=queue))
 
@@ -125,3 +145,18 @@ class SyncTaskQueue:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _app_url(app: App) -> str:
+    """The URL SyncTaskQueue(app) connects to: the App's, which must name a shared broker."""
+    url = app._url
+    if url is None:
+        raise ConfigurationError(
+            "SyncTaskQueue(app) opens its own connection to the App's broker URL, and this App was "
+            "given a broker object: make the App from a URL (nova.App('amqp://...')), or give "
+            "SyncTaskQueue the URL and pass queue= to each enqueue")
+    if url.startswith("sim:"):
+        raise ConfigurationError(
+            "SyncTaskQueue(app) would make a second, separate in-memory broker from a sim:// URL "
+            "(the App's workers would never see its tasks): use a real broker's URL")
+    return url

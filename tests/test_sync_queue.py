@@ -55,3 +55,10 @@ def test_closed_queue_refuses_and_close_is_idempotent() -> None:
 def test_bad_options_fail_in_the_calling_thread() -> None:
     with pytest.raises(nova.ConfigurationError, match="topic_prefix"):
         nova.SyncTaskQueue("sim://", topic_prefix="bad_prefix")
+
+
+def test_an_app_made_from_a_broker_object_or_a_sim_url_is_refused_clearly() -> None:
+    with pytest.raises(nova.ConfigurationError, match=r"make the App from a URL"):
+        nova.SyncTaskQueue(nova.App(SimBroker()))
+    with pytest.raises(nova.ConfigurationError, match=r"second, separate in-memory broker"):
+        nova.SyncTaskQueue(nova.App("sim://"))

@@ -449,8 +449,53 @@ async def test_a_user_who_may_not_publish_gets_a_clear_error_not_a_lost_connecti
         # not resent until publish_timeout and then reported as a lost connection
         assert f"RabbitMQ refused publishing to {topic!r} to user {user!r}" in str(caught.value)
         assert password not in str(caught.value)
+        # no configure permission: declaring nova's exchange on connect is refused, as clearly
+        rabbitmqctl("set_permissions", "-p", vhost, user, "^$", ".*", ".*")
+        other = rabbitmq_brokers(rabbitmq_url, auth=(user, password))
+        with pytest.raises(errors.AuthenticationError, match=f"to user {user!r}.*set_permissions"):
+            await other.connect()
     finally:
         rabbitmqctl("delete_user", user)
+
+
+async def test_a_sync_queue_made_from_an_app_routes_by_task_type(rabbitmq_url: str) -> None:
+    import nova
+
+    prefix = f"s{uuid.uuid4().hex[:8]}"
+    app = nova.App(rabbitmq_url, topic_prefix=prefix)
+    ran: list[str] = []
+    both = asyncio.Event()
+
+    @app.task("resize", queue="images")
+    async def resize(task: nova.Task) -> None:
+        ran.append(task.payload.decode())
+        if len(ran) == 2:
+            both.set()
+
+    def produce() -> list[str]:
+        with nova.SyncTaskQueue(app) as queue:
+            one = queue.enqueue(nova.Task("resize", b"cat.jpg"))
+            other = queue.enqueue(nova.Task("email", b"hi"))  # no handler anywhere: "default"
+            batch = queue.enqueue_batch([nova.Task("resize", b"dog.jpg")])
+            with pytest.raises(nova.ValidationError, match="several queues"):
+                queue.enqueue_batch([nova.Task("resize", b"x"), nova.Task("email", b"y")])
+            return [one.queue, other.queue, *(r.queue for r in batch)]
+
+    assert await asyncio.to_thread(produce) == ["images", "default", "images"]
+    async with app:
+        await asyncio.wait_for(both.wait(), PATIENCE)
+    assert sorted(ran) == ["cat.jpg", "dog.jpg"]
+    import aio_pika
+
+    from nova._naming import ready_topic
+
+    connection = await aio_pika.connect(rabbitmq_url)
+    async with connection:
+        for queue_name in ("images", "default"):
+            for level in nova.Priority:
+                channel = await connection.channel()
+                await channel.queue_delete(ready_topic(prefix, queue_name, level))
+                await channel.close()
 
 
 async def test_tls_round_trip_with_the_harness_ca(
