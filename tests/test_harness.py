@@ -1,9 +1,10 @@
 """What the harness modules share: tools/harness/cluster_size.py (the cluster harnesses' node-count
-checks) and tools/harness/processes.py (alive, port_open, stop_pids)."""
+checks) and tools/harness/processes.py (alive, command_line, port_open, stop_pids)."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import socket
 import subprocess
@@ -73,3 +74,27 @@ def test_port_open_is_whether_something_listens() -> None:
         port = listener.getsockname()[1]
         assert processes.port_open(port)
     assert not processes.port_open(port)
+
+
+def test_command_line_is_asked_again_while_empty_and_none_once_gone() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "marker-7f3a"])
+    try:
+        line = processes.command_line(child.pid)
+        assert line is not None and b"marker-7f3a" in line
+    finally:
+        child.kill()
+        child.wait()
+    assert processes.command_line(child.pid) is None
+    # A live process whose command line reads empty (memory being set up or torn down) is
+    # not taken for gone: here, a stand-in /proc answer that stays empty.
+    calls = []
+    real_read = Path.read_bytes
+
+    def empty_then_real(path: Path) -> bytes:
+        calls.append(path)
+        return b"" if len(calls) < 3 else real_read(path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "read_bytes", empty_then_real)
+        line = processes.command_line(os.getpid())
+    assert line is not None and line and len(calls) == 3

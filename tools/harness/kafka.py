@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from .processes import port_open, stop_pids
+from .processes import command_line, port_open, stop_pids
 
 __all__ = ["down", "env", "restart", "up"]
 
@@ -362,9 +362,8 @@ def _running_pid() -> int | None:
         pid = int(PID_FILE.read_text())
     except (FileNotFoundError, ValueError):
         return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
+    cmdline = command_line(pid)
+    if cmdline is None:
         return None
     # A recycled pid belongs to someone else: only claim a java running our config.
     return pid if b"kafka.Kafka" in cmdline and str(CONFIG).encode() in cmdline else None

@@ -1,5 +1,5 @@
-"""What the harness modules do with the processes they start: is one alive, does a port
-answer, stop some (TERM or KILL, then KILL whatever outlives the timeout)."""
+"""What the harness modules do with the processes they start: is one alive, what is its
+command line, does a port answer, stop some (TERM or KILL, then KILL whatever outlives the timeout)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["alive", "port_open", "stop_pids"]
+__all__ = ["alive", "command_line", "port_open", "stop_pids"]
 
 
 def alive(pid: int) -> bool:
@@ -20,6 +20,26 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+def command_line(pid: int) -> bytes | None:
+    """``/proc/<pid>/cmdline``, or None once the process is gone.
+
+    The kernel answers an empty command line for a moment while a process's memory is being
+    set up or torn down (a starting JVM reads as b'' now and then), so an empty answer from a
+    live process is asked again rather than taken for a stranger's pid.
+    """
+    for _ in range(40):
+        try:
+            text = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        if text:
+            return text
+        if not alive(pid):
+            return None
+        time.sleep(0.05)
+    return b""
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

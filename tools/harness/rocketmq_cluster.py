@@ -42,7 +42,7 @@ from pathlib import Path
 
 from . import rocketmq as single
 from .cluster_size import ClusterSize
-from .processes import port_open, stop_pids
+from .processes import command_line, port_open, stop_pids
 
 __all__ = ["broker_port", "down", "env", "restart", "start_node", "stop_node", "up"]
 
@@ -190,11 +190,11 @@ def _spawn_broker(node: int) -> None:
 def _pid(name: str) -> int | None:
     try:
         pid = int((RUN / f"{name}.pid").read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
+    cmdline = command_line(pid)
     # A recycled pid belongs to someone else: only claim a java with this cluster's home.
-    return pid if str(RUN / "home" / name).encode() in cmdline else None
+    return pid if cmdline is not None and str(RUN / "home" / name).encode() in cmdline else None
 
 
 def _stop(name: str, *, kill: bool) -> None:
