@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future, wait
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -52,10 +52,12 @@ class SyncTaskQueue:
     """
 
     def __init__(self, broker: str | Broker | App, /, **options: Any) -> None:
-        self._app: App | None = None
+        #: the queue of an enqueue without queue= ("default", or made from an App, its routing)
+        self._route: Callable[[Sequence[Task]], str] = _default_queue
         if isinstance(broker, App):
-            app = self._app = broker
+            app = broker
             broker, options = _app_url(app), {**app._options, **options}
+            self._route = app.queue_for_batch
         made = broker_from_url(broker) if isinstance(broker, str) else broker
         options.setdefault("close_broker", True)
         self._queue = TaskQueue(made, **options)
@@ -94,7 +96,7 @@ class SyncTaskQueue:
         """Publish one task; returns once the broker holds it (raises EnqueueError otherwise).
         ``queue`` defaults to "default", or made from an App, to the queue of the task's type."""
         if queue is None:
-            queue = self._app.queue_for(task.type) if self._app is not None and isinstance(task, Task) else "default"
+            queue = self._route((task,))
         return self._submit(self._queue.enqueue(task, priority=priority, process_in=process_in,
                                                 process_at=process_at, queue=queue))
 
@@ -104,7 +106,7 @@ class SyncTaskQueue:
         """Publish several tasks in one confirmed batch; one Result per task, in order (to one
         queue: by default "default", or made from an App, the one of the tasks' types)."""
         if queue is None:
-            queue = self._app.queue_for_batch(tasks) if self._app is not None else "default"
+            queue = self._route(tasks)
         return self._submit(self._queue.enqueue_batch(tasks, priority=priority, process_in=process_in,
                                                       process_at=process_at, queue=queue))
 
@@ -145,6 +147,10 @@ class SyncTaskQueue:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _default_queue(tasks: Sequence[Task]) -> str:
+    return "default"
 
 
 def _app_url(app: App) -> str:

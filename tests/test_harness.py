@@ -98,3 +98,19 @@ def test_command_line_is_asked_again_while_empty_and_none_once_gone() -> None:
         patch.setattr(Path, "read_bytes", empty_then_real)
         line = processes.command_line(os.getpid())
     assert line is not None and line and len(calls) == 3
+
+
+def test_owned_pid_claims_only_a_live_process_with_the_markers(tmp_path: Path) -> None:
+    pid_file = tmp_path / "x.pid"
+    assert processes.owned_pid(pid_file, b"marker-5c1e") is None  # no file
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "marker-5c1e"])
+    try:
+        pid_file.write_text(str(child.pid))
+        assert processes.owned_pid(pid_file, b"marker-5c1e") == child.pid
+        assert processes.owned_pid(pid_file, b"marker-5c1e", b"someone-else") is None  # a recycled pid
+    finally:
+        child.kill()
+        child.wait()
+    assert processes.owned_pid(pid_file, b"marker-5c1e") is None
+    pid_file.write_text("not a pid")
+    assert processes.owned_pid(pid_file) is None

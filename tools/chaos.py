@@ -532,8 +532,7 @@ async def _produce(opts: argparse.Namespace) -> int:
             await asyncio.sleep(2)
     slots = asyncio.Semaphore(opts.in_flight)
     pending: set[asyncio.Task[None]] = set()
-    counts = {"confirmed": 0, "refused": 0}
-    in_flight = [0]  # tasks whose enqueue has not answered yet
+    counts = {"confirmed": 0, "refused": 0, "in flight": 0}  # in flight: enqueues not answered yet
     last_warning = [0.0]
 
     async def send(plan: Plan, ids: list[str]) -> None:
@@ -558,7 +557,7 @@ async def _produce(opts: argparse.Namespace) -> int:
             tag_ = "E"
             counts["confirmed"] += len(tasks)
         finally:
-            in_flight[0] -= len(tasks)
+            counts["in flight"] -= len(tasks)
         at = time.time()
         when = "-" if process_at is None else repr(process_at.timestamp())
         ledger.append("".join(f"{tag_} {i} {k} {plan.priority} {when} {at!r}\n"
@@ -570,7 +569,7 @@ async def _produce(opts: argparse.Namespace) -> int:
     # --tasks counts confirmed enqueues: one that raised while the broker restarted is
     # replaced, so a soak of a million tasks runs a million through the workers.
     while not stop.is_set() and counts["confirmed"] < opts.tasks and time.monotonic() < deadline:
-        room = opts.tasks - counts["confirmed"] - in_flight[0]
+        room = opts.tasks - counts["confirmed"] - counts["in flight"]
         if room <= 0:
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             continue
@@ -592,7 +591,7 @@ async def _produce(opts: argparse.Namespace) -> int:
             seq += 1
         job = asyncio.create_task(send(plan, ids))
         pending.add(job)
-        in_flight[0] += len(ids)
+        counts["in flight"] += len(ids)
         job.add_done_callback(pending.discard)
         job.add_done_callback(lambda _: slots.release())
     if pending:

@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from .processes import command_line, port_open, stop_pids
+from .processes import owned_pid, port_open, stop_pids
 
 __all__ = ["down", "env", "restart", "up"]
 
@@ -358,15 +358,7 @@ def _start() -> None:
 
 
 def _running_pid() -> int | None:
-    try:
-        pid = int(PID_FILE.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    cmdline = command_line(pid)
-    if cmdline is None:
-        return None
-    # A recycled pid belongs to someone else: only claim a java running our config.
-    return pid if b"kafka.Kafka" in cmdline and str(CONFIG).encode() in cmdline else None
+    return owned_pid(PID_FILE, b"kafka.Kafka", str(CONFIG).encode())
 
 
 def _stop() -> None:

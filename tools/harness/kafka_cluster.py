@@ -42,7 +42,7 @@ from typing import Any
 
 from . import kafka as single
 from .cluster_size import ClusterSize
-from .processes import alive, command_line, port_open, stop_pids
+from .processes import owned_pid, port_open, stop_pids
 
 __all__ = ["down", "env", "leader", "ports", "restart", "start_node", "stop_node", "up"]
 
@@ -253,17 +253,7 @@ def _spawn(node: int) -> subprocess.Popen[bytes]:
 
 
 def _running_pid(node: int) -> int | None:
-    try:
-        pid = int((_node_dir(node) / "kafka.pid").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    cmdline = command_line(pid)
-    if cmdline is None:
-        return None
-    # A recycled pid belongs to someone else: only claim a java running this node's config.
-    if b"kafka.Kafka" in cmdline and str(_config(node)).encode() in cmdline and alive(pid):
-        return pid
-    return None
+    return owned_pid(_node_dir(node) / "kafka.pid", b"kafka.Kafka", str(_config(node)).encode())
 
 
 def _stop_nodes(nodes: Any, *, kill: bool) -> None:

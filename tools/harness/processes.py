@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["alive", "command_line", "port_open", "stop_pids"]
+__all__ = ["alive", "command_line", "owned_pid", "port_open", "stop_pids"]
 
 
 def alive(pid: int) -> bool:
@@ -40,6 +40,19 @@ def command_line(pid: int) -> bytes | None:
             return None
         time.sleep(0.05)
     return b""
+
+
+def owned_pid(pid_file: Path, *markers: bytes) -> int | None:
+    """The live pid written in ``pid_file``, if its command line holds every one of ``markers``
+    (a recycled pid belongs to someone else); None otherwise."""
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return None
+    cmdline = command_line(pid)
+    if cmdline is None or not all(m in cmdline for m in markers) or not alive(pid):
+        return None
+    return pid
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from . import rocketmq as single
 from .cluster_size import ClusterSize
-from .processes import command_line, port_open, stop_pids
+from .processes import owned_pid, port_open, stop_pids
 
 __all__ = ["broker_port", "down", "env", "restart", "start_node", "stop_node", "up"]
 
@@ -188,13 +188,7 @@ def _spawn_broker(node: int) -> None:
 
 
 def _pid(name: str) -> int | None:
-    try:
-        pid = int((RUN / f"{name}.pid").read_text())
-    except (OSError, ValueError):
-        return None
-    cmdline = command_line(pid)
-    # A recycled pid belongs to someone else: only claim a java with this cluster's home.
-    return pid if cmdline is not None and str(RUN / "home" / name).encode() in cmdline else None
+    return owned_pid(RUN / f"{name}.pid", str(RUN / "home" / name).encode())
 
 
 def _stop(name: str, *, kill: bool) -> None:

@@ -170,7 +170,8 @@ NACKS_BEFORE_NEW_CHANNEL = 3
 #: long, and RabbitMQ closes a channel whose delivery stays unacked past ``consumer_timeout``
 #: (30 min by default).
 CLASSIC_HOLD_MAX = timedelta(minutes=15)
-#: Options ``from_url`` reads from the query string (the rest goes to aio-pika).
+
+
 def _aio_pika() -> Any:
     try:
         import aio_pika

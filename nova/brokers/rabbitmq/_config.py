@@ -25,8 +25,7 @@ from nova.brokers._common import redact_url
 
 __all__ = ["NOVA_OPTIONS", "QUEUE_TYPES", "Nodes", "parse_nodes", "queue_type", "url_option"]
 
-#: Query options nova reads itself (``from_url`` reads all; the constructor ``queue_type``);
-#: they never reach aio-pika.
+#: Query options nova reads itself (the constructor, and so from_url); they never reach aio-pika.
 NOVA_OPTIONS = ("exchange", "topic_prefix", "group_id", "queue_type")
 QUEUE_TYPES = ("classic", "quorum")
 
